@@ -1,0 +1,30 @@
+# `make demo` and `make test` work on a fresh clone with nothing installed.
+# torch==2.13.0 is installed first, and every later install runs under constraints.txt so that no
+# dependency can replace it (see ../shared/DESIGN.md, "Dependencies").
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,ray]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/histokd demo --out demo_run
+
+test: $(STAMP)
+	HISTOKD_NO_PROGRESS=1 $(BIN)/python -m pytest -q --timeout=900
+
+test-fast: $(STAMP)
+	HISTOKD_NO_PROGRESS=1 $(BIN)/python -m pytest -q -m "not slow" --timeout=300
+
+clean:
+	rm -rf $(VENV) demo_run .pytest_cache

@@ -1,0 +1,118 @@
+"""Feature files in the CLAM/TRIDENT layout: ``features`` (N, D) and ``coords`` (N, 2) in one HDF5 file.
+
+Provenance (encoder name, weights hash, histokd version, target mpp, patch size) lives in the file's
+attributes. Writes are atomic (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from histokd.errors import FeatureError
+from histokd.workspace import atomic_path
+
+
+@dataclass
+class FeatureFile:
+    features: np.ndarray  # [N, D] float32 (float16 on request)
+    coords: np.ndarray  # [N, 2] int64, level-0 top-left pixel
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+
+def write_features(
+    path: str | os.PathLike[str],
+    features: np.ndarray,
+    coords: np.ndarray,
+    attrs: dict[str, Any] | None = None,
+    dtype: str = "float32",
+) -> Path:
+    features = np.asarray(features)
+    coords = np.asarray(coords)
+    if features.ndim != 2 or coords.ndim != 2 or coords.shape[1] != 2 or len(features) != len(coords):
+        raise FeatureError(
+            f"{path}: features {features.shape} and coords {coords.shape} do not match (want [N,D] and [N,2])"
+        )
+    if not np.isfinite(features).all():
+        raise FeatureError(f"{path}: features contain NaN or inf; check the encoder and the input tiles")
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("features", data=features.astype(dtype))
+            f.create_dataset("coords", data=coords.astype(np.int64))
+            for k, v in (attrs or {}).items():
+                if v is not None:
+                    f.attrs[k] = v
+    return Path(path)
+
+
+def read_features(path: str | os.PathLike[str], expected_dim: int | None = None) -> FeatureFile:
+    """Read a histokd, CLAM (``h5_files``) or TRIDENT features file; float32 features out."""
+    path = Path(path)
+    if not path.exists():
+        raise FeatureError(f"{path}: feature file not found; run `histokd embed` or `histokd import-features`")
+    if path.suffix == ".pt":
+        return _read_pt(path, expected_dim)
+    try:
+        with h5py.File(path, "r") as f:
+            if "features" not in f:
+                raise FeatureError(f"{path}: no 'features' dataset; is this a CLAM/TRIDENT/histokd feature file?")
+            feats = np.asarray(f["features"][()], dtype=np.float32)
+            coords = np.asarray(f["coords"][()]) if "coords" in f else np.zeros((len(feats), 2), np.int64)
+            attrs = {k: _attr(v) for k, v in f.attrs.items()}
+    except FeatureError:
+        raise
+    except Exception as e:  # truncated / not HDF5
+        raise FeatureError(f"{path}: cannot read feature file ({e}); delete it and re-run `histokd embed`") from e
+    if feats.ndim == 3 and feats.shape[0] == 1:  # TRIDENT/CLAM sometimes keep a leading batch axis
+        feats = feats[0]
+    if coords.ndim == 3 and coords.shape[0] == 1:
+        coords = coords[0]
+    return _check(path, FeatureFile(feats, coords.astype(np.int64), attrs), expected_dim)
+
+
+def _read_pt(path: Path, expected_dim: int | None) -> FeatureFile:
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise FeatureError(f"{path}: cannot read .pt feature file ({e}); re-export it") from e
+    if isinstance(obj, dict):
+        obj = obj.get("features", next(iter(obj.values())))
+    feats = np.asarray(obj, dtype=np.float32)
+    return _check(path, FeatureFile(feats, np.zeros((len(feats), 2), np.int64), {}), expected_dim)
+
+
+def _check(path: Path, ff: FeatureFile, expected_dim: int | None) -> FeatureFile:
+    if ff.features.ndim != 2:
+        raise FeatureError(f"{path}: features have shape {ff.features.shape}, want [N, D]; re-extract them")
+    if expected_dim is not None and ff.dim != expected_dim:
+        raise FeatureError(
+            f"{path}: features are {ff.dim}-d but this feature set / model expects {expected_dim}-d; "
+            f"re-extract with the same encoder"
+        )
+    if len(ff.coords) != len(ff.features):
+        raise FeatureError(f"{path}: {len(ff.features)} features but {len(ff.coords)} coords; re-extract")
+    if not np.isfinite(ff.features).all():
+        raise FeatureError(f"{path}: features contain NaN or inf; re-extract this slide")
+    return ff
+
+
+def _attr(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
