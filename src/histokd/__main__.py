@@ -1,0 +1,3 @@
+from histokd.cli import app
+
+app(prog_name="histokd")
