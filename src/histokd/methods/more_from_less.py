@@ -1,0 +1,552 @@
+"""More From Less (Farndale et al. 2023): cross-modal self-supervised distillation into an H&E encoder.
+
+Two unshared CNN encoders, one for H&E tiles and one for the aligned tiles of an information-dense
+modality (multiplex channels), are trained jointly with VICReg (or Barlow Twins) between their projected
+embeddings. Only the H&E encoder is kept for use (``mfl:<model dir>``): at inference only H&E is needed.
+
+The control, ``ssl-he``, is the same loss on two augmented views of the H&E tile through one shared
+(siamese) encoder and projector, with the same architecture, tiles, epochs and batch size.
+
+Choices (see ``docs/parts/mfl.md``):
+
+- Augmentations are drawn independently per branch, geometry included (D4 flips/rot90 and a random
+  resized crop), as in the reference code: the pair shares its tissue, not its pixel grid, and a globally
+  pooled embedding should not depend on orientation. ``shared_geometry=True`` draws one geometry per pair
+  (kept as an ablation).
+- H&E branch: colour jitter (brightness, contrast, saturation) and stain jitter (per-channel optical
+  density gain), Gaussian noise. Dense branch: per-channel gain, Gaussian noise, channel dropout.
+- VICReg follows Bardes et al. 2022: ``L = λ·MSE(z_a, z_b) + μ·(v(z_a) + v(z_b))/2 + ν·(c(z_a) + c(z_b))``
+  with ``v(z) = mean_d ReLU(γ − sqrt(Var(z_d) + ε))`` and ``c(z) = Σ_{k≠l} Cov(z)_kl² / D``.
+- Barlow Twins: ``Σ_i (1 − C_ii)² + λ_BT · Σ_{i≠j} C_ij²``, ``C`` the cross-correlation of the
+  batch-standardised embeddings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from histokd.errors import InputError, ModelError
+from histokd.registry import Registry
+from histokd.workspace import Workspace, check_id
+
+log = logging.getLogger("histokd")
+
+MFL_METHODS = ("more-from-less", "ssl-he")
+
+
+# --------------------------------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------------------------------
+def off_diagonal(m: torch.Tensor) -> torch.Tensor:
+    """The off-diagonal entries of a square matrix ``[D, D]`` as a flat ``[D*(D-1)]`` tensor."""
+    n = m.shape[0]
+    return m.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
+
+
+def vicreg_terms(
+    za: torch.Tensor, zb: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4
+) -> dict[str, torch.Tensor]:
+    """Unweighted VICReg terms of two embeddings ``[N, D]``: ``invariance``, ``variance``, ``covariance``.
+
+    ``variance`` is the mean over both branches of ``mean_d ReLU(γ − sqrt(Var_d + ε))`` (unbiased variance);
+    ``covariance`` is the sum over both branches of ``Σ_{k≠l} Cov_kl² / D``.
+    """
+    n, d = za.shape
+    inv = F.mse_loss(za, zb)
+    var = 0.0
+    cov = 0.0
+    for z in (za, zb):
+        zc = z - z.mean(dim=0)
+        std = torch.sqrt(zc.pow(2).sum(dim=0) / (n - 1) + eps)
+        var = var + F.relu(gamma - std).mean() / 2
+        c = (zc.T @ zc) / (n - 1)
+        cov = cov + off_diagonal(c).pow(2).sum() / d
+    return {"invariance": inv, "variance": var, "covariance": cov}  # type: ignore[dict-item]
+
+
+def vicreg_loss(
+    za: torch.Tensor,
+    zb: torch.Tensor,
+    sim_weight: float = 25.0,
+    var_weight: float = 25.0,
+    cov_weight: float = 1.0,
+    gamma: float = 1.0,
+    eps: float = 1e-4,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """VICReg: ``λ·invariance + μ·variance + ν·covariance``; returns ``(loss, terms as floats)``."""
+    t = vicreg_terms(za, zb, gamma, eps)
+    loss = sim_weight * t["invariance"] + var_weight * t["variance"] + cov_weight * t["covariance"]
+    return loss, {k: float(v.detach()) for k, v in t.items()}
+
+
+def barlow_twins_loss(
+    za: torch.Tensor, zb: torch.Tensor, lambd: float = 5e-3, eps: float = 1e-5
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Barlow Twins on ``[N, D]`` embeddings: ``Σ(1 − C_ii)² + λ·Σ_{i≠j} C_ij²``.
+
+    Each dimension is standardised over the batch (biased variance, as BatchNorm without affine) and
+    ``C = z_aᵀ z_b / N`` is ``[D, D]``.
+    """
+    n = za.shape[0]
+    na = (za - za.mean(0)) / torch.sqrt(za.var(0, unbiased=False) + eps)
+    nb = (zb - zb.mean(0)) / torch.sqrt(zb.var(0, unbiased=False) + eps)
+    c = na.T @ nb / n
+    on = (torch.diagonal(c) - 1).pow(2).sum()
+    off = off_diagonal(c).pow(2).sum()
+    return on + lambd * off, {"on_diagonal": float(on.detach()), "off_diagonal": float(off.detach())}
+
+
+# --------------------------------------------------------------------------------------------------
+# Augmentations (batched, per-sample parameters, driven by an explicit torch.Generator)
+# --------------------------------------------------------------------------------------------------
+def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+
+def draw_geometry(n: int, gen: torch.Generator, crop_scale: tuple[float, float] = (0.75, 1.0)) -> torch.Tensor:
+    """Per-sample affine ``theta`` ``[n, 2, 3]`` (normalised coords): a D4 element then a resized crop.
+
+    Rotations by k·90° and flips map pixel centres onto pixel centres, so without a crop the warp is exact.
+    """
+    k = torch.randint(0, 4, (n,), generator=gen)
+    flip = torch.rand(n, generator=gen) < 0.5
+    ang = k.to(torch.float64) * (math.pi / 2)
+    cos, sin = torch.cos(ang).round(), torch.sin(ang).round()
+    r = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # [n, 2, 2]
+    fx = torch.where(flip, -1.0, 1.0).to(torch.float64)
+    r = r * torch.stack([fx, torch.ones_like(fx)], -1)[:, None, :]  # flip x before rotating
+    side = torch.sqrt(_uniform(n, crop_scale[0], crop_scale[1], gen)).to(torch.float64)
+    tx = (torch.rand(n, generator=gen) * 2 - 1).to(torch.float64) * (1 - side)
+    ty = (torch.rand(n, generator=gen) * 2 - 1).to(torch.float64) * (1 - side)
+    theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+    theta[:, :, :2] = r * side[:, None, None]
+    theta[:, 0, 2] = tx
+    theta[:, 1, 2] = ty
+    return theta.to(torch.float32)
+
+
+def apply_geometry(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Warp ``x`` [B, C, H, W] with per-sample ``theta`` [B, 2, 3] (bilinear, border padding)."""
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def jitter_he(x: torch.Tensor, gen: torch.Generator, strength: float = 0.5, noise_p: float = 0.3) -> torch.Tensor:
+    """Colour and stain jitter of RGB tiles ``[B, 3, H, W]`` in [0, 1].
+
+    Stain jitter raises each channel to a power near 1, i.e. scales its optical density ``−log(I)``,
+    which mimics staining-intensity variation between labs.
+    """
+    b = x.shape[0]
+    od_gain = _uniform(b * 3, 1 - 0.2 * strength, 1 + 0.2 * strength, gen).view(b, 3, 1, 1)
+    x = x.clamp_min(1e-3).pow(od_gain)
+    bright = _uniform(b, 1 - 0.4 * strength, 1 + 0.4 * strength, gen).view(b, 1, 1, 1)
+    x = x * bright
+    contrast = _uniform(b, 1 - 0.4 * strength, 1 + 0.4 * strength, gen).view(b, 1, 1, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * contrast + mean
+    sat = _uniform(b, 1 - 0.4 * strength, 1 + 0.4 * strength, gen).view(b, 1, 1, 1)
+    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    x = (x - grey) * sat + grey
+    x = _noise(x, gen, noise_p, 0.03)
+    return x.clamp(0, 1)
+
+
+def jitter_dense(x: torch.Tensor, gen: torch.Generator, drop_p: float = 0.2, noise_p: float = 0.3) -> torch.Tensor:
+    """Intensity jitter, Gaussian noise and channel dropout of dense tiles ``[B, C, H, W]`` in [0, 1].
+
+    Each channel is dropped (zeroed) with probability ``drop_p``, but never all channels of a tile.
+    """
+    b, c = x.shape[:2]
+    gain = _uniform(b * c, 0.7, 1.3, gen).view(b, c, 1, 1)
+    x = x * gain
+    keep = torch.rand(b, c, generator=gen) >= drop_p
+    none_kept = ~keep.any(dim=1)
+    if none_kept.any():  # keep one random channel for tiles that lost all of them
+        pick = torch.randint(0, c, (b,), generator=gen)
+        keep[none_kept, pick[none_kept]] = True
+    x = x * keep.view(b, c, 1, 1).to(x.dtype)
+    x = _noise(x, gen, noise_p, 0.05)
+    return x.clamp(0, 1)
+
+
+def _noise(x: torch.Tensor, gen: torch.Generator, p: float, sigma: float) -> torch.Tensor:
+    b = x.shape[0]
+    on = (torch.rand(b, generator=gen) < p).to(x.dtype).view(b, 1, 1, 1)
+    return x + on * sigma * torch.randn(x.shape, generator=gen)
+
+
+def augment_pair(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    jitter_a: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    jitter_b: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    gen: torch.Generator,
+    shared_geometry: bool = False,
+    crop_scale: tuple[float, float] = (0.75, 1.0),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two views ``[B, C_a, H, W]`` and ``[B, C_b, H, W]``: geometry then branch-specific jitter.
+
+    Every parameter is drawn per sample and per branch; with ``shared_geometry`` both branches of a pair
+    get the same warp (pixel alignment kept), the photometric parameters stay independent.
+    """
+    ta = draw_geometry(a.shape[0], gen, crop_scale)
+    tb = ta if shared_geometry else draw_geometry(b.shape[0], gen, crop_scale)
+    va = jitter_a(apply_geometry(a, ta), gen)
+    vb = jitter_b(apply_geometry(b, tb), gen)
+    return va, vb
+
+
+# --------------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------------
+class MFLConfig(BaseModel):
+    """Everything needed to train (and rebuild) a More From Less / H&E-SSL encoder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["more-from-less", "ssl-he"] = "more-from-less"
+    loss: Literal["vicreg", "barlow"] = "vicreg"
+    arch: str = "tiny"
+    proj_hidden: int = 512
+    proj_dim: int = 512
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(128, ge=4)
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    warmup_frac: float = 0.1
+    grad_clip: float = 1.0
+    tile_size: int = Field(64, ge=16)
+    mpp: float = Field(1.0, gt=0)
+    max_tiles: int = Field(4000, ge=8)
+    splits: list[str] = ["train"]
+    seed: int = 0
+    # VICReg (Bardes et al. 2022 defaults)
+    sim_weight: float = 25.0
+    var_weight: float = 25.0
+    cov_weight: float = 1.0
+    gamma: float = 1.0
+    eps: float = 1e-4
+    # Barlow Twins
+    bt_lambda: float = 5e-3
+    # augmentations
+    shared_geometry: bool = False
+    crop_scale: tuple[float, float] = (0.75, 1.0)
+    color_strength: float = 0.5
+    channel_drop_p: float = 0.2
+    noise_p: float = 0.3
+
+
+LOSSES: Registry[Callable[..., tuple[torch.Tensor, dict[str, float]]]] = Registry("SSL loss")
+LOSSES.register("vicreg")(
+    lambda za, zb, c: vicreg_loss(za, zb, c.sim_weight, c.var_weight, c.cov_weight, c.gamma, c.eps)
+)
+LOSSES.register("barlow")(lambda za, zb, c: barlow_twins_loss(za, zb, c.bt_lambda))
+
+
+# --------------------------------------------------------------------------------------------------
+# Networks of one training run
+# --------------------------------------------------------------------------------------------------
+class Branches(torch.nn.Module):
+    """The trainable parts: ``he_encoder`` + ``he_projector``, and for MFL ``dense_encoder`` + ``dense_projector``."""
+
+    def __init__(self, config: MFLConfig, dense_channels: int) -> None:
+        super().__init__()
+        from histokd.models.cnn import Projector, SmallResNet
+
+        self.he_encoder = SmallResNet(3, config.arch)
+        self.he_projector = Projector(self.he_encoder.dim, config.proj_hidden, config.proj_dim)
+        self.dense_encoder: SmallResNet | None = None
+        self.dense_projector: Projector | None = None
+        if config.method == "more-from-less":
+            self.dense_encoder = SmallResNet(dense_channels, config.arch)
+            self.dense_projector = Projector(self.dense_encoder.dim, config.proj_hidden, config.proj_dim)
+
+    def embed_pair(self, va: torch.Tensor, vb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected embeddings ``[B, P]`` of the two views (the second through the dense branch for MFL)."""
+        za = self.he_projector(self.he_encoder(va))
+        if self.dense_encoder is None:
+            zb = self.he_projector(self.he_encoder(vb))  # siamese H&E-only control
+        else:
+            assert self.dense_projector is not None
+            zb = self.dense_projector(self.dense_encoder(vb))
+        return za, zb
+
+
+def _channel_stats(tiles: np.ndarray, max_n: int = 2000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units of ``[N, H, W, C]`` uint8 tiles (first ``max_n`` tiles)."""
+    t = tiles[:max_n].astype(np.float64) / 255.0
+    mean = t.mean(axis=(0, 1, 2))
+    std = np.maximum(t.std(axis=(0, 1, 2)), 1e-3)
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def _to_tensor(tiles: np.ndarray) -> torch.Tensor:
+    """``[B, H, W, C]`` uint8 -> ``[B, C, H, W]`` float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2).to(torch.float32) / 255.0
+
+
+def _lr_at(step: int, total: int, base: float, warmup_frac: float) -> float:
+    warm = max(1, int(round(total * warmup_frac)))
+    if step < warm:
+        return base * (step + 1) / warm
+    p = (step - warm) / max(1, total - warm)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+def fit_encoders(
+    he: np.ndarray,
+    dense: np.ndarray | None,
+    config: MFLConfig,
+    show_progress: bool | None = None,
+) -> tuple[Branches, dict[str, Any]]:
+    """Train on in-memory tiles: ``he`` [N, H, W, 3] uint8, ``dense`` [N, H, W, C] uint8 (MFL) or None.
+
+    Returns the trained networks (eval mode) and a history dict (per-epoch mean loss and terms, the
+    normalisation statistics). Deterministic for a given config and data.
+    """
+    from histokd.progress import progress
+
+    if config.method == "more-from-less" and dense is None:
+        raise InputError("more-from-less needs the dense tiles; use method ssl-he for H&E only")
+    n = len(he)
+    if n < 4:
+        raise InputError(f"only {n} tiles to train on; tile more slides or raise --max-tiles")
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    he_mean, he_std = _channel_stats(he)
+    stats: dict[str, Any] = {"he_mean": he_mean, "he_std": he_std}
+    dense_c = 0
+    if config.method == "more-from-less":
+        assert dense is not None
+        dense_c = dense.shape[-1]
+        stats["dense_mean"], stats["dense_std"] = _channel_stats(dense)
+    nets = Branches(config, dense_c)
+    nets.train()
+    opt = torch.optim.AdamW(nets.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    bs = min(config.batch_size, n)
+    steps_per_epoch = n // bs  # drop the last partial batch: VICReg statistics need full batches
+    total = steps_per_epoch * config.epochs
+    loss_fn = LOSSES.get(config.loss)
+
+    def norm(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+        return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+
+    jit_he = lambda x, g: jitter_he(x, g, config.color_strength, config.noise_p)  # noqa: E731
+    jit_dense = lambda x, g: jitter_dense(x, g, config.channel_drop_p, config.noise_p)  # noqa: E731
+    history: list[dict[str, float]] = []
+    step = 0
+    disable = None if show_progress is None else not show_progress
+    t0 = time.time()
+    with progress(disable=disable) as bar:
+        task = bar.add_task(f"training {config.method}", total=total, unit="step")
+        for epoch in range(config.epochs):
+            perm = torch.randperm(n, generator=gen)
+            sums: dict[str, float] = {}
+            for i in range(steps_per_epoch):
+                idx = perm[i * bs : (i + 1) * bs].numpy()
+                a = _to_tensor(he[idx])
+                if config.method == "more-from-less":
+                    assert dense is not None
+                    va, vb = augment_pair(
+                        a, _to_tensor(dense[idx]), jit_he, jit_dense, gen, config.shared_geometry, config.crop_scale
+                    )
+                    vb = norm(vb, stats["dense_mean"], stats["dense_std"])
+                else:
+                    va, vb = augment_pair(a, a, jit_he, jit_he, gen, config.shared_geometry, config.crop_scale)
+                    vb = norm(vb, he_mean, he_std)
+                va = norm(va, he_mean, he_std)
+                for g in opt.param_groups:
+                    g["lr"] = _lr_at(step, total, config.lr, config.warmup_frac)
+                za, zb = nets.embed_pair(va, vb)
+                loss, terms = loss_fn(za, zb, config)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                # The reference code replaces NaN gradients; we stop instead, since NaN means a bug or a bad lr.
+                if not torch.isfinite(loss):
+                    raise ModelError(f"{config.method}: loss became {float(loss.detach())} at step {step}; lower --lr")
+                torch.nn.utils.clip_grad_norm_(nets.parameters(), config.grad_clip)
+                opt.step()
+                step += 1
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.update(task, advance=1, description=f"{config.method} ep {epoch + 1} loss {float(loss.detach()):.3f}")
+            row = {k: v / max(1, steps_per_epoch) for k, v in sums.items()}
+            row["epoch"] = epoch + 1
+            history.append(row)
+            log.info("%s epoch %d/%d: %s", config.method, epoch + 1, config.epochs,
+                     ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
+    nets.eval()
+    return nets, {"history": history, "stats": stats, "steps": total, "seconds": time.time() - t0}
+
+
+def _config_hash(config: MFLConfig, extra: dict[str, Any]) -> str:
+    blob = json.dumps({"config": config.model_dump(mode="json"), **extra}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def default_encoder_id(config: MFLConfig) -> str:
+    short = "mfl" if config.method == "more-from-less" else "sslhe"
+    return f"{short}-{config.loss}-{config.arch}-e{config.epochs}-s{config.seed}"
+
+
+def save_encoder(
+    out_dir: Path, nets: Branches, config: MFLConfig, info: dict[str, Any], provenance: dict[str, Any],
+    overwrite: bool = False,
+) -> Path:
+    """Write the model folder atomically: build it under a temporary name beside ``out_dir`` and rename.
+
+    Files: ``model.pt`` (state dicts ``he_encoder``, ``he_projector``, and for MFL ``dense_encoder``,
+    ``dense_projector``), ``config.yaml`` (the :class:`MFLConfig` plus ``encoder`` (what ``mfl:`` rebuilds),
+    ``provenance.json`` and ``metrics.json`` (loss history).
+    """
+    import yaml
+
+    import histokd
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise InputError(f"{out_dir}: encoder folder exists; pass --overwrite or choose another --id")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        states = {k: v.state_dict() for k, v in nets.named_children()}
+        torch.save(states, tmp / "model.pt")
+        weights_hash = hashlib.sha256((tmp / "model.pt").read_bytes()).hexdigest()[:16]
+        doc = {
+            "kind": "histokd-encoder",
+            "method": config.method,
+            "config": config.model_dump(mode="json"),
+            "encoder": {
+                "arch": config.arch,
+                "in_channels": 3,
+                "dim": nets.he_encoder.dim,
+                "input_size": config.tile_size,
+                "mpp": config.mpp,
+                "mean": info["stats"]["he_mean"],
+                "std": info["stats"]["he_std"],
+                "weights_hash": weights_hash,
+            },
+            "histokd_version": histokd.__version__,
+        }
+        if nets.dense_encoder is not None:
+            doc["dense"] = {
+                "in_channels": nets.dense_encoder.in_channels,
+                "mean": info["stats"]["dense_mean"],
+                "std": info["stats"]["dense_std"],
+            }
+        (tmp / "config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        prov = {
+            **provenance,
+            "weights_hash": weights_hash,
+            "histokd_version": histokd.__version__,
+            "torch_version": torch.__version__,
+            "python": platform.python_version(),
+            "train_seconds": round(float(info["seconds"]), 2),
+            "steps": info["steps"],
+        }
+        (tmp / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True, default=str) + "\n")
+        (tmp / "metrics.json").write_text(json.dumps({"history": info["history"]}, indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def train_encoder(
+    workspace: str | os.PathLike[str] | Workspace,
+    method: str = "more-from-less",
+    epochs: int = 5,
+    batch_size: int = 128,
+    tile_size: int = 64,
+    mpp: float = 1.0,
+    max_tiles: int = 4000,
+    seed: int = 0,
+    loss: str = "vicreg",
+    encoder_id: str | None = None,
+    overwrite: bool = False,
+    show_progress: bool | None = None,
+    **overrides: Any,
+) -> Path:
+    """Train a More From Less (``more-from-less``) or H&E-only SSL (``ssl-he``) encoder on a tiled workspace.
+
+    Tiles: up to ``max_tiles`` of ``tile_size`` px at ``mpp`` µm/px, centred on the tiling grid of the
+    slides in ``splits`` (default: train), the same tiles for both methods at a given seed. Returns the
+    model folder ``RUN/encoders/<id>/``, usable as ``histokd embed --encoder mfl:<folder>``.
+    """
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    if method not in MFL_METHODS:
+        raise InputError(f"unknown encoder method {method!r}; choose one of: {', '.join(MFL_METHODS)}")
+    try:
+        config = MFLConfig(
+            method=method, loss=loss, epochs=epochs, batch_size=batch_size, tile_size=tile_size, mpp=mpp,
+            max_tiles=max_tiles, seed=seed, **overrides,
+        )
+    except Exception as e:  # pydantic ValidationError -> one line
+        raise InputError(f"train-encoder options: {str(e).splitlines()[0]} ({e})".replace("\n", " ")) from None
+    from histokd.data.paired import load_paired_tiles
+
+    tiles = load_paired_tiles(
+        ws, config.tile_size, config.mpp, config.max_tiles, config.seed, tuple(config.splits),
+        with_dense=config.method == "more-from-less", show_progress=show_progress,
+    )
+    log.info("%s: %d tiles of %d px at %.3g µm/px from %d slides", method, len(tiles), tile_size, mpp,
+             len(set(tiles.slide_ids.tolist())))
+    nets, info = fit_encoders(tiles.he, tiles.dense, config, show_progress=show_progress)
+    coords_hash = hashlib.sha256(tiles.coords.tobytes() + "|".join(tiles.slide_ids).encode()).hexdigest()[:16]
+    eid = check_id(encoder_id or default_encoder_id(config), "encoder id")
+    provenance = {
+        "workspace": str(ws.root.resolve()),
+        "n_tiles": len(tiles),
+        "slides": sorted(set(tiles.slide_ids.tolist())),
+        "tiles_hash": coords_hash,
+        "failed_slides": tiles.failures,
+        "config_hash": _config_hash(config, {"tiles": coords_hash}),
+    }
+    out = save_encoder(ws.encoders_dir() / eid, nets, config, info, provenance, overwrite=overwrite)
+    log.info("encoder saved to %s (use --encoder mfl:%s)", out, out)
+    return out
+
+
+def load_encoder_folder(model_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read ``config.yaml`` and ``model.pt`` of an encoder folder -> ``(config doc, state dicts)``."""
+    import yaml
+
+    d = Path(model_dir)
+    cfg_p, model_p = d / "config.yaml", d / "model.pt"
+    if not cfg_p.exists() or not model_p.exists():
+        raise ModelError(
+            f"{d}: not an encoder folder (needs config.yaml and model.pt); train one with "
+            f"`histokd train-encoder -w RUN`"
+        )
+    try:
+        doc = yaml.safe_load(cfg_p.read_text(encoding="utf-8"))
+        states = torch.load(model_p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt files of any kind
+        raise ModelError(f"{d}: cannot read the encoder ({e}); re-train it with `histokd train-encoder`") from e
+    if not isinstance(doc, dict) or doc.get("kind") != "histokd-encoder" or "he_encoder" not in states:
+        raise ModelError(f"{d}: config.yaml / model.pt are not a histokd encoder; re-train it")
+    return doc, states
