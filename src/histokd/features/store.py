@@ -116,3 +116,100 @@ def _attr(v: Any) -> Any:
     if isinstance(v, np.generic):
         return v.item()
     return v
+
+
+class FeatureWriter:
+    """Stream features of one slide into ``path`` in chunks, so that a 100k-tile slide never sits in memory.
+
+    The file is written under a temporary name and renamed into place by :meth:`close` (only when every
+    row was written); :meth:`abort` deletes it. Use as a context manager::
+
+        with FeatureWriter(path, coords, dim=1280, attrs=...) as w:
+            w.write(0, feats_batch)   # [b, D] rows start..start+b
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        coords: np.ndarray,
+        dim: int,
+        attrs: dict[str, Any] | None = None,
+        dtype: str = "float32",
+        chunk_rows: int = 1024,
+    ) -> None:
+        if dtype not in ("float32", "float16"):
+            raise FeatureError(f"{path}: feature dtype {dtype!r} not supported; use float32 or float16")
+        coords = np.asarray(coords, dtype=np.int64)
+        if coords.ndim != 2 or coords.shape[1] != 2:
+            raise FeatureError(f"{path}: coords have shape {coords.shape}, want [N, 2]")
+        self.path = Path(path)
+        self.n = len(coords)
+        self.dim = int(dim)
+        self._ctx = atomic_path(self.path)
+        self._tmp = self._ctx.__enter__()
+        self._f = h5py.File(self._tmp, "w")
+        chunks = (max(1, min(self.n, chunk_rows)), self.dim) if self.n else None
+        self._ds = self._f.create_dataset("features", shape=(self.n, self.dim), dtype=dtype, chunks=chunks)
+        self._f.create_dataset("coords", data=coords)
+        for k, v in (attrs or {}).items():
+            if v is not None:
+                self._f.attrs[k] = v
+        self._written = 0
+        self._closed = False
+
+    def write(self, start: int, features: np.ndarray) -> None:
+        """Write rows ``start .. start + len(features)`` ([b, D] float)."""
+        features = np.asarray(features)
+        if features.ndim != 2 or features.shape[1] != self.dim or start + len(features) > self.n:
+            raise FeatureError(
+                f"{self.path}: batch of shape {features.shape} at row {start} does not fit [{self.n}, {self.dim}]"
+            )
+        if not np.isfinite(features).all():
+            raise FeatureError(f"{self.path}: the encoder produced NaN or inf at rows {start}..; check the tiles")
+        self._ds[start : start + len(features)] = features
+        self._written += len(features)
+
+    def close(self) -> Path:
+        """Finish the file and move it into place; refuses when rows are missing."""
+        if self._closed:
+            return self.path
+        if self._written != self.n:
+            self.abort()
+            raise FeatureError(f"{self.path}: only {self._written} of {self.n} rows were written; re-run to resume")
+        self._f.close()
+        self._closed = True
+        self._ctx.__exit__(None, None, None)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the temporary file."""
+        if self._closed:
+            return
+        self._closed = True
+        self._f.close()
+        err = FeatureError("aborted")
+        try:
+            self._ctx.__exit__(FeatureError, err, None)
+        except FeatureError:
+            pass
+
+    def __enter__(self) -> FeatureWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def feature_file_info(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], str, dict[str, Any]] | None:
+    """``(features shape, dtype, attrs)`` without reading the features; ``None`` if absent or unreadable."""
+    try:
+        with h5py.File(path, "r") as f:
+            ds = f["features"]
+            if "coords" not in f or f["coords"].shape[0] != ds.shape[0]:
+                return None
+            return tuple(ds.shape), str(ds.dtype), {k: _attr(v) for k, v in f.attrs.items()}
+    except Exception:  # noqa: BLE001 - missing, truncated, not HDF5: all mean "not done"
+        return None

@@ -1,0 +1,61 @@
+"""``histokd embed`` (tile features) and ``histokd import-features`` (CLAM/TRIDENT folders)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from histokd.cli._common import fail_summary, run_command
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @run_command
+    def embed(
+        workspace: Path = typer.Option(..., "--workspace", "-w", help="Run folder (tiled with `histokd tile`)."),
+        encoder: str = typer.Option(
+            "efficientnet_lite0", "--encoder", "-e",
+            help="handcrafted | efficientnet_lite0 | timm:<name> | torchscript:<file> | mfl:<model dir>.",
+        ),
+        batch_size: int = typer.Option(64, "--batch-size", "-b", help="Tiles per forward pass."),
+        workers: int = typer.Option(2, "--workers", "-j", help="Tile-reading worker processes (0: read in the main process)."),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+        precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (autocast; fp16 needs a GPU)."),
+        dtype: str = typer.Option("float32", "--dtype", help="Stored feature dtype: float32 | float16."),
+        engine: str = typer.Option("local", "--engine", help="local | ray (spread slides over a Ray cluster)."),
+        address: str = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Redo slides whose features already exist."),
+        weights: str = typer.Option(None, "--weights", help="Weights file (state dict) overriding the encoder's own."),
+        stain_norm: str = typer.Option("none", "--stain-norm", help="none | reinhard | macenko."),
+        threads: int = typer.Option(None, "--threads", help="torch CPU threads for the encoder (default: torch's)."),
+    ) -> None:
+        """Extract tile features for every tiled slide -> RUN/features/<encoder>/<slide>.h5."""
+        from histokd.features.extract import embed as run
+
+        res = run(
+            workspace, encoder, weights=weights, batch_size=batch_size, workers=workers, device=device,
+            precision=precision, dtype=dtype, engine=engine, address=address, overwrite=overwrite,
+            stain_norm=None if stain_norm == "none" else stain_norm, threads=threads,
+        )
+        typer.echo(
+            f"{res.out_dir}: {len(res.written)} written, {len(res.skipped)} skipped (done before), "
+            f"{len(res.failed)} failed; {res.n_tiles} tiles at {res.tiles_per_s:.1f} tiles/s"
+        )
+        fail_summary(res.failed, len(res.written) + len(res.skipped) + len(res.failed))
+
+    @app.command("import-features")
+    @run_command
+    def import_features(
+        src_dir: Path = typer.Argument(..., help="CLAM output (h5_files/, pt_files/) or TRIDENT features_<enc>/ folder."),
+        workspace: Path = typer.Option(..., "--workspace", "-w", help="Run folder to register the features in."),
+        name: str = typer.Option(..., "--name", help="Feature set name: RUN/features/<name>/ (use it as --features)."),
+        format: str = typer.Option("auto", "--format", help="auto | clam | trident."),  # noqa: A002
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace files already imported."),
+    ) -> None:
+        """Register existing CLAM/TRIDENT feature files as feature set RUN/features/<name>/."""
+        from histokd.features.importer import import_features as run
+
+        res = run(src_dir, workspace, name, format=format, overwrite=overwrite)
+        typer.echo(f"{res.out_dir}: {len(res.imported)} {res.format} file(s) imported, {res.dim}-d; {len(res.failed)} failed")
+        fail_summary(res.failed, len(res.imported) + len(res.failed), what="files")

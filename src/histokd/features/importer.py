@@ -1,0 +1,169 @@
+"""``histokd import-features``: register features users already have as a feature set of a run.
+
+Recognised layouts of ``SRC_DIR`` (``--format auto`` looks for them in this order):
+
+- **clam**: ``h5_files/<slide>.h5`` (``features`` [N, D], ``coords`` [N, 2]) and/or ``pt_files/<slide>.pt``
+  (a tensor [N, D]); the h5 files win where both exist because they carry coordinates.
+- **trident**: ``features_<encoder>/<slide>.h5`` anywhere below ``SRC_DIR`` (TRIDENT nests them under
+  ``<mag>x_<size>px_<overlap>px_overlap/``), or ``SRC_DIR`` itself being such a folder.
+- a plain folder of ``<slide>.h5`` / ``<slide>.pt`` files is read like CLAM.
+
+Every file is validated (readable, [N, D], finite, one D for the whole set) and rewritten into
+``RUN/features/NAME/<slide>.h5`` in the histokd layout (a copy, not a symlink: ``.pt`` files must be
+converted anyway, and a run folder should not break when the source moves). The slide ID is the file stem.
+``.pt`` files have no coordinates: they are taken from ``RUN/tiles/<slide>.h5`` when that grid has the same
+number of tiles, else left at zero (heatmaps then cannot place the tiles, a warning says so).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from histokd.errors import HistokdError, InputError
+from histokd.features.store import read_features, write_features
+from histokd.progress import progress
+from histokd.registry import Registry
+from histokd.workspace import Workspace, check_id, encoder_dirname
+
+log = logging.getLogger("histokd")
+
+#: format name -> finder(src) -> {slide_id: file}; empty when the layout is absent
+FORMATS: Registry = Registry("feature format")
+
+
+@dataclass
+class ImportResult:
+    out_dir: Path
+    format: str
+    dim: int | None = None
+    imported: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def _by_stem(files: list[Path]) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(files)}
+
+
+@FORMATS.register("clam")
+def _find_clam(src: Path) -> dict[str, Path]:
+    found = _by_stem(list((src / "pt_files").glob("*.pt")))
+    found.update(_by_stem(list((src / "h5_files").glob("*.h5"))))  # h5 (with coords) wins
+    if not found:  # a flat folder of CLAM-style files
+        found = _by_stem(list(src.glob("*.pt")))
+        found.update(_by_stem(list(src.glob("*.h5"))))
+    return found
+
+
+@FORMATS.register("trident")
+def _find_trident(src: Path) -> dict[str, Path]:
+    dirs = [src] if src.name.startswith("features_") else sorted(p for p in src.rglob("features_*") if p.is_dir())
+    if len(dirs) > 1:
+        raise InputError(
+            f"{src}: several TRIDENT feature folders ({', '.join(str(d.relative_to(src)) for d in dirs[:4])}); "
+            f"pass the one you want as SRC_DIR"
+        )
+    return _by_stem(list(dirs[0].glob("*.h5"))) if dirs else {}
+
+
+def _detect(src: Path, fmt: str) -> tuple[str, dict[str, Path]]:
+    if fmt != "auto":
+        found = FORMATS.get(fmt)(src)
+        if not found:
+            raise InputError(f"{src}: no {fmt} feature files found; check the folder or use --format auto")
+        return fmt, found
+    # TRIDENT's features_<enc> folder names are specific; CLAM's finder also accepts any flat folder
+    for name in ("trident", "clam"):
+        found = FORMATS.get(name)(src)
+        if found:
+            return name, found
+    raise InputError(
+        f"{src}: no feature files found (looked for h5_files/, pt_files/, features_<encoder>/, *.h5, *.pt); "
+        f"point SRC_DIR at a CLAM or TRIDENT output folder"
+    )
+
+
+def _source_attrs(path: Path) -> dict:
+    """Provenance kept by CLAM/TRIDENT on the file or on its ``coords`` dataset (patch size, level...)."""
+    out: dict = {}
+    if path.suffix != ".h5":
+        return out
+    with h5py.File(path, "r") as f:
+        for obj in (f, f["coords"]) if "coords" in f else (f,):
+            for k, v in obj.attrs.items():
+                v = v.decode() if isinstance(v, bytes) else v
+                if isinstance(v, (str, int, float, np.integer, np.floating)) or (
+                    isinstance(v, np.ndarray) and v.dtype.kind in "iuf" and v.size <= 16
+                ):
+                    out.setdefault(f"source_{k}" if k in ("encoder", "weights_hash", "histokd_version") else k, v)
+    return out
+
+
+def import_features(
+    src_dir: str | os.PathLike[str],
+    workspace: str | os.PathLike[str] | Workspace,
+    name: str,
+    format: str = "auto",  # noqa: A002 - mirrors the CLI option
+    overwrite: bool = False,
+) -> ImportResult:
+    """Validate and copy a folder of CLAM/TRIDENT feature files into ``RUN/features/<name>/``."""
+    src = Path(src_dir).expanduser()
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    if not src.is_dir():
+        raise InputError(f"{src}: not a folder; pass the CLAM/TRIDENT output folder as SRC_DIR")
+    if encoder_dirname(name) != name:
+        raise InputError(f"--name {name!r}: use only letters, digits, '.', '_' and '-' (e.g. {encoder_dirname(name)})")
+    fmt, found = _detect(src, format)
+    result = ImportResult(out_dir=ws.features_dir(name), format=fmt)
+    with progress() as bar:
+        task = bar.add_task(f"import {fmt}", total=len(found), unit="slides")
+        for sid, path in found.items():
+            try:
+                check_id(sid)
+                out = ws.features_h5(name, sid)
+                if out.exists() and not overwrite:
+                    raise InputError(f"{out}: already exists; pass --overwrite to replace it")
+                ff = read_features(path, expected_dim=result.dim)
+                result.dim = ff.dim
+                attrs = _source_attrs(path)
+                if path.suffix == ".pt":
+                    ff.coords = _coords_from_grid(ws, sid, len(ff), path)
+                attrs.update(
+                    encoder=name,
+                    weights_hash="imported",
+                    histokd_version=_version(),
+                    imported_from=str(path.resolve()),
+                    import_format=fmt,
+                    slide_id=sid,
+                )
+                write_features(out, ff.features, ff.coords, attrs)
+                result.imported.append(sid)
+            except HistokdError as e:
+                result.failed[sid] = str(e)
+            bar.advance(task)
+    log.info("imported %d %s feature file(s) (%s-d) into %s", len(result.imported), fmt, result.dim, result.out_dir)
+    return result
+
+
+def _coords_from_grid(ws: Workspace, sid: str, n: int, path: Path) -> np.ndarray:
+    grid = ws.tiles_h5(sid)
+    if grid.exists():
+        with h5py.File(grid, "r") as f:
+            coords = np.asarray(f["coords"][()], np.int64)
+        if len(coords) == n:
+            return coords
+        log.warning("%s: %d features but %d tiles in %s; coords left at zero", path, n, len(coords), grid)
+    else:
+        log.warning("%s: .pt features carry no coordinates; heatmaps will not place these tiles", path)
+    return np.zeros((n, 2), np.int64)
+
+
+def _version() -> str:
+    import histokd
+
+    return histokd.__version__
