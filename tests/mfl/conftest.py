@@ -68,3 +68,55 @@ def marker() -> dict:
     """Where the marker is planted (level-0 px) and a helper that finds it in a tile."""
     return {"x": MARK_X, "y": MARK_Y, "w": MARK_W, "h": MARK_H, "channel": MARK_CHANNEL, "mpp": MPP,
             "box": marker_box}
+
+
+def write_tiles_h5(path: Path, slide_id: str, slide_path: Path, coords: np.ndarray, patch_size: int,
+                   target_mpp: float, level0_mpp: float) -> None:
+    """A tile grid file in the layout of contract 4 (written directly, so these tests need no tiler)."""
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("coords", data=coords.astype(np.int64))
+        f.create_dataset("tissue", data=np.ones(len(coords), np.float32))
+        f.attrs.update({
+            "patch_size": patch_size, "patch_size_level0": patch_size * target_mpp / level0_mpp,
+            "target_mpp": target_mpp, "level0_mpp": level0_mpp, "overlap": 0, "slide_id": slide_id,
+            "slide_path": str(slide_path), "min_tissue": 0.5, "histokd_version": "test",
+        })
+
+
+@pytest.fixture(scope="session")
+def mfl_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder with 3 slides (2 train, 1 test), paired 4-channel slides, tumour masks and tile grids
+    of 32 px at 0.5 µm/px; tumour regions are darker in H&E and bright in the marker channel."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("mfl_run")
+    rows = []
+    for i, (label, split) in enumerate([("tumour", "train"), ("normal", "train"), ("tumour", "test")]):
+        sid = f"s{i}"
+        rng = np.random.default_rng(10 + i)
+        tum = np.zeros((H, W), bool)
+        if label == "tumour":
+            tum[64:256, 96 + 64 * i : 288 + 64 * i] = True
+        he = np.clip(rng.normal(210, 12, (H, W, 3)), 0, 255)
+        he[tum] -= (90, 110, 40)
+        dense = rng.integers(0, 30, (H, W, 4)).astype(float)
+        dense[..., MARK_CHANNEL][tum] += 200
+        hp = write_pyramid_tiff(root / "slides" / f"{sid}.tif", np.clip(he, 0, 255).astype(np.uint8), MPP,
+                                n_levels=2, tile=128)
+        dp = write_pyramid_tiff(root / "slides" / f"{sid}_mx.tif", np.clip(dense, 0, 255).astype(np.uint8), MPP,
+                                n_levels=2, tile=128)
+        mp = root / "slides" / f"{sid}_mask.png"
+        Image.fromarray((tum[::4, ::4] * 255).astype(np.uint8)).save(mp)
+        ys, xs = np.mgrid[0:H:32, 0:W:32]
+        coords = np.stack([xs.ravel(), ys.ravel()], 1)
+        write_tiles_h5(root / "tiles" / f"{sid}.h5", sid, hp, coords, 32, 0.5, MPP)
+        rows.append((sid, hp, label, split, mp, dp))
+    import pandas as pd
+
+    pd.DataFrame(rows, columns=["slide_id", "path", "label", "split", "mask_path", "paired_path"]).to_csv(
+        root / "cohort.csv", index=False
+    )
+    return root

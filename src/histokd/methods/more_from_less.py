@@ -482,7 +482,7 @@ def train_encoder(
     epochs: int = 5,
     batch_size: int = 128,
     tile_size: int = 64,
-    mpp: float = 1.0,
+    mpp: float | None = None,
     max_tiles: int = 4000,
     seed: int = 0,
     loss: str = "vicreg",
@@ -494,12 +494,23 @@ def train_encoder(
     """Train a More From Less (``more-from-less``) or H&E-only SSL (``ssl-he``) encoder on a tiled workspace.
 
     Tiles: up to ``max_tiles`` of ``tile_size`` px at ``mpp`` µm/px, centred on the tiling grid of the
-    slides in ``splits`` (default: train), the same tiles for both methods at a given seed. Returns the
-    model folder ``RUN/encoders/<id>/``, usable as ``histokd embed --encoder mfl:<folder>``.
+    slides in ``splits`` (default: train), the same tiles for both methods at a given seed. ``mpp=None``
+    picks the resolution at which ``tile_size`` px cover the grid's tile, which is how ``histokd embed``
+    will read tiles for this encoder (the whole grid tile resized to ``tile_size``). Returns the model
+    folder ``RUN/encoders/<id>/``, usable as ``histokd embed --encoder mfl:<folder>``.
     """
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     if method not in MFL_METHODS:
         raise InputError(f"unknown encoder method {method!r}; choose one of: {', '.join(MFL_METHODS)}")
+    grid_extent_um = _grid_extent_um(ws)
+    if mpp is None:
+        mpp = grid_extent_um / tile_size
+    elif abs(tile_size * mpp - grid_extent_um) > 1e-3 * grid_extent_um:
+        log.warning(
+            "train-encoder: tiles of %d px at %.3g µm/px cover %.1f µm but the tiling grid's tiles cover %.1f µm; "
+            "`histokd embed` reads the grid tile resized to %d px, so the encoder will see another scale",
+            tile_size, mpp, tile_size * mpp, grid_extent_um, tile_size,
+        )
     try:
         config = MFLConfig(
             method=method, loss=loss, epochs=epochs, batch_size=batch_size, tile_size=tile_size, mpp=mpp,
@@ -529,6 +540,17 @@ def train_encoder(
     out = save_encoder(ws.encoders_dir() / eid, nets, config, info, provenance, overwrite=overwrite)
     log.info("encoder saved to %s (use --encoder mfl:%s)", out, out)
     return out
+
+
+def _grid_extent_um(ws: Workspace) -> float:
+    """Side of the workspace's grid tiles in µm (``patch_size * target_mpp`` of the first tiles file)."""
+    from histokd.slides.tiling import read_tiles
+
+    files = sorted(ws.tiles_dir.glob("*.h5"))
+    if not files:
+        raise InputError(f"{ws.tiles_dir}: no tiles; run `histokd tile COHORT.csv -w {ws.root}` first")
+    attrs = read_tiles(files[0]).attrs
+    return float(attrs["patch_size"]) * float(attrs["target_mpp"])
 
 
 def load_encoder_folder(model_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
