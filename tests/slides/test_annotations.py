@@ -166,3 +166,13 @@ def test_bad_files_give_one_line_errors(tmp_path):
 def test_empty_mask_gives_no_features():
     assert mask_to_geojson(np.zeros((10, 10), bool))["features"] == []
     assert shapely.is_empty(mask_to_geometry(np.zeros((5, 5), bool)))
+
+
+def test_load_mask_reads_asap_xml(tmp_path):
+    masks = pytest.importorskip("histokd.slides.masks")
+    p = tmp_path / "camelyon.xml"
+    p.write_text(ASAP)
+    mask, d = masks.load_mask(p, DIMS, downsample=10)
+    ref, _ = load_annotation_mask(p, DIMS, downsample=10)
+    assert d == 10 and np.array_equal(mask, ref)
+    assert mask[20, 20] and not mask[50, 50]

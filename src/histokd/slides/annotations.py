@@ -359,3 +359,32 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# registration with histokd.slides.masks.load_mask (the cohort's mask_path may be ASAP XML)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _load_xml_mask(
+    path: Path,
+    slide_dimensions: tuple[int, int],
+    downsample: float | None = None,
+    classes: Iterable[str] | None = None,
+) -> tuple[np.ndarray, float]:
+    """``load_mask`` plug-in for ASAP / Camelyon16 XML (exclusion groups cut out of the positives)."""
+    return load_annotation_mask(path, slide_dimensions, downsample, positive=None if classes is None else list(classes))
+
+
+def _register_mask_loaders() -> None:
+    try:
+        from histokd.slides.masks import MASK_LOADERS, register_mask_loader
+    except ModuleNotFoundError as e:  # masks.py not installed: annotations still work on their own
+        if e.name != "histokd.slides.masks":
+            raise
+        return
+    if ".xml" not in MASK_LOADERS:
+        register_mask_loader(".xml")(_load_xml_mask)
+
+
+_register_mask_loaders()

@@ -1,0 +1,31 @@
+"""``histokd report``: heatmaps, QuPath GeoJSON, tiles.csv and a self-contained HTML report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from histokd.cli._common import run_command
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @run_command
+    def report(
+        workspace: Path = typer.Option(..., "--workspace", "-w", help="Run folder (RUN)."),
+        model: str = typer.Option(..., "--model", "-m", help="Model id whose predictions are reported."),
+        slides: list[str] = typer.Option(None, "--slides", "-s", help="Only these slide ids (repeatable)."),
+        top_k: int = typer.Option(8, "--top-k", min=0, help="Highest / lowest tiles shown per slide."),
+        threshold: float = typer.Option(None, "--threshold", min=0.0, max=1.0,
+                                        help="Tumour probability for regions (default: from metrics.json, else 0.5)."),
+        thumbnail_size: int = typer.Option(1024, "--thumbnail-size", min=64, help="Longer side of heatmap thumbnails (px)."),
+        n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples for the 95% CIs."),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    ) -> None:
+        """Write RUN/reports/<model>/: index.html, heatmaps/, geojson/ (QuPath), tiles.csv, plots/."""
+        from histokd.outputs.report import report as run_report
+
+        index = run_report(workspace, model, slides=slides or None, top_k=top_k, threshold=threshold,
+                           thumbnail_size=thumbnail_size, n_boot=n_boot)
+        typer.echo(f"report: {index.resolve()}")

@@ -1,0 +1,148 @@
+"""The report: files, formats, skipping, escaping, CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from shapely.geometry import shape
+from typer.testing import CliRunner
+
+from histokd.errors import InputError
+from histokd.outputs.report import read_prediction, render_report_html, report
+
+# the report reads slides, cohorts and masks through the slides engineer's modules (contracts 1-3)
+for _mod in ("histokd.slides.reader", "histokd.data.cohort", "histokd.slides.masks"):
+    pytest.importorskip(_mod, reason=f"{_mod} not installed yet")
+
+
+def test_report_writes_every_artefact(built_report):
+    run, index = built_report
+    out = index.parent
+    assert index.name == "index.html" and out == run.root / "reports" / run.model_id
+    for sid in ("t1", "t2", "n1"):
+        img = Image.open(out / "heatmaps" / f"{sid}.png")
+        assert img.size[0] > 300 and img.size[1] > 150
+        assert (out / "geojson" / f"{sid}.geojson").is_file()
+    # the t1 prediction has a pixel mask: a second panel makes the figure much wider than tall
+    w1, h1 = Image.open(out / "heatmaps" / "t1.png").size
+    wn, _ = Image.open(out / "heatmaps" / "n1.png").size
+    assert w1 > 1.5 * wn
+    for name in ("roc", "pr", "calibration", "confusion"):
+        assert Image.open(out / "plots" / f"{name}.png").format == "PNG"
+    assert not (out / "heatmaps" / "gone.png").exists()
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_tiles_csv_columns_and_values(built_report):
+    run, index = built_report
+    df = pd.read_csv(index.parent / "tiles.csv")
+    assert list(df.columns) == ["slide_id", "x", "y", "prob_normal", "prob_tumour", "instance_score",
+                                "gt_tumour_fraction"]
+    assert sorted(df["slide_id"].unique()) == ["n1", "t1", "t2"]
+    pred = read_prediction(run.root / "predictions" / run.model_id / "t1.h5")
+    t1 = df[df.slide_id == "t1"]
+    np.testing.assert_array_equal(t1[["x", "y"]].to_numpy(), pred.coords)
+    np.testing.assert_allclose(t1["prob_tumour"].to_numpy(), pred.probs[:, 1], atol=1e-5)
+    # ground truth fractions from the PNG mask: the tumour square covers exactly 6 tiles
+    assert (t1["gt_tumour_fraction"] > 0.99).sum() == 6
+    assert (df[df.slide_id == "n1"]["gt_tumour_fraction"] == 0).all()
+
+
+def test_geojson_is_qupath_compatible_and_valid(built_report):
+    run, index = built_report
+    gj = json.loads((index.parent / "geojson" / "t1.geojson").read_text())
+    assert gj["type"] == "FeatureCollection"
+    tiles = [f for f in gj["features"] if f["properties"]["objectType"] == "tile"]
+    regions = [f for f in gj["features"] if f["properties"]["objectType"] == "annotation"]
+    pred = read_prediction(run.root / "predictions" / run.model_id / "t1.h5")
+    assert len(tiles) == len(pred.coords)
+    for f in gj["features"]:
+        g = shape(f["geometry"])
+        assert g.is_valid and g.area > 0
+        assert f["geometry"]["type"] in {"Polygon", "MultiPolygon"}
+        assert set(f["properties"]["classification"]) == {"name", "color"}
+    t0 = tiles[0]
+    assert shape(t0["geometry"]).bounds == (pred.coords[0][0], pred.coords[0][1], pred.coords[0][0] + 128,
+                                            pred.coords[0][1] + 128)
+    assert t0["properties"]["measurements"]["tumour_prob"] == pytest.approx(float(pred.probs[0, 1]), abs=1e-6)
+    # the six tumour tiles form one merged rectangle region of the built-in QuPath class
+    assert len(regions) == 1
+    r = regions[0]
+    assert r["properties"]["classification"] == {"name": "Tumor", "color": [200, 0, 0]}
+    assert shape(r["geometry"]).equals(shape({"type": "Polygon", "coordinates": [
+        [[256, 256], [640, 256], [640, 512], [256, 512], [256, 256]]]}))
+    assert r["properties"]["measurements"]["n_tiles"] == 6
+    n1 = json.loads((index.parent / "geojson" / "n1.geojson").read_text())
+    assert not [f for f in n1["features"] if f["properties"]["objectType"] == "annotation"]
+
+
+def test_html_is_self_contained(built_report):
+    _, index = built_report
+    html = index.read_text()
+    assert "<script" not in html.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:|#)""", html), "external resource in the report"
+    assert "http://" not in html and "https://" not in html
+    assert html.count("data:image/png;base64,") >= 3 + 4  # heatmaps + plots
+    assert html.count("data:image/jpeg;base64,") == 3 * 2 * 3  # top / bottom 3 tiles of 3 slides
+    assert "0.91 [0.8, 1]" in html  # a CI from metrics.json
+    assert "Skipped slides" in html and "gone" in html
+
+
+def test_missing_slide_and_prediction_are_skipped_with_a_warning(make_workspace, caplog, tmp_path):
+    run = make_workspace(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="histokd"):
+        index = report(run.root, run.model_id, slides=["t1", "gone", "nopred"], top_k=1, n_boot=0)
+    html = index.read_text()
+    msgs = " ".join(r.getMessage() for r in caplog.records)
+    assert "gone" in msgs and "nopred" in msgs and "prediction missing" in msgs
+    assert (index.parent / "heatmaps" / "t1.png").is_file()
+    assert html.count('class="slide"') == 1
+
+
+def test_escaping_of_untrusted_text(tmp_path):
+    evil = "<script>alert(1)</script>"
+    html = render_report_html({"model_id": "m", "classes": ["normal", evil], "positive": evil,
+                               "slides": [{"slide_id": evil, "label": evil, "split": "", "bag_prob": 0.5,
+                                           "pred": evil, "n_tiles": 1, "n_regions_tiles": 0, "has_gt": False,
+                                           "heatmap": "data:image/png;base64,AA==", "top": [], "bottom": []}],
+                               "skipped": [{"slide_id": evil, "reason": evil}],
+                               "metrics_json": [("x", [(evil, evil)])]})
+    assert evil not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script" not in html.lower()
+
+
+def test_report_with_malicious_class_name_in_predictions_and_cohort(make_workspace, tmp_path):
+    evil = "<script>alert(1)</script>"
+    run = make_workspace(tmp_path, classes=["normal", evil], tumour_label=evil)
+    index = report(run.root, run.model_id, top_k=1, n_boot=0)
+    html = index.read_text()
+    assert "<script" not in html.lower() and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    df = pd.read_csv(index.parent / "tiles.csv")
+    assert f"prob_{evil}" in df.columns
+
+
+def test_missing_predictions_is_one_line_error(make_workspace, tmp_path):
+    run = make_workspace(tmp_path)
+    with pytest.raises(InputError, match="histokd label"):
+        report(run.root, "nope")
+
+
+def test_cli_report(make_workspace, tmp_path):
+    from histokd.cli import app
+
+    run = make_workspace(tmp_path)
+    res = CliRunner().invoke(app, ["report", "-w", str(run.root), "--model", run.model_id, "--slides", "t2",
+                                   "--top-k", "2", "--n-boot", "0"])
+    assert res.exit_code == 0, res.output
+    assert "index.html" in res.output
+    assert (run.root / "reports" / run.model_id / "geojson" / "t2.geojson").is_file()
+    assert not (run.root / "reports" / run.model_id / "geojson" / "t1.geojson").exists()
+    res = CliRunner().invoke(app, ["report", "-w", str(run.root), "--model", "missing"])
+    assert res.exit_code == 2 and "error:" in res.output
