@@ -46,14 +46,14 @@ from pydantic import Field
 from histokd.config import BaseConfig, read_yaml, validate_config, write_yaml
 from histokd.errors import HistokdError, InputError, ModelError
 from histokd.evaluate.pixel import summarise_slides
-from histokd.methods.base import Labeler, Method, Prediction, register_method
+from histokd.methods.base import Labeler, Method, Prediction, read_model_meta, register_method, write_model_meta
 from histokd.methods.ifkd_core import LoopSettings, calibrate, run_ifkd
 from histokd.models.segnet import build_segnet
 from histokd.progress import progress
 from histokd.segmentation.io import build_slide_image, read_slide_image
 from histokd.segmentation.pseudo import TileProbs, positive_index, read_prediction_probs, tile_means
 from histokd.segmentation.regions import SlideImage, predict_map, smooth
-from histokd.workspace import Workspace, atomic_path
+from histokd.workspace import Workspace, atomic_path, write_json
 
 log = logging.getLogger("histokd")
 
@@ -198,6 +198,14 @@ def load_slides(
 # --------------------------------------------------------------------------------------------- labeler
 
 
+@dataclass
+class SegPrediction(Prediction):
+    """A :class:`Prediction` with the pixel mask's geometry: ``mask_downsample`` = level-0 px per mask px
+    (written as the ``mask_downsample`` attribute of the predictions h5)."""
+
+    mask_downsample: float | None = None
+
+
 def _row_path(row: Any) -> Path:
     """The slide path of a cohort row (mapping, pandas Series or object with ``path``)."""
     try:
@@ -261,25 +269,37 @@ class IFKDLabeler(Labeler):
         bag = np.full(n_cls, (1.0 - pmax) / max(len(neg), 1), np.float32)
         bag[pos] = pmax
         mask = (prob >= float(self.meta["threshold"])).astype(np.uint8)
-        return Prediction(bag_probs=bag, instance_probs=inst, instance_scores=p.astype(np.float32), mask=mask,
+        return SegPrediction(bag_probs=bag, instance_probs=inst, instance_scores=p.astype(np.float32), mask=mask,
                           mask_downsample=float(ds[0]))
 
     def save(self, directory: str | Path) -> None:
+        """``model.pt`` (the net's state dict only), ``config.yaml`` (method, config, calibration, net
+        spec, history), ``classes.json`` and ``pixel_metrics.json`` (validation / test pixel metrics)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(directory / "model.pt") as tmp:
-            torch.save({"net": self.net.state_dict(), "meta": self.meta}, tmp)
-        write_yaml(directory / "labeler.yaml", {"method": self.method, **self.meta})
+            torch.save({"net": self.net.state_dict()}, tmp)
+        extra = {k: v for k, v in self.meta.items() if k not in ("method", "config", "classes", "pixel_metrics")}
+        write_model_meta(directory, self.method, self.meta.get("config", {}), self.classes, **extra)
+        if "pixel_metrics" in self.meta:
+            write_json(directory / "pixel_metrics.json", self.meta["pixel_metrics"])
 
     @classmethod
     def load(cls, directory: str | Path) -> "IFKDLabeler":
-        path = Path(directory) / "model.pt"
-        if not path.exists():
-            raise ModelError(f"{path}: no model file; train it with `histokd train --method ifkd`")
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        meta = blob["meta"]
+        directory = Path(directory)
+        meta = read_model_meta(directory)
+        validate_config(IFKDConfig, meta.get("config"), str(directory / "config.yaml"))
         net = build_segnet(meta["net"], meta["widths"], meta.get("side_weights"))
-        net.load_state_dict(blob["net"])
+        try:
+            state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
+            net.load_state_dict(state["net"])
+        except FileNotFoundError:
+            raise ModelError(f"{directory}: model.pt missing; retrain with `histokd train --method ifkd`") from None
+        except (RuntimeError, KeyError) as e:
+            raise ModelError(f"{directory}/model.pt does not match config.yaml ({str(e)[:120]}); retrain") from None
+        pm = directory / "pixel_metrics.json"
+        if pm.exists():
+            meta["pixel_metrics"] = json.loads(pm.read_text())
         return cls(net, meta)
 
 
@@ -305,11 +325,13 @@ class IFKD(Method):
     """IFKD: a segmentation student distilled from MIL pseudo-masks with fusion and role swaps."""
 
     name = "ifkd"
-    Config = IFKDConfig
-    Labeler = IFKDLabeler
+    config_cls = IFKDConfig
+    labeler_cls = IFKDLabeler
 
     def fit(self, train: Any, val: Any, config: Any = None) -> IFKDLabeler:
         cfg = config if isinstance(config, IFKDConfig) else validate_config(IFKDConfig, config, "ifkd config")
+        if config is None or (isinstance(config, dict) and "seed" not in config):
+            cfg = cfg.model_copy(update={"seed": int(getattr(self, "seed", cfg.seed))})
         if not cfg.teacher:
             raise InputError("ifkd needs a trained teacher: `histokd train -w RUN --method ifkd --teacher MODEL_ID`")
         ws = _workspace_of(train, cfg)
