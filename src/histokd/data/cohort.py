@@ -1,0 +1,177 @@
+"""Cohort CSV: one row per slide, read and validated once (contract 1).
+
+Columns: ``slide_id,path,label`` required; optional ``split`` (train|val|test), ``patch_id`` /
+``patient_id``, ``mask_path`` (tumour ground truth: PNG at any downsample, GeoJSON, ASAP XML),
+``paired_path`` (paired dense-modality slide), ``paired_affine`` ("a,b,c,d,e,f"), ``tissue_mask_path``
+(a user tissue mask, PNG or GeoJSON, that replaces tissue detection). Other columns are kept.
+
+Relative paths are relative to the CSV's folder; :attr:`Cohort.df` holds absolute paths. Every cell is
+read as a string (labels included: ``"0"``/``"1"`` or ``"normal"``/``"tumour"``); empty optional cells
+are ``None``. The DataFrame index is the slide id (unnamed, so ``slide_id`` stays an ordinary column).
+
+Structural problems (missing file or columns, duplicate IDs, an empty cohort) raise
+:class:`~histokd.errors.InputError`. Row problems (unsafe slide ID, empty path or label, unknown split,
+malformed affine) raise too, unless ``drop_invalid=True``: then the row is left out and its message
+kept in :attr:`Cohort.invalid`, so that a batch command can process the other slides.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from histokd.errors import HistokdError, InputError
+from histokd.workspace import Workspace, atomic_path, check_id
+
+REQUIRED = ("slide_id", "path", "label")
+OPTIONAL = ("split", "patch_id", "patient_id", "mask_path", "paired_path", "paired_affine", "tissue_mask_path")
+PATH_COLUMNS = ("path", "mask_path", "paired_path", "tissue_mask_path")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Cohort:
+    """A validated cohort. ``df``: one row per slide, absolute paths, index = slide id."""
+
+    df: pd.DataFrame
+    source: Path | None = None
+    invalid: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+    @property
+    def slide_ids(self) -> list[str]:
+        return list(self.df["slide_id"])
+
+    @property
+    def classes(self) -> list[str]:
+        """Sorted distinct labels (string order; the model stores its own mapping)."""
+        return sorted(self.df["label"].unique())
+
+    def row(self, slide_id: str) -> dict:
+        """One slide's cells as a dict (blank optional cells are None)."""
+        if slide_id not in self.df.index:
+            raise InputError(f"slide {slide_id!r} is not in the cohort {self.source}")
+        return {k: (None if _blank(v) else v) for k, v in self.df.loc[slide_id].to_dict().items()}
+
+    def rows(self) -> list[dict]:
+        """Every slide's cells as dicts, in cohort order (blank optional cells are None)."""
+        return [{k: (None if _blank(v) else v) for k, v in r.items()} for r in self.df.to_dict("records")]
+
+    def split(self, *names: str) -> Cohort:
+        """The rows whose ``split`` is one of ``names`` (all rows when the cohort has no split column)."""
+        if "split" not in self.df.columns:
+            return self
+        return Cohort(self.df[self.df["split"].isin(names)].copy(), self.source)
+
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        """Write the cohort CSV (absolute paths) atomically."""
+        with atomic_path(path) as tmp:
+            self.df.to_csv(tmp, index=False)
+        return Path(path)
+
+
+def _blank(v: object) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v.strip() == "")
+
+
+def read_cohort(path: str | os.PathLike[str], drop_invalid: bool = False) -> Cohort:
+    """Read and validate a cohort CSV (see the module docstring)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"{path}: cohort CSV not found; give the path of a CSV with columns slide_id,path,label")
+    try:
+        df = pd.read_csv(path, dtype=object, keep_default_na=False, skipinitialspace=True)
+    except Exception as e:  # noqa: BLE001 - pandas raises many types for bad CSV
+        raise InputError(f"{path}: cannot parse the cohort CSV ({e}); fix it to a comma-separated table") from e
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise InputError(
+            f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(df.columns) or 'none'}); "
+            f"the cohort CSV needs slide_id,path,label"
+        )
+    if df.empty:
+        raise InputError(f"{path}: the cohort has no rows; add one row per slide")
+    for c in df.columns:  # object columns with None for blanks (pandas' string dtype would turn None into NaN)
+        df[c] = _obj([None if _blank(v) else str(v).strip() for v in df[c]], df.index)
+    ids = df["slide_id"].fillna("")
+    dup = sorted(set(ids[ids.duplicated(keep=False) & (ids != "")]))
+    if dup:
+        raise InputError(f"{path}: duplicate slide_id(s) {', '.join(dup[:10])}; give every slide a unique id")
+
+    base = path.parent.resolve()
+    for c in PATH_COLUMNS:
+        if c in df.columns:
+            df[c] = _obj([None if v is None else str(_absolute(v, base)) for v in df[c]], df.index)
+
+    invalid: dict[str, str] = {}
+    keep = []
+    # records, not iterrows(): pandas 3's iterrows turns None into NaN
+    for i, row in zip(df.index, df.to_dict("records")):
+        key = row["slide_id"] if row["slide_id"] else f"row {i + 2}"
+        try:
+            _check_row(row, path, i)
+        except HistokdError as e:
+            if not drop_invalid:
+                raise
+            invalid[str(key)] = str(e)
+            continue
+        keep.append(i)
+    df = df.loc[keep].reset_index(drop=True)
+    if df.empty:
+        raise InputError(f"{path}: no valid row left ({len(invalid)} invalid); fix the cohort CSV")
+    df.index = pd.Index(df["slide_id"].tolist())
+    return Cohort(df=df, source=path, invalid=invalid)
+
+
+def _obj(values: list, index: pd.Index) -> pd.Series:
+    return pd.Series(values, index=index, dtype=object)
+
+
+def _absolute(value: str, base: Path) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _check_row(row: dict, path: Path, i: int) -> None:
+    line = i + 2  # header is line 1
+    row = {k: (None if _blank(v) else v) for k, v in row.items()}
+    sid = row["slide_id"]
+    if sid is None:
+        raise InputError(f"{path}: line {line}: empty slide_id; give every slide an id")
+    try:
+        check_id(sid)
+    except InputError as e:
+        raise InputError(f"{path}: line {line}: {e}") from None
+    if row["path"] is None:
+        raise InputError(f"{path}: slide {sid}: empty path; give the slide file")
+    if row["label"] is None:
+        raise InputError(f"{path}: slide {sid}: empty label; give the slide-level label (e.g. normal / tumour)")
+    split = row.get("split")
+    if split is not None and split not in SPLITS:
+        raise InputError(f"{path}: slide {sid}: split {split!r} is not one of train|val|test; fix the split column")
+    affine = row.get("paired_affine")
+    if affine is not None:
+        try:
+            parts = [float(p) for p in str(affine).replace(";", ",").split(",")]
+        except ValueError:
+            parts = []
+        if len(parts) != 6 or not all(math.isfinite(p) for p in parts):
+            raise InputError(
+                f"{path}: slide {sid}: paired_affine {affine!r} is not six numbers 'a,b,c,d,e,f'; fix it or leave "
+                f"it empty for the identity"
+            )
+
+
+def load_workspace_cohort(ws: Workspace | str | os.PathLike[str]) -> Cohort:
+    """The cohort copied into the workspace by ``histokd tile`` (``RUN/cohort.csv``)."""
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    if not ws.cohort_csv.exists():
+        raise InputError(f"{ws.cohort_csv}: no cohort in this workspace; run `histokd tile COHORT.csv -w {ws.root}` first")
+    return read_cohort(ws.cohort_csv)

@@ -1,0 +1,521 @@
+"""One :class:`Slide` interface over OpenSlide, with tiffslide as fallback.
+
+``open_slide(path)`` returns a :class:`Slide` whatever the backend. Coordinates are level-0 pixels
+``(x, y)``; sizes are ``(width, height)``; arrays are ``[h, w, C]`` uint8 (RGB for ``read_region``).
+
+Backend choice (``backend="auto"``):
+
+1. multi-channel (non-RGB) TIFFs, such as the paired multiplex slides, go to tiffslide: OpenSlide
+   decodes them through libtiff's RGBA path and loses channels;
+2. otherwise OpenSlide is tried first. Its levels are validated once at open time: a reduced level
+   that reads all-zero / transparent where level 0 has pixels (SubIFD / OME pyramids on some
+   OpenSlide builds) or a single-level view of a file that tiffslide sees as a pyramid makes us use
+   tiffslide instead;
+3. tiffslide is the fallback for formats OpenSlide refuses.
+
+Every failure is a one-line :class:`~histokd.errors.SlideError` naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from histokd.errors import SlideError
+
+log = logging.getLogger("histokd")
+
+# µm/px values outside this range are metadata garbage (e.g. TIFF default 1 px/unit)
+_MPP_RANGE = (0.01, 200.0)
+# a level is "good enough" for a target mpp when its mpp is at most target * (1 + tolerance)
+_LEVEL_TOLERANCE = 0.02
+# output chunk (px) for whole-slide reads, to bound memory on large slides
+_CHUNK = 2048
+
+_TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".ndpi", ".scn", ".bif", ".qptiff"}
+
+
+def _fix_hint(path: Path) -> str:
+    return "re-export or re-copy the file, or drop it from the cohort"
+
+
+# --------------------------------------------------------------------------------------------------
+# backends: read pixels at a level in level coordinates; nothing else
+# --------------------------------------------------------------------------------------------------
+class _Backend:
+    name = "?"
+    level_dimensions: list[tuple[int, int]]
+    level_downsamples: list[float]
+    channels: int
+    properties: dict[str, Any]
+
+    def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Pixels ``[h, w, C]`` uint8 of ``level`` at level coordinates; the box lies inside the level."""
+        raise NotImplementedError
+
+    def mpp(self) -> float | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _OpenSlideBackend(_Backend):
+    name = "openslide"
+
+    def __init__(self, path: Path) -> None:
+        import openslide
+
+        self._osr = openslide.OpenSlide(str(path))
+        self.level_dimensions = [tuple(map(int, d)) for d in self._osr.level_dimensions]
+        self.level_downsamples = [float(d) for d in self._osr.level_downsamples]
+        self.properties = dict(self._osr.properties)
+        self.channels = 3
+
+    def read_rgba(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        ds = self.level_downsamples[level]
+        loc = (int(round(x * ds)), int(round(y * ds)))
+        return np.asarray(self._osr.read_region(loc, level, (int(w), int(h))))
+
+    def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        rgba = self.read_rgba(level, x, y, w, h)
+        # OpenSlide returns un-premultiplied RGBA; transparent = no data -> composite over white
+        alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+        if alpha.min() >= 1.0:
+            return np.ascontiguousarray(rgba[..., :3])
+        rgb = rgba[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+        return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+
+    def mpp(self) -> float | None:
+        return _mpp_from_props(self.properties, "openslide.mpp-x", "openslide.mpp-y")
+
+    def close(self) -> None:
+        self._osr.close()
+
+
+class _TiffSlideBackend(_Backend):
+    name = "tiffslide"
+
+    def __init__(self, path: Path) -> None:
+        import tiffslide
+
+        self._ts = tiffslide.TiffSlide(str(path))
+        self.level_dimensions = [tuple(map(int, d)) for d in self._ts.level_dimensions]
+        self.level_downsamples = [float(d) for d in self._ts.level_downsamples]
+        self.properties = dict(self._ts.properties)
+        axes = self.properties.get("tiffslide.series-axes", "YXS")
+        if axes == "YX":
+            self.channels = 1
+        else:
+            probe = self._ts.read_region((0, 0), self.level_count - 1, (1, 1), as_array=True, padding=False)
+            self.channels = int(probe.shape[-1])
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        ds = self.level_downsamples[level]
+        # tiffslide maps level-0 -> level coordinates with a floor; ceil() lands exactly on (x, y)
+        loc = (int(math.ceil(x * ds - 1e-6)), int(math.ceil(y * ds - 1e-6)))
+        arr = self._ts.read_region(loc, level, (int(w), int(h)), as_array=True, padding=True)
+        arr = np.asarray(arr)
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.dtype != np.uint8:
+            arr = _to_uint8(arr)
+        return arr
+
+    def mpp(self) -> float | None:
+        return _mpp_from_props(self.properties, "tiffslide.mpp-x", "tiffslide.mpp-y")
+
+    def close(self) -> None:
+        self._ts.close()
+
+
+_BACKENDS: dict[str, type[_Backend]] = {"openslide": _OpenSlideBackend, "tiffslide": _TiffSlideBackend}
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Scale a 16-bit / float image to uint8 (multiplex scanners often write uint16)."""
+    if np.issubdtype(arr.dtype, np.integer):
+        info = np.iinfo(arr.dtype)
+        return (arr.astype(np.float32) * (255.0 / info.max)).round().astype(np.uint8)
+    return np.clip(arr.astype(np.float32) * 255.0, 0, 255).round().astype(np.uint8)
+
+
+def _mpp_from_props(props: dict[str, Any], kx: str, ky: str) -> float | None:
+    """Level-0 µm/px from backend properties, else from the TIFF resolution tags."""
+    vals = []
+    for k in (kx, ky):
+        v = props.get(k)
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        if _MPP_RANGE[0] <= f <= _MPP_RANGE[1]:
+            vals.append(f)
+    if not vals:
+        vals = _mpp_from_tiff_tags(props)
+    if not vals:
+        return None
+    if len(vals) == 2 and abs(vals[0] - vals[1]) > 0.01 * vals[0]:
+        log.warning("anisotropic pixels (mpp-x %.4f, mpp-y %.4f); using mpp-x", vals[0], vals[1])
+    return vals[0]
+
+
+def _mpp_from_tiff_tags(props: dict[str, Any]) -> list[float]:
+    unit = str(props.get("tiff.ResolutionUnit", "")).lower()
+    um_per_unit = {"centimeter": 1e4, "inch": 25400.0}.get(unit)
+    if um_per_unit is None:  # unit NONE: resolution tags carry no physical size
+        return []
+    out = []
+    for k in ("tiff.XResolution", "tiff.YResolution"):
+        try:
+            px_per_unit = float(props.get(k))
+        except (TypeError, ValueError):
+            continue
+        if px_per_unit > 0:
+            mpp = um_per_unit / px_per_unit
+            if _MPP_RANGE[0] <= mpp <= _MPP_RANGE[1]:
+                out.append(mpp)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the Slide
+# --------------------------------------------------------------------------------------------------
+class Slide:
+    """A whole-slide image, whatever the backend.
+
+    Attributes: ``path``, ``backend`` ("openslide" | "tiffslide"), ``dimensions`` (W, H) of level 0,
+    ``level_count``, ``level_dimensions`` [(W, H)], ``level_downsamples`` [float], ``mpp`` (level-0
+    µm/px), ``channels`` (3 for RGB slides, C for multiplex), ``properties`` (backend metadata).
+    """
+
+    def __init__(self, path: Path, backend: _Backend, mpp: float) -> None:
+        self.path = path
+        self._b = backend
+        self.backend: str = backend.name
+        self.level_dimensions: list[tuple[int, int]] = list(backend.level_dimensions)
+        self.level_downsamples: list[float] = list(backend.level_downsamples)
+        self.level_count: int = len(self.level_dimensions)
+        self.dimensions: tuple[int, int] = self.level_dimensions[0]
+        self.mpp: float = float(mpp)
+        self.channels: int = backend.channels
+        self.properties: dict[str, Any] = backend.properties
+
+    # -- basics -------------------------------------------------------------------------------------
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self._b.close()
+        except Exception:  # noqa: BLE001 - closing a dead handle must not mask the real error
+            pass
+
+    def __repr__(self) -> str:
+        w, h = self.dimensions
+        return f"Slide({str(self.path)!r}, {w}x{h} px, {self.mpp:.4g} µm/px, {self.level_count} levels, {self.backend})"
+
+    def level_mpp(self, level: int) -> float:
+        """µm/px of ``level``."""
+        return self.mpp * self.level_downsamples[level]
+
+    def best_level_for_mpp(self, target_mpp: float) -> int:
+        """The coarsest level whose resolution is at least ``target_mpp`` (mpp <= target, 2% tolerance).
+
+        Falls back to level 0 when the target is finer than the native resolution (then we upsample).
+        """
+        best = 0
+        for lvl in range(self.level_count):
+            if self.level_mpp(lvl) <= target_mpp * (1 + _LEVEL_TOLERANCE):
+                if self.level_downsamples[lvl] >= self.level_downsamples[best]:
+                    best = lvl
+        return best
+
+    # -- raw reads --------------------------------------------------------------------------------
+    def _background(self) -> int:
+        return 255 if self.channels == 3 else 0
+
+    def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """``[h, w, C]`` of ``level`` at level coordinates; outside the slide is background."""
+        lw, lh = self.level_dimensions[level]
+        out = np.full((h, w, self.channels), self._background(), np.uint8)
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, lw), min(y + h, lh)
+        if x1 <= x0 or y1 <= y0:
+            return out
+        try:
+            arr = self._b.read(level, x0, y0, x1 - x0, y1 - y0)
+        except Exception as e:  # noqa: BLE001 - any decoder error means a damaged file
+            raise SlideError(
+                f"{self.path}: cannot read pixels at level {level} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:120] if str(e) else 'no detail'}); the file is corrupt or truncated; "
+                f"{_fix_hint(self.path)}"
+            ) from e
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = arr[: y1 - y0, : x1 - x0, : self.channels]
+        return out
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB pixels ``[h, w, 3]`` uint8 of ``level``; ``location`` is the level-0 top-left (x, y)."""
+        if not 0 <= level < self.level_count:
+            raise SlideError(f"{self.path}: level {level} does not exist (0..{self.level_count - 1})")
+        ds = self.level_downsamples[level]
+        x, y = int(round(location[0] / ds)), int(round(location[1] / ds))
+        return self._as_rgb(self._read_level(level, x, y, int(size[0]), int(size[1])))
+
+    def _as_rgb(self, arr: np.ndarray) -> np.ndarray:
+        c = arr.shape[-1]
+        if c == 3:
+            return arr
+        if c == 1:
+            return np.repeat(arr, 3, axis=-1)
+        raise SlideError(
+            f"{self.path}: slide has {c} channels, not RGB; read it with read_region_channels() "
+            f"(paired multiplex slides) or give an RGB slide"
+        )
+
+    # -- reads at a target resolution -----------------------------------------------------------------
+    def _read_box(self, x0: float, y0: float, ext_w: float, ext_h: float, out_w: int, out_h: int,
+                  target_mpp: float) -> np.ndarray:
+        """Native-channel pixels ``[out_h, out_w, C]`` of the level-0 box (x0, y0, ext_w, ext_h).
+
+        The box is read from the best level for ``target_mpp`` and resized with area averaging
+        (PIL BOX) when shrinking, bilinear when enlarging.
+        """
+        level = self.best_level_for_mpp(target_mpp)
+        ds = self.level_downsamples[level]
+        fx0, fy0, fx1, fy1 = x0 / ds, y0 / ds, (x0 + ext_w) / ds, (y0 + ext_h) / ds
+        ix0, iy0 = int(math.floor(fx0 + 1e-6)), int(math.floor(fy0 + 1e-6))
+        ix1, iy1 = int(math.ceil(fx1 - 1e-6)), int(math.ceil(fy1 - 1e-6))
+        ix1, iy1 = max(ix1, ix0 + 1), max(iy1, iy0 + 1)
+        raw = self._read_level(level, ix0, iy0, ix1 - ix0, iy1 - iy0)
+        box = (fx0 - ix0, fy0 - iy0, fx1 - ix0, fy1 - iy0)
+        exact = all(abs(b - round(b)) < 1e-6 for b in box)
+        if exact and raw.shape[1] == out_w and raw.shape[0] == out_h:
+            return raw
+        return _resize(raw, out_w, out_h, box, enlarge=(fx1 - fx0) < out_w)
+
+    def read_region_mpp(self, x0: int, y0: int, size: int | tuple[int, int], target_mpp: float) -> np.ndarray:
+        """RGB ``[h, w, 3]`` uint8 at ``target_mpp`` µm/px.
+
+        ``(x0, y0)`` is the level-0 top-left; the region covers ``size * target_mpp / mpp`` level-0 px
+        and is read from the best level, then resized to exactly ``size`` = w or (w, h) output px.
+        """
+        return self._as_rgb(self._region_mpp(x0, y0, size, target_mpp))
+
+    def read_region_channels(self, x0: int, y0: int, size: int | tuple[int, int], target_mpp: float) -> np.ndarray:
+        """All channels ``[h, w, C]`` uint8 at ``target_mpp``; same geometry as :meth:`read_region_mpp`.
+
+        For multi-channel paired slides (multiplex TIFF); an RGB slide gives C = 3.
+        """
+        return self._region_mpp(x0, y0, size, target_mpp)
+
+    def _region_mpp(self, x0: float, y0: float, size: int | tuple[int, int], target_mpp: float) -> np.ndarray:
+        if target_mpp <= 0:
+            raise SlideError(f"{self.path}: target mpp must be > 0 (got {target_mpp})")
+        w, h = (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+        scale = target_mpp / self.mpp  # level-0 px per output px
+        return self._read_box(float(x0), float(y0), w * scale, h * scale, w, h, target_mpp)
+
+    def read_at_mpp(self, mpp: float, channels: bool = False) -> np.ndarray:
+        """The whole slide at ``mpp`` µm/px: ``[H * mpp0/mpp, W * mpp0/mpp, 3]`` uint8 (or all channels).
+
+        Read in chunks of 2048 output px so that memory stays bounded for large slides.
+        """
+        if mpp <= 0:
+            raise SlideError(f"{self.path}: mpp must be > 0 (got {mpp})")
+        W, H = self.dimensions
+        scale = mpp / self.mpp
+        ow, oh = max(1, int(round(W / scale))), max(1, int(round(H / scale)))
+        out = np.empty((oh, ow, self.channels), np.uint8)
+        for oy in range(0, oh, _CHUNK):
+            for ox in range(0, ow, _CHUNK):
+                cw, ch = min(_CHUNK, ow - ox), min(_CHUNK, oh - oy)
+                out[oy : oy + ch, ox : ox + cw] = self._read_box(ox * scale, oy * scale, cw * scale, ch * scale,
+                                                                 cw, ch, mpp)
+        return out if channels else self._as_rgb(out)
+
+    def get_thumbnail(self, max_size: int) -> np.ndarray:
+        """RGB thumbnail ``[h, w, 3]`` whose longer side is ``max_size`` px (aspect kept)."""
+        W, H = self.dimensions
+        mpp = self.mpp * max(W, H) / float(max_size)
+        return self.read_at_mpp(mpp)
+
+
+def _resize(raw: np.ndarray, out_w: int, out_h: int, box: tuple[float, float, float, float], enlarge: bool) -> np.ndarray:
+    """Resize the float ``box`` of ``raw`` [h, w, C] to (out_w, out_h): area averaging, or bilinear to enlarge."""
+    resample = Image.Resampling.BILINEAR if enlarge else Image.Resampling.BOX
+    c = raw.shape[-1]
+    if c == 3:
+        img = Image.fromarray(raw, "RGB").resize((out_w, out_h), resample=resample, box=box)
+        return np.asarray(img)
+    planes = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(raw[..., i]), "L").resize((out_w, out_h), resample=resample, box=box))
+        for i in range(c)
+    ]
+    return np.stack(planes, axis=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# opening
+# --------------------------------------------------------------------------------------------------
+class _BrokenLevels(Exception):
+    """OpenSlide reads an empty reduced level (or misses the pyramid): use tiffslide."""
+
+
+def _tiff_samples_per_pixel(path: Path) -> int | None:
+    """Samples per pixel of the first TIFF page, or None when not a TIFF (cheap: reads the header)."""
+    import tifffile
+
+    tlog = logging.getLogger("tifffile")
+    level = tlog.level
+    tlog.setLevel(logging.CRITICAL)  # a corrupt file is reported by us, once, as a SlideError
+    try:
+        with tifffile.TiffFile(str(path)) as tf:
+            page = tf.pages.first
+            spp = int(page.samplesperpixel)
+            photometric = int(page.photometric)
+            # RGB / YCbCr with 3 samples, or RGBA (extra sample) are "RGB"; minisblack with several = multiplex
+            if photometric in (2, 6) and spp >= 3:
+                return 3
+            return spp if photometric in (0, 1) else 3
+    except Exception:  # noqa: BLE001 - not a TIFF or unreadable: let the backends decide
+        return None
+    finally:
+        tlog.setLevel(level)
+
+
+def _check_openslide_levels(b: _OpenSlideBackend, path: Path) -> None:
+    """Raise :class:`_BrokenLevels` when OpenSlide's view of the pyramid cannot be trusted."""
+    if len(b.level_dimensions) == 1:
+        if path.suffix.lower() in _TIFF_SUFFIXES and _tiffslide_level_count(path) > 1:
+            raise _BrokenLevels("OpenSlide sees one level of a pyramid (SubIFD / OME layout)")
+        return
+    low = len(b.level_dimensions) - 1
+    lw, lh = b.level_dimensions[low]
+    w, h = min(lw, 1024), min(lh, 1024)
+    x, y = (lw - w) // 2, (lh - h) // 2
+    rgba = b.read_rgba(low, x, y, w, h)
+    if rgba[..., 3].max() > 0 and rgba[..., :3].max() > 0:
+        return
+    # reduced level is empty: does level 0 have pixels in the same place?
+    ds = b.level_downsamples[low]
+    for fy in (0.25, 0.5, 0.75):
+        for fx in (0.25, 0.5, 0.75):
+            px, py = int((x + fx * w) * ds), int((y + fy * h) * ds)
+            s = b.read_rgba(0, px, py, 16, 16)
+            if s[..., 3].max() > 0 and s[..., :3].max() > 0:
+                raise _BrokenLevels(f"level {low} empty where level 0 is not")
+
+
+def _tiffslide_level_count(path: Path) -> int:
+    try:
+        import tiffslide
+
+        with tiffslide.TiffSlide(str(path)) as ts:
+            return int(ts.level_count)
+    except Exception:  # noqa: BLE001 - tiffslide cannot read it: keep OpenSlide's view
+        return 0
+
+
+def _check_last_tile(b: _Backend) -> None:
+    """Read the bottom-right corner of every level: the part a truncated copy loses first."""
+    for lvl, (lw, lh) in enumerate(b.level_dimensions):
+        w, h = min(lw, 32), min(lh, 32)
+        b.read(lvl, lw - w, lh - h, w, h)
+
+
+def _open_backend(name: str, path: Path) -> _Backend:
+    b = _BACKENDS[name](path)
+    try:
+        if isinstance(b, _OpenSlideBackend):
+            _check_openslide_levels(b, path)
+        _check_last_tile(b)
+    except BaseException:
+        b.close()
+        raise
+    return b
+
+
+def open_slide(path: str | os.PathLike[str], mpp: float | None = None, backend: str = "auto") -> Slide:
+    """Open a whole-slide image.
+
+    Args:
+        path: slide file (any format OpenSlide reads, or a TIFF tiffslide reads).
+        mpp: level-0 µm/px to use when the slide has no resolution metadata (ignored otherwise,
+            with a warning when it disagrees with the metadata by more than 5%).
+        backend: "auto" (OpenSlide first, tiffslide fallback), "openslide" or "tiffslide".
+
+    Raises:
+        SlideError: missing, unreadable, corrupt / truncated or unsupported file; no mpp.
+    """
+    path = Path(path).expanduser()
+    if backend not in ("auto", *_BACKENDS):
+        raise SlideError(f"{path}: unknown slide backend {backend!r}; use auto, openslide or tiffslide")
+    if not path.exists():
+        raise SlideError(f"{path}: slide file not found; fix the path in the cohort CSV (relative paths are "
+                         f"relative to the CSV's folder)")
+    if not path.is_file():
+        raise SlideError(f"{path}: not a file (a folder?); point the cohort at the slide file itself")
+    if path.stat().st_size == 0:
+        raise SlideError(f"{path}: the file is empty (0 bytes); {_fix_hint(path)}")
+
+    if backend == "auto":
+        spp = _tiff_samples_per_pixel(path)
+        order = ["tiffslide"] if spp is not None and spp != 3 else ["openslide", "tiffslide"]
+    else:
+        order = [backend]
+
+    errors: list[str] = []
+    b: _Backend | None = None
+    for name in order:
+        try:
+            b = _open_backend(name, path)
+            break
+        except _BrokenLevels as e:
+            log.debug("%s: OpenSlide pyramid not trusted (%s); trying tiffslide", path, e)
+            errors.append(f"openslide: {e}")
+            if backend != "auto":  # forced OpenSlide on a file it reads wrong: still usable, but say so
+                raise SlideError(f"{path}: OpenSlide reads this pyramid wrongly ({e}); use backend='tiffslide'") from e
+        except Exception as e:  # noqa: BLE001 - each backend raises its own types
+            msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            errors.append(f"{name}: {type(e).__name__}: {msg}")
+    if b is None:
+        raise SlideError(_open_failure_message(path, errors))
+
+    native = b.mpp()
+    if native is None:
+        if mpp is None:
+            b.close()
+            raise SlideError(
+                f"{path}: no resolution (µm/px) metadata; pass --slide-mpp <µm/px> to `histokd tile` "
+                f"(mpp=<µm/px> in open_slide) with the scanner's level-0 resolution, e.g. 0.25 for 40x"
+            )
+        if not mpp > 0:
+            b.close()
+            raise SlideError(f"{path}: mpp must be > 0 (got {mpp})")
+        native = float(mpp)
+    elif mpp is not None and abs(mpp - native) > 0.05 * native:
+        log.warning("%s: slide metadata says %.4g µm/px; the given %.4g is ignored", path, native, mpp)
+    return Slide(path, b, native)
+
+
+def _open_failure_message(path: Path, errors: list[str]) -> str:
+    head = path.read_bytes()[:4] if path.stat().st_size >= 4 else b""
+    detail = "; ".join(errors)[:300]
+    if head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return (f"{path}: TIFF is corrupt or truncated and no reader can open it ({detail}); "
+                f"{_fix_hint(path)}")
+    return (f"{path}: unsupported or unreadable slide format ({detail}); convert it to a pyramidal TIFF "
+            f"or a format OpenSlide reads (svs, ndpi, mrxs, scn, tif)")

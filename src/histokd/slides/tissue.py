@@ -1,0 +1,192 @@
+"""Thumbnail-level tissue detection: saturation / Otsu, pen-mark removal, morphology, minimum area.
+
+The mask is computed on a low-resolution read of the slide (``TissueParams.mpp``, 8 µm/px by default;
+finer for small slides so that the mask keeps >= 512 px on its longer side). Steps:
+
+1. **pen marks**: marker ink is not a mixture of hematoxylin and eosin. Both stains absorb green at
+   least as strongly as red, so in H&E the green channel never exceeds the red one; blue and green
+   inks do (G > R + ``pen_green_margin``). Black ink is darker than any stained tissue at this
+   resolution (max channel < ``pen_dark_max``). The pen mask is dilated by ``pen_dilate_um`` to take
+   the ink's soft edges too; ink blobs under ``pen_min_area_um2`` (chroma artefacts of JPEG at sharp
+   stain edges) are ignored.
+2. **tissue**: HSV saturation above an Otsu threshold (clipped to ``[sat_min, sat_max]`` so that a blank
+   slide yields nothing and a dense one does not lose pale stroma), on pixels that are not pen.
+3. **morphology**: closing (``closing_um``) joins fragmented stroma, holes smaller than
+   ``max_hole_um2`` are filled (large lumens and fat stay out), objects smaller than ``min_area_um2`` are
+   dropped; the pen mask is removed last so that closing cannot bridge over ink.
+
+A user mask (PNG or GeoJSON, see :func:`histokd.slides.masks.load_mask`) replaces the detection.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from histokd.slides.masks import load_mask
+from histokd.slides.reader import Slide
+
+
+@dataclass(frozen=True)
+class TissueParams:
+    """Tissue detection settings (physical units, so they mean the same at any slide resolution)."""
+
+    mpp: float = 8.0
+    """µm/px of the detection thumbnail (upper bound; small slides use a finer one)."""
+    min_side_px: int = 512
+    """The thumbnail keeps at least this many px on its longer side."""
+    sat_min: float = 0.05
+    sat_max: float = 0.25
+    closing_um: float = 16.0
+    opening_um: float = 8.0
+    min_area_um2: float = 20_000.0
+    max_hole_um2: float = 20_000.0
+    remove_pen: bool = True
+    pen_green_margin: int = 8
+    pen_dark_max: int = 80
+    pen_dilate_um: float = 24.0
+    pen_min_area_um2: float = 1_500.0
+    """Ink blobs smaller than this are compression artefacts at stain edges, not pen strokes."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TissueMask:
+    """A tissue mask over the whole slide.
+
+    ``mask`` bool ``[h, w]``; ``downsample`` = level-0 px per mask px (slide level-0 width / w);
+    ``pen`` bool ``[h, w]`` (ink found, or None for a user mask); ``thumbnail`` RGB ``[h, w, 3]`` uint8
+    at the mask's resolution (for QC); ``source`` "auto" or the user mask's path.
+    """
+
+    mask: np.ndarray
+    downsample: float
+    thumbnail: np.ndarray
+    pen: np.ndarray | None = None
+    source: str = "auto"
+
+    @property
+    def fraction(self) -> float:
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+
+def detection_mpp(slide: Slide, params: TissueParams) -> float:
+    """µm/px of the detection thumbnail for ``slide``: ``params.mpp`` unless the slide is small."""
+    long_um = max(slide.dimensions) * slide.mpp
+    return max(slide.mpp, min(params.mpp, long_um / params.min_side_px))
+
+
+def _dilate(mask: np.ndarray, r: float) -> np.ndarray:
+    """Dilation by a disk of radius ``r`` px (Euclidean distance transform: O(N) for any radius)."""
+    if r <= 0 or not mask.any():
+        return mask
+    return ndi.distance_transform_edt(~mask) <= r
+
+
+def _erode(mask: np.ndarray, r: float) -> np.ndarray:
+    """Erosion by a disk of radius ``r`` px; outside the image counts as background."""
+    if r <= 0 or not mask.any():
+        return mask
+    pad = int(np.ceil(r)) + 1
+    return (ndi.distance_transform_edt(np.pad(mask, pad)) > r)[pad:-pad, pad:-pad]
+
+
+def _closing(mask: np.ndarray, r: float) -> np.ndarray:
+    pad = int(np.ceil(r)) + 1
+    return _erode(_dilate(np.pad(mask, pad), r), r)[pad:-pad, pad:-pad]
+
+
+def _opening(mask: np.ndarray, r: float) -> np.ndarray:
+    return _dilate(_erode(mask, r), r)
+
+
+def _drop_small_objects(mask: np.ndarray, max_px: int) -> np.ndarray:
+    """Remove 8-connected components of ``mask`` with at most ``max_px`` pixels."""
+    labels, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    keep = sizes > max_px
+    keep[0] = False
+    return keep[labels]
+
+
+def _fill_small_holes(mask: np.ndarray, max_px: int) -> np.ndarray:
+    """Fill background components of at most ``max_px`` px that do not touch the image border."""
+    labels, n = ndi.label(~mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    fill = sizes <= max_px
+    fill[0] = False
+    fill[border] = False
+    return mask | fill[labels]
+
+
+def pen_mask(rgb: np.ndarray, params: TissueParams = TissueParams()) -> np.ndarray:
+    """Pixels of marker ink: bool ``[h, w]`` from RGB ``[h, w, 3]`` uint8 (before dilation)."""
+    a = rgb.astype(np.int16)
+    r, g = a[..., 0], a[..., 1]
+    coloured_ink = g > r + params.pen_green_margin
+    black_ink = a.max(axis=-1) < params.pen_dark_max
+    return coloured_ink | black_ink
+
+
+def _otsu(values: np.ndarray) -> float:
+    from skimage.filters import threshold_otsu
+
+    if values.size < 2 or float(values.max() - values.min()) < 1e-6:
+        return float("inf")
+    return float(threshold_otsu(values))
+
+
+def tissue_from_rgb(rgb: np.ndarray, mpp: float, params: TissueParams = TissueParams()) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue and pen masks (bool ``[h, w]`` each) from an RGB thumbnail ``[h, w, 3]`` at ``mpp`` µm/px."""
+    from skimage.color import rgb2hsv
+
+    sat = rgb2hsv(rgb)[..., 1]
+    if params.remove_pen:
+        pen = _drop_small_objects(pen_mask(rgb, params), int(params.pen_min_area_um2 / (mpp * mpp)))
+        pen = _dilate(pen, params.pen_dilate_um / mpp)
+    else:
+        pen = np.zeros(rgb.shape[:2], bool)
+    candidates = sat[~pen]
+    thr = float(np.clip(_otsu(candidates), params.sat_min, params.sat_max))
+    tissue = (sat > thr) & ~pen
+    px_area = mpp * mpp
+    if params.opening_um > 0:
+        tissue = _opening(tissue, params.opening_um / mpp)
+    if params.closing_um > 0:
+        tissue = _closing(tissue, params.closing_um / mpp)
+    if params.max_hole_um2 > 0:
+        tissue = _fill_small_holes(tissue, int(params.max_hole_um2 / px_area))
+    tissue &= ~pen
+    if params.min_area_um2 > 0:
+        tissue = _drop_small_objects(tissue, int(params.min_area_um2 / px_area))
+    return tissue, pen
+
+
+def detect_tissue(
+    slide: Slide,
+    params: TissueParams = TissueParams(),
+    tissue_mask: str | os.PathLike[str] | None = None,
+) -> TissueMask:
+    """Tissue mask of ``slide``; a user mask file (PNG / GeoJSON / registered format) replaces detection.
+
+    The returned mask's ``downsample`` is slide level-0 width / mask width.
+    """
+    mpp = detection_mpp(slide, params)
+    thumb = slide.read_at_mpp(mpp)
+    W = slide.dimensions[0]
+    if tissue_mask is not None:
+        mask, ds = load_mask(tissue_mask, slide.dimensions, downsample=W / thumb.shape[1])
+        return TissueMask(mask=mask, downsample=ds, thumbnail=thumb, pen=None, source=str(Path(tissue_mask)))
+    tissue, pen = tissue_from_rgb(thumb, mpp, params)
+    return TissueMask(mask=tissue, downsample=W / tissue.shape[1], thumbnail=thumb, pen=pen, source="auto")

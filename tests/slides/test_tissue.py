@@ -1,0 +1,92 @@
+"""Tissue detection: blob found, background / pen marks / specks excluded, holes filled, user mask."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from skimage.draw import disk, ellipse
+
+from histokd.slides.reader import open_slide
+from histokd.slides.tissue import TissueParams, detect_tissue, pen_mask, tissue_from_rgb
+from slide_scene import BLOB, PEN_Y_UM
+
+BG = (240, 240, 238)
+
+
+def _thumb(pens: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A 400 x 400 px thumbnail at 8 µm/px: tissue ellipse (with a small hole), pens, specks."""
+    rng = np.random.default_rng(0)
+    img = np.empty((400, 400, 3), np.uint8)
+    img[:] = BG
+    truth = np.zeros((400, 400), bool)
+    rr, cc = ellipse(200, 200, 120, 150, shape=truth.shape)
+    truth[rr, cc] = True
+    # H&E-ish texture: mix of eosin pink and hematoxylin purple
+    h = rng.random((400, 400, 1))
+    tissue_rgb = (1 - h) * np.array([225, 140, 190]) + h * np.array([120, 90, 170])
+    img[truth] = tissue_rgb[truth].astype(np.uint8)
+    rr, cc = disk((200, 200), 4)  # a 9-px wide lumen: filled (< max hole)
+    img[rr, cc] = BG
+    if pens:
+        img[20:32, 40:360] = (77, 97, 184)  # blue ink
+        img[340:350, 30:380] = (89, 158, 115)  # green ink
+        img[100:300, 375:385] = (50, 50, 58)  # black ink
+        img[60:240, 330:338] = (150, 160, 200)  # blue ink over the tissue edge, partly transparent
+    img[370:372, 10:12] = (200, 120, 180)  # a speck of debris (4 px)
+    return img, truth
+
+
+def test_tissue_found_and_pen_speck_excluded():
+    img, truth = _thumb()
+    tissue, pen = tissue_from_rgb(img, 8.0)
+    inter = (tissue & truth).sum()
+    assert inter / truth.sum() > 0.93  # most tissue found (minus the ink-covered edge)
+    assert (tissue & ~truth).sum() < 0.01 * truth.sum()  # nothing outside
+    assert not tissue[20:32, 40:360].any() and not tissue[340:350].any() and not tissue[100:300, 375:].any()
+    assert not tissue[60:240, 330:338].any()  # ink over tissue is not tissue
+    assert tissue[200, 200]  # small lumen filled
+    assert not tissue[368:374, 8:14].any()  # speck removed
+    assert pen[25, 200] and pen[345, 200] and pen[200, 380] and not pen[200, 150]
+
+
+def test_he_never_pen():
+    img, _ = _thumb(pens=False)
+    assert not pen_mask(img).any()
+
+
+def test_blank_slide_has_no_tissue():
+    img = np.full((300, 300, 3), BG, np.uint8)
+    img = np.clip(img + np.random.default_rng(0).integers(-3, 4, img.shape), 0, 255).astype(np.uint8)
+    tissue, _ = tissue_from_rgb(img, 8.0)
+    assert not tissue.any()
+
+
+def test_large_hole_is_kept_out():
+    img, truth = _thumb(pens=False)
+    rr, cc = disk((200, 200), 40)  # 640 µm wide lumen: not tissue
+    img[rr, cc] = BG
+    tissue, _ = tissue_from_rgb(img, 8.0, TissueParams())
+    assert not tissue[200, 200]
+
+
+def test_detect_tissue_on_slide_and_user_mask(slides, tmp_path):
+    with open_slide(slides.s05) as s:
+        t = detect_tissue(s)
+        assert t.downsample == s.dimensions[0] / t.mask.shape[1]
+        h, w = t.mask.shape
+        um = s.dimensions[0] * s.mpp / w
+        yy, xx = (np.mgrid[0:h, 0:w] + 0.5) * um
+        truth = ((xx - BLOB["cx"]) / BLOB["rx"]) ** 2 + ((yy - BLOB["cy"]) / BLOB["ry"]) ** 2 <= 1
+        iou = (t.mask & truth).sum() / (t.mask | truth).sum()
+        assert iou > 0.95
+        pen_rows = slice(int(PEN_Y_UM[0] / um), int(PEN_Y_UM[1] / um))
+        assert not t.mask[pen_rows].any() and t.pen[pen_rows].any()
+        # a GeoJSON square replaces detection
+        sq = [[0, 0], [200, 0], [200, 200], [0, 200], [0, 0]]
+        p = tmp_path / "tissue.geojson"
+        p.write_text(json.dumps({"type": "Polygon", "coordinates": [sq]}))
+        u = detect_tissue(s, tissue_mask=p)
+        assert u.source == str(p) and u.pen is None
+        assert u.mask[: int(200 / u.downsample) - 1, : int(200 / u.downsample) - 1].all()
+        assert u.mask.sum() <= (200 / u.downsample + 1) ** 2
