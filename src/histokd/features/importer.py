@@ -119,6 +119,12 @@ def import_features(
     if encoder_dirname(name) != name:
         raise InputError(f"--name {name!r}: use only letters, digits, '.', '_' and '-' (e.g. {encoder_dirname(name)})")
     fmt, found = _detect(src, format)
+    existing = sorted(ws.features_dir(name).glob("*.h5"))
+    if existing and not overwrite:
+        raise InputError(
+            f"{ws.features_dir(name)}: feature set {name!r} already has {len(existing)} file(s); "
+            f"pass --overwrite to replace them or choose another --name"
+        )
     result = ImportResult(out_dir=ws.features_dir(name), format=fmt)
     with progress() as bar:
         task = bar.add_task(f"import {fmt}", total=len(found), unit="slides")
@@ -126,8 +132,6 @@ def import_features(
             try:
                 check_id(sid)
                 out = ws.features_h5(name, sid)
-                if out.exists() and not overwrite:
-                    raise InputError(f"{out}: already exists; pass --overwrite to replace it")
                 ff = read_features(path, expected_dim=result.dim)
                 result.dim = ff.dim
                 attrs = _source_attrs(path)
