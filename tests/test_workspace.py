@@ -50,3 +50,14 @@ def test_workspace_paths(tmp_path: Path):
     assert encoder_dirname("mfl:/a/b/c") == "mfl_a_b_c"
     with pytest.raises(InputError):
         ws.model_dir("../escape")
+
+
+def test_atomic_files_follow_umask(tmp_path: Path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        p = write_json(tmp_path / "a.json", {})
+    finally:
+        os.umask(old)
+    assert (p.stat().st_mode & 0o777) == 0o644
