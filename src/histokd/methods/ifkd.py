@@ -45,7 +45,7 @@ from pydantic import Field
 
 from histokd.config import BaseConfig, read_yaml, validate_config, write_yaml
 from histokd.errors import HistokdError, InputError, ModelError
-from histokd.evaluate.pixel import summarise_slides
+from histokd.evaluate.pixel import detect_lesions, froc, summarise_slides
 from histokd.methods.base import Labeler, Method, Prediction, read_model_meta, register_method, write_model_meta
 from histokd.methods.ifkd_core import LoopSettings, calibrate, run_ifkd
 from histokd.models.segnet import build_segnet
@@ -312,12 +312,21 @@ def _maps_of(state: dict[str, torch.Tensor], cfg: IFKDConfig, slides: list[Slide
     return [predict_map(net, s.image, window=cfg.window) for s in slides]
 
 
-def _report(maps: list[np.ndarray], slides: list[SlideImage], sigma: float, thr: float, mpp: float) -> dict[str, float]:
+def _report(maps: list[np.ndarray], slides: list[SlideImage], sigma: float, thr: float, mpp: float) -> dict[str, Any]:
+    """Pixel metrics (Dice, IoU, pixel AUC, Hausdorff in µm) and lesion FROC of ``maps`` on the slides
+    with a GT mask. FROC candidates: local maxima (>= 2 working px apart) of the smoothed map above 0.05,
+    each scored by its probability; lesions: GT connected components."""
     have = [i for i, s in enumerate(slides) if s.gt is not None]
     if not have:
         return {}
-    return summarise_slides([smooth(maps[i], sigma) for i in have], [slides[i].gt for i in have], thr,
-                            [mpp] * len(have))
+    sm = [smooth(maps[i], sigma) for i in have]
+    gts = [slides[i].gt for i in have]
+    out: dict[str, Any] = summarise_slides(sm, gts, thr, [mpp] * len(have))
+    fr = froc([detect_lesions(m, 0.05, mode="maxima", min_distance=2) for m in sm], gts)
+    out["froc"] = fr.score
+    out["froc_sensitivity_at"] = {str(k): v for k, v in fr.sensitivity_at.items()}
+    out["n_lesions"] = fr.n_lesions
+    return out
 
 
 @register_method("ifkd")
