@@ -46,7 +46,8 @@ def write_pyramid_tiff(
     rgb = channels == 3
     if not rgb and compression == "jpeg":
         compression = "zlib"
-    comp_args = {"level": quality} if compression == "jpeg" else {}
+    # deflate level 3: ~3x faster than the default 6 on multiplex data, a few % larger
+    comp_args = {"level": quality} if compression == "jpeg" else {"level": 3} if compression == "zlib" else {}
     extra: dict = {}
     if mpp is not None:
         px_per_cm = 1e4 / mpp
@@ -70,6 +71,7 @@ def write_pyramid_tiff(
                     planarconfig="contig",
                     compression=compression,
                     compressionargs=comp_args,
+                    predictor=compression == "zlib",
                     subfiletype=0 if i == 0 else 1,
                     description=description if i == 0 else None,
                     metadata=None,

@@ -1,0 +1,58 @@
+"""Presets, overrides and the burden they produce."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from histokd.errors import InputError
+from histokd.synth.layout import make_layout
+from histokd.synth.nuclei import nucleus_types
+from histokd.synth.params import PRESETS, SynthParams, parse_override, resolve_params
+
+
+def test_presets_are_parameter_sets_with_overrides() -> None:
+    assert set(PRESETS.names()) == {"easy", "camelyon", "hard"}
+    p = resolve_params("hard", {"lesion_count": [1, 1]}, atypia=0.2)
+    assert isinstance(p, SynthParams) and p.lesion_count == (1, 1) and p.atypia == 0.2
+    assert p.stain_spread == PRESETS.get("hard").stain_spread
+    with pytest.raises(InputError, match="atypia"):
+        resolve_params("easy", atypia=1.5)
+    with pytest.raises(InputError, match="unknown"):
+        resolve_params("easy", {"lesions": 3})
+    assert parse_override("lesion_radius_um=20,40") == ("lesion_radius_um", (20.0, 40.0))
+    assert parse_override("atypia=0.3") == ("atypia", 0.3)
+    with pytest.raises(InputError):
+        parse_override("atypia")
+
+
+def _burden(preset: str, n: int = 12) -> np.ndarray:
+    p = resolve_params(preset)
+    return np.array([make_layout(p, p.mpps[i % 2], True, np.random.default_rng([5, i])).tumour_fraction(16)
+                     for i in range(n)])
+
+
+def test_presets_differ_in_lesion_burden_as_documented() -> None:
+    easy, cam, hard = _burden("easy"), _burden("camelyon"), _burden("hard")
+    assert np.median(easy) > 0.2  # large regions
+    assert np.median(hard) < 0.015 and (hard < 0.01).mean() >= 0.5  # often < 1 % of the tissue
+    assert np.median(easy) > np.median(cam) > np.median(hard)
+    assert hard.max() <= PRESETS.get("hard").max_tumour_fraction + 0.01
+    assert (easy > 0).all() and (hard > 0).all()
+
+
+def test_atypia_changes_tumour_nuclei_in_physical_units() -> None:
+    strong = nucleus_types(resolve_params("easy"))
+    weak = nucleus_types(resolve_params("hard"))
+    assert 6.0 <= strong["normal"].diameter_um[0] <= 8.0
+    assert 10.0 <= strong["tumour"].diameter_um[0] <= 16.0
+    assert weak["normal"].diameter_um[0] < weak["tumour"].diameter_um[0] < strong["tumour"].diameter_um[0]
+    assert strong["tumour"].darkness > weak["tumour"].darkness > strong["normal"].darkness
+    assert strong["tumour"].irregularity > weak["tumour"].irregularity
+
+
+def test_negative_layout_has_no_lesions_but_has_confounders() -> None:
+    p = resolve_params("hard", pen_prob=1.0, fold_prob=1.0, blur_prob=1.0)
+    lay = make_layout(p, 0.5, False, np.random.default_rng(0))
+    assert lay.lesions == [] and lay.tumour_fraction() == 0.0
+    assert lay.lymph and lay.pen is not None and lay.fold is not None and lay.blurs
