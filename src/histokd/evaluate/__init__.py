@@ -1,1 +1,1 @@
-
+"""Evaluation: bag / instance / pixel metrics, bootstrap CIs, cross-validation protocols, benchmarks."""

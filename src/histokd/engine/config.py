@@ -1,0 +1,31 @@
+"""Trainer settings shared by every method (optimiser, epochs, early stopping, devices, precision)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from histokd.config import BaseConfig
+
+
+class TrainerConfig(BaseConfig):
+    max_epochs: int = 50
+    min_epochs: int = 1  # early stopping never triggers before this
+    patience: int = 10  # epochs without validation improvement before stopping
+    monitor: Literal["loss", "auc"] = "loss"  # validation quantity for early stopping + checkpoint choice
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9  # SGD only
+    batch_size: int = 1  # bags per optimisation step (padded + masked)
+    max_instances: int | None = 8192  # training-time cap: bigger bags are randomly subsampled each epoch
+    class_weights: Literal["balanced", "none"] | list[float] = "balanced"
+    grad_clip: float | None = None
+    accelerator: str = "auto"  # cpu | cuda | mps | auto
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | ddp_spawn | ...
+    precision: str = "auto"  # auto: bf16-mixed on CUDA with bf16, else 32-true
+    deterministic: bool = True
+    num_workers: int = 0
+    predict_chunk: int = 4096  # instances per chunk for instance logits at prediction

@@ -1,0 +1,44 @@
+"""Lightning Fabric set-up: accelerator, devices/nodes/strategy, precision, seeding, determinism."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from histokd.engine.config import TrainerConfig
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch (all devices); optionally ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def resolve_precision(cfg: TrainerConfig) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    acc = cfg.accelerator
+    if acc in ("cuda", "gpu", "auto") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def make_fabric(cfg: TrainerConfig):  # noqa: ANN201 - lightning_fabric.Fabric
+    """A Fabric for ``cfg`` (not launched). Multi-process strategies need ``fabric.launch(fn)``."""
+    from lightning_fabric import Fabric
+
+    return Fabric(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=resolve_precision(cfg),  # type: ignore[arg-type]
+    )

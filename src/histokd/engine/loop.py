@@ -1,0 +1,291 @@
+"""The MIL training loop on Lightning Fabric, and whole-bag prediction.
+
+:func:`fit_mil` trains any :class:`~histokd.models.base.MILModel` on a :class:`BagDataset`: batches of
+padded bags, class-weighted loss (``model.bag_loss`` + ``model.loss_extra``), a per-epoch random
+subsample of bags larger than ``max_instances`` (training only: prediction always uses every tile),
+early stopping and checkpoint choice on the *validation* split (the test split never enters), seeded
+and deterministic, CPU / GPU / multi-device DDP through Fabric, mixed precision on GPU.
+Methods with their own steps (WENO, Distill-to-Label) reuse the pieces: :class:`TrainView`,
+:func:`bag_loader`, :func:`class_weights`, :class:`EarlyStopping`, :func:`predict_bag`,
+:func:`evaluate_bags`, :func:`make_optimizer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from histokd.data.bags import Bag, BagDataset, collate_bags
+from histokd.engine.config import TrainerConfig
+from histokd.engine.fabric import make_fabric, seed_everything
+from histokd.models.base import MILModel, MILOutput
+from histokd.progress import progress
+
+log = logging.getLogger("histokd")
+
+
+class TrainView(Dataset):
+    """Training view of a :class:`BagDataset`: bags above ``max_instances`` are randomly subsampled,
+    differently each epoch (:meth:`set_epoch`) but reproducibly (the draw depends on seed, epoch, bag)."""
+
+    def __init__(self, ds: BagDataset, max_instances: int | None, seed: int = 0) -> None:
+        self.ds, self.max_instances, self.seed, self.epoch = ds, max_instances, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> Bag:
+        bag = self.ds[i]
+        n = len(bag.features)
+        if self.max_instances is None or n <= self.max_instances:
+            return bag
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        keep = np.sort(rng.choice(n, self.max_instances, replace=False))  # sorted: keeps tile order
+        return Bag(bag.features[torch.from_numpy(keep)], bag.label, bag.slide_id,
+                   None if bag.coords is None else bag.coords[keep],
+                   None if bag.instance_labels is None else bag.instance_labels[keep], bag.split)
+
+
+def bag_loader(ds: BagDataset | TrainView, batch_size: int, shuffle: bool, seed: int = 0,
+               num_workers: int = 0) -> DataLoader:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_bags, generator=g,
+                      num_workers=num_workers)
+
+
+def class_weights(labels: np.ndarray, n_classes: int, mode: str | list[float]) -> torch.Tensor | None:
+    """``balanced``: n / (C · count_c) (absent classes get 0), ``none``: None, or explicit weights."""
+    if isinstance(mode, list):
+        if len(mode) != n_classes:
+            from histokd.errors import InputError
+
+            raise InputError(f"train.class_weights has {len(mode)} values for {n_classes} classes")
+        return torch.tensor(mode, dtype=torch.float32)
+    if mode == "none":
+        return None
+    counts = np.bincount(labels[labels >= 0], minlength=n_classes).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def make_optimizer(params: Any, cfg: TrainerConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+class EarlyStopping:
+    """Tracks the best validation value; ``step`` returns True when it improved."""
+
+    def __init__(self, mode: str = "min", patience: int = 10, min_epochs: int = 1) -> None:
+        self.mode, self.patience, self.min_epochs = mode, patience, min_epochs
+        self.best = math.inf if mode == "min" else -math.inf
+        self.best_epoch = -1
+        self.bad = 0
+
+    def step(self, value: float, epoch: int) -> bool:
+        better = value < self.best if self.mode == "min" else value > self.best
+        if better and not math.isnan(value):
+            self.best, self.best_epoch, self.bad = value, epoch, 0
+            return True
+        self.bad += 1
+        return False
+
+    def should_stop(self, epoch: int) -> bool:
+        return epoch + 1 >= self.min_epochs and self.bad >= self.patience
+
+
+@dataclass
+class BagOutput:
+    """Whole-bag prediction: ``bag_probs`` [C], ``instance_scores`` [N] or [N, C] (raw evidence),
+    ``instance_logits`` [N, C] (each tile as a bag of one, or the model's instance classifier)."""
+
+    bag_probs: np.ndarray
+    instance_scores: np.ndarray
+    instance_logits: np.ndarray | None = None
+
+
+@torch.no_grad()
+def predict_bag(model: MILModel, features: torch.Tensor | np.ndarray, device: torch.device | str = "cpu",
+                instances: bool = True, chunk: int = 4096) -> BagOutput:
+    """Predict one bag ``features`` [N, D] with every tile (no cap)."""
+    model.eval()
+    x = torch.as_tensor(np.asarray(features, dtype=np.float32) if isinstance(features, np.ndarray) else features)
+    x = x.to(device, torch.float32).unsqueeze(0)
+    out = model(x)
+    probs = torch.softmax(out.bag_logits.float(), -1)[0].cpu().numpy()
+    scores = out.instance_scores[0].float().cpu().numpy()
+    inst = model.instance_logits(x, chunk=chunk)[0].float().cpu().numpy() if instances else None
+    return BagOutput(probs, scores, inst)
+
+
+@torch.no_grad()
+def evaluate_bags(model: MILModel, ds: BagDataset, weight: torch.Tensor | None = None,
+                  device: torch.device | str = "cpu", autocast: Any = None) -> dict[str, float]:
+    """Validation loss (weighted CE of bag logits), AUC (positive class / macro one-vs-rest), accuracy."""
+    from histokd.evaluate.metrics import bag_metrics
+
+    model.eval()
+    losses, probs, ys = [], [], []
+    ctx = autocast if autocast is not None else contextlib.nullcontext
+    w = None if weight is None else weight.to(device)
+    for i in range(len(ds)):
+        b = ds[i]
+        with ctx():
+            out = model(b.features.to(device).unsqueeze(0))
+        y = torch.tensor([b.label], device=device)
+        losses.append(float(model.bag_loss(out, y, w)) if b.label >= 0 else float("nan"))
+        probs.append(torch.softmax(out.bag_logits.float(), -1)[0].cpu().numpy())
+        ys.append(b.label)
+    m = bag_metrics(np.array(ys), np.stack(probs), ds.positive_index)
+    return {"loss": float(np.nanmean(losses)), "auc": m["auc"], "accuracy": m["accuracy"]}
+
+
+@dataclass
+class FitResult:
+    model: MILModel  # on CPU, eval mode, best-epoch weights
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_value: float = float("nan")
+    seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def log_to_file(path: str | Path | None) -> Iterator[None]:
+    """Copy histokd log records to ``path`` (the model's ``train.log``) while the block runs."""
+    if path is None:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    h = logging.FileHandler(path, mode="a", encoding="utf-8")
+    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("histokd")
+    old = root.level
+    root.addHandler(h)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(h)
+        root.setLevel(old)
+        h.close()
+
+
+def fit_mil(
+    model: MILModel,
+    train: BagDataset,
+    val: BagDataset | None,
+    cfg: TrainerConfig,
+    seed: int = 0,
+    log_path: str | Path | None = None,
+    extra_loss: Callable[[MILModel, MILOutput, Any], torch.Tensor | None] | None = None,
+) -> FitResult:
+    """Train ``model`` on ``train``; choose the epoch on ``val`` (last epoch when ``val`` is empty/None).
+
+    ``extra_loss(model, out, batch)`` adds a method-specific term (e.g. VAT) to every step.
+    Multi-process strategies (``ddp``/``ddp_spawn``) run the loop on every process; the result comes
+    from rank 0.
+    """
+    fabric = make_fabric(cfg)
+    spawn = cfg.strategy.startswith("ddp") or (str(cfg.devices) not in ("1", "auto") and cfg.strategy != "auto")
+
+    def run(fab: Any) -> FitResult:
+        return _fit(fab, model, train, val, cfg, seed, log_path, extra_loss)
+
+    with log_to_file(log_path):
+        if spawn and "spawn" in cfg.strategy:
+            res = fabric.launch(run)
+        else:
+            fabric.launch()
+            res = run(fabric)
+    return res
+
+
+def _fit(fabric: Any, model: MILModel, train: BagDataset, val: BagDataset | None, cfg: TrainerConfig,
+         seed: int, log_path: Any, extra_loss: Any) -> FitResult:
+    seed_everything(seed, cfg.deterministic)
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    weight = class_weights(train.labels, train.n_classes, cfg.class_weights)
+    view = TrainView(train, cfg.max_instances, seed)
+    loader = bag_loader(view, cfg.batch_size, shuffle=True, seed=seed, num_workers=cfg.num_workers)
+    opt = make_optimizer(model.parameters(), cfg)
+    module = model
+    fmodel, opt = fabric.setup(model, opt)
+    loader = fabric.setup_dataloaders(loader, move_to_device=False)
+    w = None if weight is None else weight.to(fabric.device)
+    use_val = val is not None and len(val) > 0
+    stopper = EarlyStopping("min" if cfg.monitor == "loss" else "max", cfg.patience, cfg.min_epochs)
+    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in module.state_dict().items()})
+    history: list[dict[str, float]] = []
+    rank0 = fabric.global_rank == 0
+    with progress(disable=None if rank0 else True) as bar:
+        task = bar.add_task("train", total=cfg.max_epochs, unit="epoch")
+        for epoch in range(cfg.max_epochs):
+            view.set_epoch(epoch)
+            sampler = getattr(loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+            fmodel.train()
+            total, n = 0.0, 0
+            for batch in loader:
+                batch = batch.to(fabric.device)
+                out = fmodel(batch.x, batch.mask)
+                loss = module.bag_loss(out, batch.y, w)
+                extra = module.loss_extra(out, batch.y)
+                if extra is not None:
+                    loss = loss + extra
+                if extra_loss is not None:
+                    more = extra_loss(module, out, batch)
+                    if more is not None:
+                        loss = loss + more
+                opt.zero_grad(set_to_none=True)
+                fabric.backward(loss)
+                if cfg.grad_clip:
+                    fabric.clip_gradients(fmodel, opt, max_norm=cfg.grad_clip)
+                opt.step()
+                total += float(loss.detach()) * len(batch.y)
+                n += len(batch.y)
+            rec: dict[str, float] = {"epoch": epoch, "train_loss": total / max(n, 1)}
+            if use_val:
+                vm = evaluate_bags(module, val, weight, fabric.device, fabric.autocast)
+                rec.update({f"val_{k}": v for k, v in vm.items()})
+                value = vm[cfg.monitor]
+                if cfg.monitor == "auc" and math.isnan(value):
+                    value = -vm["loss"]
+                if stopper.step(value, epoch):
+                    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in module.state_dict().items()})
+            else:
+                stopper.best_epoch = epoch
+            history.append(rec)
+            log.info("epoch %d %s", epoch, " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k != "epoch"))
+            bar.update(task, advance=1, description=f"train loss {rec['train_loss']:.3f}"
+                       + (f" val {cfg.monitor} {rec.get('val_' + cfg.monitor, float('nan')):.3f}" if use_val else ""))
+            if use_val and stopper.should_stop(epoch):
+                log.info("early stop at epoch %d; best epoch %d (%s %.4f)", epoch, stopper.best_epoch, cfg.monitor,
+                         stopper.best)
+                break
+    if use_val:
+        module.load_state_dict(best_state)
+    else:
+        best_state = None
+    module = module.cpu().eval()
+    return FitResult(module, history, stopper.best_epoch, float(stopper.best), time.perf_counter() - t0)

@@ -1,0 +1,56 @@
+"""Bag and instance metrics: AUC, accuracy, balanced accuracy, F1, average precision.
+
+Binary tasks score the positive class (``tumour``, else the last class); multi-class tasks use macro
+one-vs-rest AUC and macro F1. Undefined values (one class only) are NaN, never an exception.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1_score, roc_auc_score
+
+BAG_METRICS = ("auc", "accuracy", "balanced_accuracy", "f1")
+INSTANCE_METRICS = ("auc", "ap")
+
+
+def bag_metrics(y: np.ndarray, probs: np.ndarray, positive: int | None = None) -> dict[str, float]:
+    """``y`` [n] class indices (-1 = unknown, ignored), ``probs`` [n, C] -> {auc, accuracy, balanced_accuracy, f1}."""
+    y = np.asarray(y)
+    probs = np.asarray(probs, dtype=np.float64)
+    keep = y >= 0
+    y, probs = y[keep], probs[keep]
+    nan = float("nan")
+    if len(y) == 0:
+        return dict.fromkeys(BAG_METRICS, nan)
+    C = probs.shape[1]
+    pred = probs.argmax(1)
+    out = {"accuracy": float((pred == y).mean())}
+    present = np.unique(y)
+    out["balanced_accuracy"] = float(balanced_accuracy_score(y, pred)) if len(present) > 1 else nan
+    if C == 2:
+        pos = 1 if positive is None else positive
+        yb = (y == pos).astype(int)
+        out["auc"] = float(roc_auc_score(yb, probs[:, pos])) if len(present) > 1 else nan
+        out["f1"] = float(f1_score(yb, (pred == pos).astype(int), zero_division=0))
+    else:
+        if len(present) == C:
+            p = probs / probs.sum(1, keepdims=True)
+            out["auc"] = float(roc_auc_score(y, p, multi_class="ovr", average="macro", labels=list(range(C))))
+        else:
+            out["auc"] = nan
+        out["f1"] = float(f1_score(y, pred, average="macro", labels=list(range(C)), zero_division=0))
+    return out
+
+
+def instance_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """``labels`` [n] (1 positive, 0 negative, -1 unknown: ignored), ``scores`` [n] -> {auc, ap, n, n_pos}."""
+    labels = np.asarray(labels).reshape(-1)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    keep = (labels >= 0) & np.isfinite(scores)
+    lab, sc = labels[keep], scores[keep]
+    n_pos = int((lab == 1).sum())
+    out = {"n": int(len(lab)), "n_pos": n_pos, "auc": float("nan"), "ap": float("nan")}
+    if 0 < n_pos < len(lab):
+        out["auc"] = float(roc_auc_score(lab, sc))
+        out["ap"] = float(average_precision_score(lab, sc))
+    return out

@@ -1,0 +1,151 @@
+"""Plain MIL teachers as methods: ``abmil``, ``gated-abmil``, ``chowder``, ``dsmil``, ``transmil``,
+``clam-sb``, ``meanpool``, ``maxpool``.
+
+Each method trains one registered model with :func:`histokd.engine.fit_mil`. Config (YAML / ``--set``)::
+
+    model: {...}            # the model's Args (e.g. hidden, attn_dim, r, n_ensemble)
+    train: {...}            # TrainerConfig (lr, max_epochs, patience, batch_size, max_instances, ...)
+    standardize: true       # z-score features with training-set statistics (stored with the model)
+
+The :class:`MILLabeler` predicts with every tile: bag probabilities, ``instance_scores`` (the model's
+raw evidence: attention logits, tile scores, instance logits of the positive class) and
+``instance_probs`` (each tile as a bag of one, or the model's own instance classifier).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import create_model
+
+from histokd.config import BaseConfig, validate_config
+from histokd.data.bags import BagDataset, positive_class
+from histokd.engine import TrainerConfig, fit_mil, predict_bag
+from histokd.errors import ModelError
+from histokd.methods.base import Labeler, Method, Prediction, read_model_meta, register_method, write_model_meta
+from histokd.models import MODELS, MILModel, build_model
+
+
+class MILConfig(BaseConfig):
+    model: BaseConfig = BaseConfig()
+    train: TrainerConfig = TrainerConfig()
+    standardize: bool = True
+
+
+def _config_for(model_name: str, **train_defaults: Any) -> type[MILConfig]:
+    args = MODELS.get(model_name).Args
+    return create_model(  # type: ignore[call-overload]
+        f"{args.__name__}MethodConfig",
+        __base__=MILConfig,
+        model=(args, args()),
+        train=(TrainerConfig, TrainerConfig(**train_defaults)),
+    )
+
+
+class MILLabeler(Labeler):
+    """A trained MIL model plus its class names and feature standardisation."""
+
+    def __init__(self, model: MILModel, model_name: str, classes: list[str], method: str, config: MILConfig,
+                 mean: np.ndarray | None = None, std: np.ndarray | None = None, device: str = "cpu") -> None:
+        self.model, self.model_name, self.classes, self.method, self.config = model, model_name, classes, method, config
+        self.mean, self.std, self.device = mean, std, device
+        self.positive = positive_class(classes)
+
+    def transform(self, features: np.ndarray) -> np.ndarray:
+        f = np.asarray(features, dtype=np.float32)
+        if self.mean is not None and self.std is not None:
+            f = (f - self.mean) / np.maximum(self.std, 1e-6)
+        return f
+
+    def predict(self, features: np.ndarray) -> Prediction:
+        out = predict_bag(self.model, self.transform(features), self.device, chunk=self.config.train.predict_chunk)
+        scores = out.instance_scores
+        if scores.ndim == 2:  # per-class evidence -> the positive class's
+            scores = scores[:, self.positive]
+        probs = torch.softmax(torch.from_numpy(out.instance_logits), -1).numpy()
+        return Prediction(out.bag_probs.astype(np.float32), probs.astype(np.float32), scores.astype(np.float32))
+
+    def save(self, directory: str | Path) -> None:
+        from histokd.workspace import atomic_path
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {"model": self.model.state_dict()}
+        if self.mean is not None:
+            state["mean"] = torch.from_numpy(np.asarray(self.mean, np.float32))
+            state["std"] = torch.from_numpy(np.asarray(self.std, np.float32))
+        with atomic_path(directory / "model.pt") as tmp:
+            torch.save(state, tmp)
+        write_model_meta(directory, self.method, self.config, self.classes, model=self.model_name,
+                         in_dim=self.model.in_dim)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "MILLabeler":
+        directory = Path(directory)
+        meta = read_model_meta(directory)
+        mcls = METHODS_BY_NAME.get(meta["method"])
+        if mcls is None:
+            raise ModelError(f"{directory}: method {meta['method']!r} is not a plain MIL method")
+        cfg = validate_config(mcls.config_cls, meta.get("config"), source=str(directory / "config.yaml"))
+        classes = list(meta["classes"])
+        model = build_model(meta.get("model", mcls.model_name), int(meta["in_dim"]), len(classes), cfg.model)
+        try:
+            state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"])
+        except FileNotFoundError:
+            raise ModelError(f"{directory}: model.pt missing; retrain with `histokd train`") from None
+        except (RuntimeError, KeyError) as e:
+            raise ModelError(f"{directory}/model.pt does not match config.yaml ({str(e)[:120]}); retrain") from None
+        mean = state["mean"].numpy() if "mean" in state else None
+        std = state["std"].numpy() if "std" in state else None
+        return cls(model.eval(), meta.get("model", mcls.model_name), classes, meta["method"], cfg, mean, std)
+
+
+class MILMethod(Method):
+    """Train one registered MIL model (``model_name``) with the Fabric engine."""
+
+    model_name: ClassVar[str] = ""
+    labeler_cls = MILLabeler
+
+    def fit(self, train: BagDataset, val: BagDataset | None, config: Any = None) -> MILLabeler:
+        cfg = config if isinstance(config, MILConfig) else validate_config(self.config_cls, config, self.name)
+        mean = std = None
+        if cfg.standardize:
+            mean, std = train.feature_stats()
+            norm = lambda f: (f - mean) / np.maximum(std, 1e-6)  # noqa: E731
+            train = train.map_features(norm)
+            val = val.map_features(norm) if val is not None and len(val) else val
+        torch.manual_seed(self.seed)
+        model = build_model(self.model_name, train.dim, train.n_classes, cfg.model)
+        res = fit_mil(model, train, val, cfg.train, seed=self.seed, log_path=self.log_path)
+        lab = MILLabeler(res.model, self.model_name, list(train.classes), self.name, cfg, mean, std)
+        lab.history = res.history  # type: ignore[attr-defined]
+        lab.best_epoch = res.best_epoch  # type: ignore[attr-defined]
+        return lab
+
+
+METHODS_BY_NAME: dict[str, type[MILMethod]] = {}
+
+# name -> (model, trainer defaults). ABMIL defaults follow Ilse et al. (Adam, lr 5e-4, wd 5e-4).
+_BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
+    "abmil": ("abmil", {"lr": 5e-4, "weight_decay": 5e-4}),
+    "gated-abmil": ("gated-abmil", {"lr": 5e-4, "weight_decay": 5e-4}),
+    "chowder": ("chowder", {"lr": 1e-3, "weight_decay": 0.0, "batch_size": 10}),
+    "dsmil": ("dsmil", {"lr": 2e-4, "weight_decay": 5e-3}),
+    "transmil": ("transmil", {"lr": 2e-4, "weight_decay": 1e-2, "optimizer": "adamw"}),
+    "clam-sb": ("clam-sb", {"lr": 2e-4, "weight_decay": 1e-5}),
+    "meanpool": ("meanpool", {"lr": 5e-4, "weight_decay": 1e-4}),
+    "maxpool": ("maxpool", {"lr": 5e-4, "weight_decay": 1e-4}),
+}
+
+for _method, (_model, _defaults) in _BUILTIN.items():
+    _cls = type(
+        f"MIL_{_method.replace('-', '_')}",
+        (MILMethod,),
+        {"name": _method, "model_name": _model, "config_cls": _config_for(_model, **_defaults),
+         "__doc__": f"Plain MIL teacher: the {_model!r} model trained with the Fabric engine."},
+    )
+    METHODS_BY_NAME[_method] = register_method(_method)(_cls)

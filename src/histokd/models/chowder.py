@@ -1,0 +1,107 @@
+"""CHOWDER (Courtiol et al. 2018): tile scores, top-R / bottom-R "MinMax" selection, MLP, ensemble.
+
+Each ensemble member: a linear tile scorer (the paper's 1-D convolution with kernel = stride = D) gives one
+score per tile s_i [B, N]; the R highest and R lowest *real* tiles (padding masked out) are concatenated
+into a 2R vector and fed to an MLP 2R -> 200 -> 100 -> C with sigmoid activations and dropout. The loss
+is each member's cross-entropy (members are independent models trained side by side from different
+initialisations, as the paper's E seeds) plus ``l2`` · ||w_scorer||² (:meth:`loss_extra`). The ensemble
+prediction averages the members' probabilities; the heatmap is the members' mean tile score.
+
+A bag with fewer than R tiles repeats its last selected score (its smallest top / largest bottom score),
+so a bag of one tile is well defined and padding never enters the selection.
+"""
+
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from histokd.config import BaseConfig
+from histokd.models.base import MILModel, MILOutput, full_mask, register_model
+
+
+def extreme_scores(s: torch.Tensor, mask: torch.Tensor, r: int) -> torch.Tensor:
+    """``s`` [B, N] tile scores -> [B, 2R]: R highest (descending) then R lowest (ascending) real scores."""
+    n_valid = mask.sum(1, keepdim=True).clamp_min(1)  # [B, 1]
+    k = min(r, s.shape[1])
+    top = s.masked_fill(~mask, float("inf") * -1).topk(k, dim=1).values
+    bot = s.masked_fill(~mask, float("inf")).topk(k, dim=1, largest=False).values
+    if k < r:  # fewer tiles than R in every bag of the batch: pad with the last slot, fixed below
+        top = torch.cat([top, top[:, -1:].expand(-1, r - k)], 1)
+        bot = torch.cat([bot, bot[:, -1:].expand(-1, r - k)], 1)
+    # slots beyond a bag's own tile count are repeats of its last real slot
+    slot = torch.arange(r, device=s.device).unsqueeze(0)
+    idx = torch.minimum(slot, n_valid - 1)
+    return torch.cat([top.gather(1, idx), bot.gather(1, idx)], 1)
+
+
+class ChowderMember(nn.Module):
+    def __init__(self, in_dim: int, n_classes: int, r: int, hidden: list[int], dropout: float) -> None:
+        super().__init__()
+        self.r = r
+        self.scorer = nn.Linear(in_dim, 1)  # == Conv1d(1, 1, kernel=D, stride=D) on the flattened bag
+        layers: list[nn.Module] = []
+        d = 2 * r
+        for h in hidden:
+            layers += [nn.Linear(d, h), nn.Sigmoid(), nn.Dropout(dropout)]
+            d = h
+        layers.append(nn.Linear(d, n_classes))
+        self.mlp = nn.Sequential(*layers)
+        for m in self.modules():  # Xavier, as the Owkin variant
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.scorer(x).squeeze(-1)
+        return self.mlp(extreme_scores(s, mask, self.r)), s
+
+
+class ChowderArgs(BaseConfig):
+    r: int = 5
+    hidden: list[int] = [200, 100]
+    dropout: float = 0.5
+    l2: float = 0.5  # λ on the scorer weights (paper value)
+    n_ensemble: int = 1  # E members (the paper uses 50)
+
+
+@register_model("chowder")
+class Chowder(MILModel):
+    Args = ChowderArgs
+
+    def __init__(
+        self,
+        in_dim: int,
+        n_classes: int = 2,
+        r: int = 5,
+        hidden: list[int] = [200, 100],  # noqa: B006
+        dropout: float = 0.5,
+        l2: float = 0.5,
+        n_ensemble: int = 1,
+    ) -> None:
+        super().__init__(in_dim, n_classes)
+        self.l2 = l2
+        self.members = nn.ModuleList(ChowderMember(in_dim, n_classes, r, hidden, dropout) for _ in range(n_ensemble))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> MILOutput:
+        """``x`` [B, N, D] -> bag logits [B, C] (log of the members' mean probability); tile scores [B, N]."""
+        mask = full_mask(x) if mask is None else mask
+        logits, scores = zip(*(m(x, mask) for m in self.members))
+        member_logits = torch.stack(logits)  # [E, B, C]
+        probs = torch.softmax(member_logits.float(), -1).mean(0)
+        bag = torch.log(probs.clamp_min(1e-12))
+        return MILOutput(bag, torch.stack(scores).mean(0), {"member_logits": member_logits})
+
+    def bag_loss(self, out: MILOutput, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        ml = out.extras["member_logits"].float()
+        E = ml.shape[0]
+        return F.cross_entropy(ml.reshape(-1, ml.shape[-1]), y.repeat(E), weight=weight)
+
+    def loss_extra(self, out: MILOutput, y: torch.Tensor) -> torch.Tensor | None:
+        if self.l2 <= 0:
+            return None
+        return self.l2 * sum(m.scorer.weight.pow(2).sum() for m in self.members) / len(self.members)
+
+
