@@ -1,0 +1,106 @@
+"""WENO: pseudo-labels, hard positive mining, a planted toy problem, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from histokd.errors import InputError
+from histokd.methods.weno import (
+    Bags,
+    Weno,
+    WenoLabeler,
+    hard_positive_keep,
+    max_bag_probs,
+    minmax_pseudo_labels,
+    negative_class_index,
+    soft_targets,
+    weighted_soft_ce,
+)
+
+
+def planted_bags(n_bags: int, seed: int, d: int = 16, shift: float = 4.0) -> Bags:
+    """Gaussian instances; positives shifted along one planted direction; every other bag positive."""
+    rng = np.random.default_rng(seed)
+    feats, labels, inst = [], [], []
+    for b in range(n_bags):
+        n = int(rng.integers(8, 20))
+        y = b % 2
+        il = np.zeros(n, dtype=np.int64)
+        if y:
+            il[rng.choice(n, int(rng.integers(1, n // 3 + 1)), replace=False)] = 1
+        x = rng.normal(size=(n, d)).astype(np.float32)
+        x[:, 0] += shift * il
+        feats.append(torch.from_numpy(x))
+        labels.append(y)
+        inst.append(il)
+    return Bags(feats, np.asarray(labels), inst)
+
+
+def test_minmax_pseudo_labels_global_and_negatives_zero() -> None:
+    s_pos = torch.tensor([1.0, 3.0, 5.0])
+    s_neg = torch.tensor([-1.0, 2.0])
+    y_pos, y_neg = minmax_pseudo_labels([s_pos, s_neg], [True, False], norm="global")
+    # global min -1, max 5 -> (s + 1) / 6, clamped
+    assert torch.allclose(y_pos, torch.tensor([2 / 6, 4 / 6, 1 - 1e-5]))
+    assert torch.equal(y_neg, torch.zeros(2))
+
+
+def test_minmax_pseudo_labels_per_bag_clamped() -> None:
+    (y,) = minmax_pseudo_labels([torch.tensor([2.0, 4.0, 3.0])], [True], norm="bag")
+    assert torch.allclose(y, torch.tensor([1e-5, 1 - 1e-5, 0.5]))
+    assert float(y.min()) > 0 and float(y.max()) < 1
+
+
+def test_soft_targets_and_weighted_ce() -> None:
+    t = soft_targets(torch.tensor([0.25, 1.0]), bag_class=1, neg=0, n_classes=2)
+    assert torch.allclose(t, torch.tensor([[0.75, 0.25], [0.0, 1.0]]))
+    logits = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+    w = torch.tensor([0.1, 0.9])
+    expected = -(0.1 * 0.75 + 0.9 * 0.25 + 0.9 * 1.0) * np.log(0.5) / 2
+    assert weighted_soft_ce(logits, t, w).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_mining_drops_exactly_above_threshold() -> None:
+    p = torch.tensor([0.1, 0.6, 0.5, 0.95, 0.3])
+    keep = hard_positive_keep(p, 0.5)
+    assert keep.tolist() == [True, False, True, False, True]
+    # nothing left -> keep only the argmax
+    keep = hard_positive_keep(torch.tensor([0.7, 0.99, 0.8]), 0.5)
+    assert keep.tolist() == [False, True, False]
+
+
+def test_max_bag_rule_and_negative_class() -> None:
+    p = torch.tensor([[0.9, 0.1], [0.3, 0.7]])
+    assert torch.allclose(max_bag_probs(p, neg=0), torch.tensor([0.3, 0.7]))
+    assert negative_class_index(["normal", "tumour"]) == 0
+    assert negative_class_index(["tumour", "normal"]) == 1
+    with pytest.raises(InputError):
+        negative_class_index(["a", "b"], "c")
+
+
+def test_weno_recovers_planted_instances(tmp_path) -> None:
+    tr, va, te = planted_bags(60, 0), planted_bags(20, 1), planted_bags(30, 2)
+    cfg = {"epochs": 6, "hpm_warmup": 3, "seed": 0, "min_student_steps": 20, "encoder_dim": 64, "student_hidden": [64],
+           "teacher_args": {"hidden": [64], "attn_dim": 32}}
+    lab = Weno().fit(tr, va, cfg)
+    probs, y, bag_p = [], [], []
+    for x, il in zip(te.features, te.instance_labels):
+        pred = lab.predict(x.numpy())
+        assert pred.instance_probs.shape == (len(x), 2)
+        assert np.allclose(pred.instance_probs.sum(1), 1, atol=1e-5)
+        assert pred.instance_scores.shape == (len(x),)
+        probs.append(pred.instance_probs[:, 1])
+        bag_p.append(pred.bag_probs[1])
+        y.append(il)
+    assert roc_auc_score(np.concatenate(y), np.concatenate(probs)) > 0.9
+    assert roc_auc_score(te.labels, bag_p) > 0.8
+    # save / load give identical predictions
+    lab.save(tmp_path)
+    again = WenoLabeler.load(tmp_path)
+    x = te.features[1].numpy()
+    assert np.allclose(again.predict(x).instance_probs, lab.predict(x).instance_probs, atol=1e-6)
+    with pytest.raises(InputError):
+        lab.predict(np.zeros((3, 5), np.float32))
