@@ -83,7 +83,7 @@ def test_max_bag_rule_and_negative_class() -> None:
 
 def test_weno_recovers_planted_instances(tmp_path) -> None:
     tr, va, te = planted_bags(60, 0), planted_bags(20, 1), planted_bags(30, 2)
-    cfg = {"epochs": 6, "hpm_warmup": 3, "seed": 0, "min_student_steps": 20, "encoder_dim": 64, "student_hidden": [64],
+    cfg = {"epochs": 6, "hpm_warmup": 3, "min_student_steps": 20, "encoder_dim": 64, "student_hidden": [64],
            "teacher_args": {"hidden": [64], "attn_dim": 32}}
     lab = Weno().fit(tr, va, cfg)
     probs, y, bag_p = [], [], []

@@ -59,9 +59,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histokd.config import BaseConfig, read_yaml, validate_config, write_yaml
+from histokd.config import BaseConfig, read_yaml, validate_config
 from histokd.errors import InputError, ModelError
-from histokd.methods.base import Labeler, Method, Prediction, register_method
+from histokd.methods.base import Labeler, Method, Prediction, read_model_meta, register_method, write_model_meta
 from histokd.models.base import MILModel, build_model
 from histokd.models.student import InstanceHead, ProjectionEncoder
 from histokd.workspace import atomic_path
@@ -157,6 +157,40 @@ def negative_class_index(classes: list[str], negative_class: str | None = None) 
         pos = classes.index("tumour") if "tumour" in classes else 1
         return 1 - pos
     return 0
+
+
+def prepare_bags(train: Any, val: Any, standardize: bool, val_fraction: float,
+                 seed: int) -> tuple[Bags, Bags, torch.Tensor | None, torch.Tensor | None]:
+    """Training and validation :class:`Bags`, z-scored with training statistics when ``standardize``.
+
+    Without a validation set (``val`` None or empty) a seeded, label-stratified ``val_fraction`` of the
+    training bags is held out, because checkpoints and thresholds are always chosen on validation bags.
+    """
+    tr = as_bags(train)
+    if val is None or len(val) == 0:
+        rng = np.random.default_rng(seed)
+        hold = np.zeros(len(tr), bool)
+        for c in np.unique(tr.labels):
+            idx = rng.permutation(np.flatnonzero(tr.labels == c))
+            hold[idx[: max(1, int(round(val_fraction * len(idx))))] if len(idx) > 1 else []] = True
+        log.info("no validation bags given: holding out %d of %d training bags for validation", hold.sum(), len(tr))
+        va = _subset(tr, np.flatnonzero(hold))
+        tr = _subset(tr, np.flatnonzero(~hold))
+    else:
+        va = as_bags(val)
+    mean = std = None
+    if standardize:
+        allx = torch.cat(tr.features)
+        mean, std = allx.mean(0), allx.std(0).clamp_min(1e-6)
+        tr = Bags([(x - mean) / std for x in tr.features], tr.labels, tr.instance_labels, tr.classes, tr.ids)
+        va = Bags([(x - mean) / std for x in va.features], va.labels, va.instance_labels, va.classes, va.ids)
+    return tr, va, mean, std
+
+
+def _subset(b: Bags, idx: np.ndarray) -> Bags:
+    return Bags([b.features[i] for i in idx], b.labels[idx],
+                None if b.instance_labels is None else [b.instance_labels[i] for i in idx], b.classes,
+                None if b.ids is None else [b.ids[i] for i in idx])
 
 
 def pad_bags(bags: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,10 +324,19 @@ class InstanceLabeler(Labeler):
 
     method = ""
 
-    def __init__(self, modules: dict[str, nn.Module], meta: dict[str, Any]) -> None:
+    def __init__(self, modules: dict[str, nn.Module], meta: dict[str, Any],
+                 mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> None:
         self.modules = nn.ModuleDict(modules)
         self.meta = meta
+        self.classes = list(meta["classes"])
+        self.mean, self.std = mean, std  # training-set feature statistics (standardize=true)
         self.modules.eval()
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardise raw features [N, D] with the training statistics stored with the model."""
+        if self.mean is None or self.std is None:
+            return x
+        return (x - self.mean) / self.std.clamp_min(1e-6)
 
     # the pieces; subclasses override how the student scores instances
     @property
@@ -327,6 +370,7 @@ class InstanceLabeler(Labeler):
                 f"features have {x.shape[1]} dimensions but the model was trained on {self.meta['in_dim']}; "
                 "use the feature set (encoder) the model was trained with"
             )
+        x = self.transform(x)
         probs = torch.cat([torch.softmax(self.student_logits(x[i : i + chunk]), -1) for i in range(0, len(x), chunk)])
         teacher: MILModel = self.modules["teacher"]  # type: ignore[assignment]
         z = torch.cat([self.encode_teacher(x[i : i + chunk]) for i in range(0, len(x), chunk)])
@@ -344,28 +388,41 @@ class InstanceLabeler(Labeler):
         )
 
     def save(self, directory: str | Path) -> None:
+        """``model.pt`` = state dicts (+ feature mean/std); ``config.yaml`` = method, config and the
+        architecture (``labeler`` key) needed to rebuild; ``classes.json``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        blob: dict[str, Any] = {f"{k}.{n}": v for k, m in self.modules.items() for n, v in m.state_dict().items()}
+        if self.mean is not None and self.std is not None:
+            blob["feature_mean"], blob["feature_std"] = self.mean, self.std
         with atomic_path(directory / "model.pt") as tmp:
-            torch.save({"state": {k: m.state_dict() for k, m in self.modules.items()}, "meta": self.meta}, tmp)
-        write_yaml(directory / "labeler.yaml", {"method": self.method, **_jsonable(self.meta)})
+            torch.save(blob, tmp)
+        meta = _jsonable({k: v for k, v in self.meta.items() if k not in ("config", "classes")})
+        write_model_meta(directory, self.method, self.meta.get("config", {}), self.classes,
+                         in_dim=int(self.meta["in_dim"]), labeler=meta)
 
     @classmethod
     def load(cls, directory: str | Path) -> "InstanceLabeler":
         directory = Path(directory)
+        info = read_model_meta(directory)
+        meta = dict(info.get("labeler") or {})
+        meta.update(classes=list(info["classes"]), config=info.get("config", {}))
         path = directory / "model.pt"
         if not path.exists():
-            raise ModelError(f"{path}: no model file; train a model first (histokd train)")
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        meta = blob["meta"]
+            raise ModelError(f"{path}: no model file; retrain with `histokd train`")
+        blob = torch.load(path, map_location="cpu", weights_only=True)
         modules = build_modules(meta)
-        for k, m in modules.items():
-            m.load_state_dict(blob["state"][k])
-        return cls(modules, meta)
+        try:
+            for k, m in modules.items():
+                m.load_state_dict({n[len(k) + 1 :]: v for n, v in blob.items() if n.startswith(k + ".")})
+        except RuntimeError as e:
+            raise ModelError(f"{path} does not match config.yaml ({str(e)[:120]}); retrain") from None
+        return cls(modules, meta, blob.get("feature_mean"), blob.get("feature_std"))
 
 
 def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in meta.items() if isinstance(v, (int, float, str, bool, list, dict, type(None)))}
+    return {k: v for k, v in meta.items()
+            if k != "history" and isinstance(v, (int, float, str, bool, list, dict, type(None)))}
 
 
 def build_modules(meta: dict[str, Any]) -> dict[str, nn.Module]:
@@ -424,7 +481,8 @@ class WenoConfig(BaseConfig):
     bag_score: Literal["max", "teacher"] = "max"
     negative_class: str | None = None
     patience: int = 20
-    seed: int = 0
+    standardize: bool = True  # z-score features with training statistics (stored with the model)
+    val_fraction: float = 0.2  # held out of train (stratified) when no validation split is given
     # end-to-end (pixels) options, used when encoder=cnn
     cnn_arch: str = "tiny"
     tile_px: int = 64
@@ -463,21 +521,19 @@ class Weno(Method):
     """
 
     name = "weno"
-    Config = WenoConfig
-    Labeler = WenoLabeler
+    config_cls = WenoConfig
+    labeler_cls = WenoLabeler
 
     def fit(self, train: Any, val: Any, config: Any = None) -> WenoLabeler:
         cfg = config if isinstance(config, WenoConfig) else validate_config(WenoConfig, config, "weno config")
         if cfg.end_to_end or cfg.encoder == "cnn":
-            from histokd.methods.weno_e2e import fit_end_to_end
-
-            return fit_end_to_end(train, val, cfg)
-        tr, va = as_bags(train), as_bags(val)
+            raise InputError("weno: end-to-end mode (encoder=cnn) is not available yet; use encoder=projection")
+        tr, va, mean, std = prepare_bags(train, val, cfg.standardize, cfg.val_fraction, self.seed)
         grid = cfg.hpm_threshold_grid if (cfg.hpm and cfg.hpm_threshold_grid) else [cfg.hpm_threshold]
         best: _Fitted | None = None
         best_thr = grid[0]
         for thr in grid:
-            fitted = _fit_weno(tr, va, cfg.model_copy(update={"hpm_threshold": thr}))
+            fitted = _fit_weno(tr, va, cfg.model_copy(update={"hpm_threshold": thr}), self.seed)
             log.info("weno: hpm_threshold=%.2f -> validation score %s", thr, fitted.score)
             if best is None or fitted.score > best.score:
                 best, best_thr = fitted, thr
@@ -485,6 +541,7 @@ class Weno(Method):
         meta = _meta(cfg, tr, best_thr)
         labeler = WenoLabeler(best.modules, meta)
         labeler.meta["instance_threshold"] = _val_instance_threshold(labeler, va)
+        labeler.mean, labeler.std = mean, std
         labeler.meta["history"] = best.history
         return labeler
 
@@ -526,10 +583,10 @@ def _val_instance_threshold(labeler: InstanceLabeler, va: Bags) -> float:
     return best_f1_threshold(np.concatenate(s), np.concatenate(y))
 
 
-def _fit_weno(tr: Bags, va: Bags, cfg: WenoConfig) -> _Fitted:
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+def _fit_weno(tr: Bags, va: Bags, cfg: WenoConfig, seed: int) -> _Fitted:
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
     meta = _meta(cfg, tr, cfg.hpm_threshold)
     neg, C = int(meta["negative_class"]), int(meta["n_classes"])
     mods = build_modules(meta)
