@@ -90,6 +90,12 @@ def tiny_workspace(tmp_path: Path) -> dict:
         feats = np.stack([frac, rng.normal(size=len(frac))], 1).astype(np.float32)
         write_features(run / "features" / enc / f"{sid}.h5", feats, coords,
                        {"encoder": enc, "patch_size_level0": PATCH0, "target_mpp": MPP0, "patch_size": PATCH0})
+        (run / "tiles").mkdir(parents=True, exist_ok=True)
+        with h5py.File(run / "tiles" / f"{sid}.h5", "w") as f:  # contract 4
+            f.create_dataset("coords", data=coords)
+            f.create_dataset("tissue", data=np.ones(len(coords), np.float32))
+            f.attrs.update({"patch_size": PATCH0, "patch_size_level0": PATCH0, "target_mpp": MPP0,
+                            "level0_mpp": MPP0, "overlap": 0, "slide_id": sid, "min_tissue": 0.5})
         pdir.mkdir(parents=True, exist_ok=True)
         with h5py.File(pdir / f"{sid}.h5", "w") as f:
             f.create_dataset("instance_probs", data=np.stack([1 - p, p], 1))

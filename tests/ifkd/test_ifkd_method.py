@@ -46,6 +46,24 @@ def test_fit_save_load_predict(tiny_workspace, tmp_path):
     with pytest.raises(ModelError):
         again.predict(np.zeros((2, 2), np.float32))
 
+    # the whole-run labelling: h5 with mask + attr, PNG, pixel metrics per split
+    import h5py
+    from PIL import Image
+
+    from histokd.methods.ifkd_label import label_ifkd
+    from histokd.workspace import Workspace
+
+    wsp = Workspace(ws["run"])
+    lab.save(wsp.model_dir("ifkd1"))
+    assert label_ifkd(ws["run"], "ifkd1") == {}
+    with h5py.File(wsp.predictions_h5("ifkd1", "slide1"), "r") as f:
+        assert f["mask"].shape == (96, 96) and f["mask"].attrs["mask_downsample"] == pytest.approx(4.0)
+        assert f["instance_probs"].shape == (144, 2) and json.loads(f.attrs["classes"]) == ["normal", "tumour"]
+    png = np.asarray(Image.open(wsp.predictions_dir("ifkd1") / "masks" / "slide1.png"))
+    assert png.shape == (96, 96) and set(np.unique(png)) <= {0, 255}
+    metrics = json.loads((wsp.predictions_dir("ifkd1") / "pixel_metrics.json").read_text())
+    assert set(metrics) == {"train", "val", "test", "all"} and 0.0 <= metrics["test"]["dice_global"] <= 1.0
+
 
 def test_fit_needs_teacher(tiny_workspace):
     ds = BagDataset.from_workspace(tiny_workspace["run"], tiny_workspace["encoder"])

@@ -1,0 +1,144 @@
+"""Pixel outputs of a trained IFKD segmenter for every slide of a run (what ``histokd label`` writes).
+
+``RUN/predictions/<id>/<slide>.h5`` (contract 7, with ``mask`` + attr ``mask_downsample``),
+``RUN/predictions/<id>/masks/<slide>.png`` (255 = tumour, the mask's geometry) and
+``RUN/predictions/<id>/pixel_metrics.json`` (Dice, IoU, pixel AUC, Hausdorff, FROC per split on the
+slides with a ground-truth mask). ``histokd label`` calls :func:`write_slide_outputs` for each slide
+of an IFKD model; :func:`label_ifkd` does the whole run on its own (API and scripts).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from PIL import Image
+
+from histokd.errors import HistokdError
+from histokd.methods.base import Prediction
+from histokd.progress import progress
+from histokd.workspace import Workspace, atomic_path, write_json
+
+log = logging.getLogger("histokd")
+
+
+def mask_png_path(ws: Workspace, model_id: str, slide_id: str) -> Path:
+    return ws.predictions_dir(model_id) / "masks" / f"{slide_id}.png"
+
+
+def write_mask_png(path: str | os.PathLike[str], mask: np.ndarray) -> Path:
+    """8-bit PNG of a 0/1 mask [h, w] (255 = tumour), atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255).save(tmp, format="PNG")
+    return Path(path)
+
+
+def write_prediction_h5(
+    path: str | os.PathLike[str], pred: Prediction, coords: np.ndarray, classes: list[str], model_id: str,
+    slide_id: str, patch_size_level0: float,
+) -> Path:
+    """The contract-7 predictions file of one slide, with the pixel mask."""
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("instance_probs", data=np.asarray(pred.instance_probs, np.float32))
+            f.create_dataset("coords", data=np.asarray(coords, np.int64).reshape(-1, 2))
+            if pred.instance_scores is not None:
+                f.create_dataset("instance_scores", data=np.asarray(pred.instance_scores, np.float32))
+            if pred.mask is not None:
+                d = f.create_dataset("mask", data=np.asarray(pred.mask, np.uint8), compression="gzip")
+                d.attrs["mask_downsample"] = float(getattr(pred, "mask_downsample", None) or 0.0)
+                f.attrs["mask_downsample"] = float(getattr(pred, "mask_downsample", None) or 0.0)
+            f.attrs["bag_probs"] = np.asarray(pred.bag_probs, np.float32)
+            f.attrs["classes"] = json.dumps(list(classes))
+            f.attrs["model_id"] = model_id
+            f.attrs["method"] = "ifkd"
+            f.attrs["slide_id"] = slide_id
+            f.attrs["patch_size_level0"] = float(patch_size_level0)
+    return Path(path)
+
+
+def write_slide_outputs(ws: Workspace, model_id: str, slide_id: str, pred: Prediction) -> None:
+    """The extra file of a segmenting labeller beside the h5: the mask PNG."""
+    if pred.mask is not None:
+        write_mask_png(mask_png_path(ws, model_id, slide_id), pred.mask)
+
+
+def pixel_metrics(ws: Workspace, model_id: str) -> dict[str, Any]:
+    """Dice, IoU, pixel AUC, Hausdorff (µm) and FROC of the written masks against the cohort's GT masks,
+    per split (and ``all``). FROC candidates: components of the mask, scored by their tile maximum."""
+    from histokd.data.cohort import load_workspace_cohort
+    from histokd.evaluate.pixel import detect_lesions, froc, summarise_slides
+    from histokd.segmentation.io import resize_mask
+    from histokd.slides.masks import load_mask
+
+    df = load_workspace_cohort(ws).df
+    per_split: dict[str, list[tuple[np.ndarray, np.ndarray, float]]] = {}
+    for r in df.to_dict("records"):
+        mp = r.get("mask_path")
+        h5 = ws.predictions_h5(model_id, str(r["slide_id"]))
+        if mp is None or str(mp) in ("", "nan") or not h5.exists():
+            continue
+        with h5py.File(h5, "r") as f:
+            if "mask" not in f:
+                continue
+            mask = f["mask"][()] > 0
+            ds = float(f.attrs.get("mask_downsample", 0.0))
+        from histokd.slides.reader import open_slide
+
+        with open_slide(r["path"]) as sl:
+            dims0, mpp0 = tuple(sl.dimensions), float(sl.mpp)
+        gt, _ = load_mask(mp, dims0)
+        gt = resize_mask(gt, mask.shape)
+        split = str(r.get("split")) if r.get("split") is not None and str(r.get("split")) != "nan" else "all"
+        per_split.setdefault(split, []).append((mask, gt, mpp0 * (ds or dims0[0] / mask.shape[1])))
+    out: dict[str, Any] = {}
+    groups = dict(per_split)
+    if len(groups) > 1:
+        groups["all"] = [x for v in per_split.values() for x in v]
+    for split, items in groups.items():
+        masks = [m.astype(np.float32) for m, _, _ in items]
+        gts = [g for _, g, _ in items]
+        s = summarise_slides(masks, gts, 0.5, [sp for _, _, sp in items])
+        fr = froc([detect_lesions(m, 0.5) for m in masks], gts)
+        s["froc"] = fr.score
+        out[split] = s
+    return out
+
+
+def label_ifkd(workspace: str | os.PathLike[str], model_id: str, overwrite: bool = True) -> dict[str, str]:
+    """Segment every slide that has tiles; returns ``{slide_id: error}`` for the slides that failed."""
+    from histokd.data.cohort import load_workspace_cohort
+    from histokd.methods import load_labeler
+    from histokd.slides.tiling import read_tiles
+
+    ws = Workspace(workspace)
+    lab = load_labeler(ws.model_dir(model_id))
+    if not hasattr(lab, "predict_slide"):
+        raise HistokdError(f"{ws.model_dir(model_id)}: model {model_id} does not segment pixels; use `histokd label`")
+    df = load_workspace_cohort(ws).df
+    failures: dict[str, str] = {}
+    with progress() as bar:
+        task = bar.add_task(f"ifkd label {model_id}", total=len(df), unit="slide")
+        for r in df.to_dict("records"):
+            sid = str(r["slide_id"])
+            out = ws.predictions_h5(model_id, sid)
+            try:
+                if out.exists() and not overwrite:
+                    continue
+                grid = read_tiles(ws.tiles_h5(sid))
+                ps = float(grid.attrs["patch_size_level0"])
+                pred = lab.predict_slide(r, None, grid.coords, ps)
+                write_prediction_h5(out, pred, grid.coords, lab.classes, model_id, sid, ps)
+                write_slide_outputs(ws, model_id, sid, pred)
+            except HistokdError as e:
+                failures[sid] = str(e)
+                log.warning("slide %s: %s", sid, e)
+            finally:
+                bar.advance(task)
+    write_json(ws.predictions_dir(model_id) / "pixel_metrics.json", pixel_metrics(ws, model_id))
+    return failures
