@@ -1,0 +1,40 @@
+"""``histokd label``: bag + instance predictions for every slide, and their evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from histokd.cli._common import fail_summary, run_command
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @run_command
+    def label(
+        workspace: Path = typer.Option(..., "--workspace", "-w", help="Run folder."),
+        model: str = typer.Option(..., "--model", help="Model id under RUN/models/."),
+        features: str = typer.Option(None, "--features", help="Feature set (default: the model's)."),
+        overwrite: bool = typer.Option(False, "--overwrite"),
+        n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% CIs."),
+        threshold: float = typer.Option(0.5, "--tumour-threshold", help="Tile tumour fraction above which it is positive."),
+        seed: int = typer.Option(0, "--seed"),
+    ) -> None:
+        """Write RUN/predictions/ID/<slide>.h5, bags.csv and metrics.json; print the metrics per split."""
+        from histokd.methods.label import label as label_fn
+
+        res = label_fn(workspace, model, features=features, overwrite=overwrite, n_boot=n_boot, seed=seed,
+                       tumour_threshold=threshold)
+        for split, m in res.metrics.get("splits", {}).items():
+            parts = [f"{split:<6} n={m['n_bags']}"]
+            for k in ("auc", "accuracy", "balanced_accuracy", "f1"):
+                if k in m:
+                    v, (lo, hi) = m[k]["value"], m[k]["ci95"]
+                    parts.append(f"{k}={v:.3f} [{lo:.3f},{hi:.3f}]")
+            for src in ("instance_from_probs", "instance_from_scores"):
+                if src in m:
+                    parts.append(f"{src.replace('instance_from_', 'inst_auc_')}={m[src]['auc']:.3f}")
+            typer.echo("  ".join(parts))
+        typer.echo(str(res.directory))
+        fail_summary(res.failures, res.n_slides + len(res.failures))

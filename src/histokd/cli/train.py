@@ -1,0 +1,44 @@
+"""``histokd train``: fit a MIL teacher / distillation method on a workspace's features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from histokd.cli._common import run_command
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @run_command
+    def train(
+        workspace: Path = typer.Option(..., "--workspace", "-w", help="Run folder."),
+        method: str = typer.Option("abmil", "--method", "-m", help="Registered method (see --list-methods)."),
+        features: str = typer.Option(None, "--features", help="Feature set under RUN/features/ (default: the only one)."),
+        config: Path = typer.Option(None, "--config", help="YAML config of the method."),
+        set_: list[str] = typer.Option(None, "--set", help="Override, e.g. --set train.lr=1e-3 (repeatable)."),
+        seed: int = typer.Option(0, "--seed"),
+        model_id: str = typer.Option(None, "--model-id", help="Model folder name (default METHOD-FEATURES-sSEED)."),
+        devices: str = typer.Option(None, "--devices", help="Devices per node (e.g. 1, 2, auto)."),
+        num_nodes: int = typer.Option(None, "--num-nodes"),
+        strategy: str = typer.Option(None, "--strategy", help="auto, ddp, ddp_spawn, ..."),
+        accelerator: str = typer.Option(None, "--accelerator", help="auto, cpu, cuda, mps."),
+        max_epochs: int = typer.Option(None, "--max-epochs"),
+        overwrite: bool = typer.Option(False, "--overwrite"),
+        list_methods: bool = typer.Option(False, "--list-methods", help="Print the registered methods and exit."),
+        teacher: str = typer.Option(None, "--teacher", help="Teacher model ID (ifkd): same as --set teacher=ID."),
+    ) -> None:
+        """Train METHOD on RUN/features/ENC -> RUN/models/ID/ (model.pt, config.yaml, metrics.json, train.log)."""
+        import histokd.methods as M
+        from histokd.methods.train import train as train_fn
+
+        if list_methods:
+            typer.echo("\n".join(M.METHODS.names()))
+            return
+        dev: int | str | None = int(devices) if devices and devices.isdigit() else devices
+        overrides = list(set_ or []) + ([f"teacher={teacher}"] if teacher else [])
+        out = train_fn(workspace, features=features, method=method, config=config, overrides=overrides,
+                       seed=seed, model_id=model_id, devices=dev, num_nodes=num_nodes, strategy=strategy,
+                       accelerator=accelerator, max_epochs=max_epochs, overwrite=overwrite)
+        typer.echo(str(out))

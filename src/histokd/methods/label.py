@@ -1,0 +1,199 @@
+"""``histokd label``: predictions for every slide with features -> ``RUN/predictions/<id>/`` + metrics.
+
+Per slide (contract 7) ``<slide>.h5``: ``instance_probs`` (N, C) float32, ``coords`` (N, 2) int64,
+``instance_scores`` (N,) float32 where the method gives them, ``mask`` (H, W) uint8 + attr
+``mask_downsample`` where it segments; attrs ``bag_probs``, ``classes`` (JSON), ``model_id``, ``method``,
+``patch_size_level0``, ``slide_id``. Plus ``bags.csv`` and ``metrics.json``: per split (and ``all``) bag
+AUC / accuracy / balanced accuracy / F1 with stratified-bootstrap 95% CIs, and instance AUC / AP where
+instance labels exist (contract 6), from ``instance_probs`` and, separately, ``instance_scores``.
+Slides whose prediction already exists for this model are read back, not recomputed (``overwrite``
+forces). A slide that fails is reported and the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from histokd.data.bags import BagDataset, ensure_instance_labels, positive_class
+from histokd.errors import HistokdError
+from histokd.progress import progress
+from histokd.workspace import Workspace, atomic_path, write_json, write_text
+
+log = logging.getLogger("histokd")
+
+
+@dataclass
+class LabelResult:
+    directory: Path
+    n_slides: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def write_prediction(path: Path, pred: Any, coords: np.ndarray, attrs: dict[str, Any]) -> None:
+    """One slide's prediction file (contract 7), atomically."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("instance_probs", data=np.asarray(pred.instance_probs, np.float32))
+        f.create_dataset("coords", data=np.asarray(coords, np.int64))
+        if pred.instance_scores is not None:
+            f.create_dataset("instance_scores", data=np.asarray(pred.instance_scores, np.float32).reshape(-1))
+        if pred.mask is not None:
+            d = f.create_dataset("mask", data=np.asarray(pred.mask, np.uint8), compression="gzip")
+            d.attrs["mask_downsample"] = float(getattr(pred, "mask_downsample", attrs.get("mask_downsample", 1.0)))
+            f.attrs["mask_downsample"] = d.attrs["mask_downsample"]
+        f.attrs["bag_probs"] = np.asarray(pred.bag_probs, np.float32)
+        for k, v in attrs.items():
+            if v is not None:
+                f.attrs[k] = v
+
+
+def read_prediction(path: Path) -> dict[str, Any]:
+    with h5py.File(path, "r") as f:
+        out = {k: f[k][()] for k in ("instance_probs", "instance_scores") if k in f}
+        out.update({k: v for k, v in f.attrs.items()})
+    return out
+
+
+def label(
+    workspace: str | os.PathLike[str] | Workspace,
+    model: str,
+    features: str | None = None,
+    overwrite: bool = False,
+    n_boot: int = 1000,
+    seed: int = 0,
+    tumour_threshold: float = 0.5,
+) -> LabelResult:
+    """Label every slide with features using model ``RUN/models/<model>/``; write predictions and metrics."""
+    from histokd.methods.base import load_labeler, read_model_meta
+
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    mdir = ws.model_dir(model)
+    meta = read_model_meta(mdir)
+    features = features or meta.get("features")
+    if not features:
+        from histokd.methods.train import pick_features
+
+        features = pick_features(ws, None)
+    labeler = load_labeler(mdir)
+    classes = list(labeler.classes)
+    out = ws.predictions_dir(model)
+    failures = ensure_instance_labels(ws, features, threshold=tumour_threshold)
+    ds = BagDataset.from_workspace(ws, features, classes=classes, require_labels=False, preload=False)
+    splits = _model_splits(mdir)
+    pos = positive_class(classes)
+    rows, inst = [], []
+    cohort = None  # read on first use by segmenting labellers
+    with progress() as bar:
+        task = bar.add_task("label", total=len(ds), unit="slide")
+        for i, rec in enumerate(ds.records):
+            sid = rec.slide_id
+            path = ws.predictions_h5(model, sid)
+            try:
+                if path.exists() and not overwrite and _same_model(path, model):
+                    p = read_prediction(path)
+                    bag_probs, probs, scores = p["bag_probs"], p["instance_probs"], p.get("instance_scores")
+                    inst_labels = ds[i].instance_labels
+                else:
+                    bag = ds[i]
+                    if hasattr(labeler, "predict_slide"):  # segmenters (ifkd) read the slide's pixels
+                        from histokd.data.cohort import load_workspace_cohort
+
+                        cohort = cohort or load_workspace_cohort(ws)
+                        pred = labeler.predict_slide(cohort.row(sid), bag.features.numpy(), bag.coords,
+                                                     _feature_attr(rec.path, "patch_size_level0"))
+                    else:
+                        pred = labeler.predict(bag.features.numpy())
+                    write_prediction(path, pred, bag.coords if bag.coords is not None else np.zeros((len(bag.features), 2)),
+                                     {"classes": json.dumps(classes), "model_id": model, "method": meta["method"],
+                                      "slide_id": sid, "patch_size_level0": _feature_attr(rec.path, "patch_size_level0")})
+                    bag_probs, probs, scores, inst_labels = pred.bag_probs, pred.instance_probs, pred.instance_scores, bag.instance_labels
+            except (HistokdError, OSError) as e:
+                failures[sid] = str(e)
+                log.warning("%s: %s", sid, e)
+                bar.advance(task)
+                continue
+            split = splits.get(sid, rec.split) or ""
+            rows.append((sid, split, rec.label, np.asarray(bag_probs, np.float64)))
+            if inst_labels is not None:
+                inst.append((split, np.asarray(inst_labels), np.asarray(probs)[:, pos],
+                             None if scores is None else np.asarray(scores).reshape(-1)))
+            bar.advance(task)
+    write_text(out / "bags.csv", _bags_csv(rows, classes))
+    metrics = evaluate_predictions(rows, inst, classes, n_boot, seed)
+    if hasattr(labeler, "predict_slide"):  # pixel masks: PNGs + Dice/IoU/AUC/Hausdorff/FROC per split
+        from histokd.methods.ifkd_label import finish_pixel_outputs
+
+        metrics["pixel"] = finish_pixel_outputs(ws, model)
+    metrics.update({"model_id": model, "method": meta["method"], "features": features, "failures": failures})
+    write_json(out / "metrics.json", metrics)
+    return LabelResult(out, len(rows), failures, metrics)
+
+
+def _feature_attr(path: Path | None, key: str) -> Any:
+    if path is None:
+        return None
+    with h5py.File(path, "r") as f:
+        return f.attrs.get(key)
+
+
+def _same_model(path: Path, model: str) -> bool:
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("model_id") == model and "instance_probs" in f
+    except OSError:
+        return False
+
+
+def _model_splits(mdir: Path) -> dict[str, str]:
+    p = mdir / "splits.csv"
+    if not p.exists():
+        return {}
+    import pandas as pd
+
+    df = pd.read_csv(p, dtype=str)
+    return dict(zip(df["slide_id"], df["split"].fillna("")))
+
+
+def _bags_csv(rows: list[tuple[str, str, int, np.ndarray]], classes: list[str]) -> str:
+    head = "slide_id,split,label,pred," + ",".join(f"prob_{c}" for c in classes) + "\n"
+    lines = [
+        f"{s},{sp},{classes[y] if y >= 0 else ''},{classes[int(p.argmax())]}," + ",".join(f"{v:.6f}" for v in p) + "\n"
+        for s, sp, y, p in rows
+    ]
+    return head + "".join(lines)
+
+
+def evaluate_predictions(rows: list[tuple[str, str, int, np.ndarray]], inst: list[tuple], classes: list[str],
+                         n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Bag metrics with bootstrap CIs per split and ``all``; pooled instance AUC/AP where labels exist."""
+    from histokd.evaluate.bootstrap import bootstrap_ci
+    from histokd.evaluate.metrics import BAG_METRICS, bag_metrics, instance_metrics
+
+    pos = positive_class(classes)
+    out: dict[str, Any] = {"classes": classes, "positive_class": classes[pos], "splits": {}}
+    names = sorted({r[1] for r in rows if r[1]}) + ["all"]
+    for name in names:
+        sel = [r for r in rows if (name == "all" or r[1] == name) and r[2] >= 0]
+        entry: dict[str, Any] = {"n_bags": len(sel)}
+        if sel:
+            y = np.array([r[2] for r in sel])
+            P = np.stack([r[3] for r in sel])
+            for m in BAG_METRICS:
+                v, lo, hi = bootstrap_ci(lambda yy, pp, m=m: bag_metrics(yy, pp, pos)[m], y, P, n_boot, seed=seed)
+                entry[m] = {"value": v, "ci95": [lo, hi]}
+        isel = [t for t in inst if name == "all" or t[0] == name]
+        if isel:
+            labels = np.concatenate([t[1] for t in isel])
+            entry["instance_from_probs"] = instance_metrics(labels, np.concatenate([t[2] for t in isel]))
+            if all(t[3] is not None for t in isel):
+                entry["instance_from_scores"] = instance_metrics(labels, np.concatenate([t[3] for t in isel]))
+        out["splits"][name] = entry
+    return out
