@@ -17,6 +17,7 @@ same whatever the number of worker processes or the order they finish in.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import csv
 import hashlib
 import io
@@ -25,7 +26,7 @@ import logging
 import math
 import multiprocessing as mp
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,15 @@ MASK_DOWNSAMPLE = 16
 CSV_COLUMNS = ("slide_id", "path", "label", "split", "mask_path", "paired_path")
 SPLIT_FRACTIONS = (("train", 0.5), ("val", 0.25), ("test", 0.25))
 POSITIVE, NEGATIVE = "tumour", "normal"
+
+# glibc returns every freed large array to the kernel by default, so each of the ~100 level-0 temporaries
+# of a slide is page-faulted and zeroed again: that was ~45 % of the CPU time (system time). Workers keep
+# freed memory in their heap instead (measured: system time 4.5 s -> 1.8 s for two 4096² slides).
+_WORKER_MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 32),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 32),
+    "MALLOC_TOP_PAD_": str(1 << 29),
+}
 
 
 @dataclass(frozen=True)
@@ -270,8 +280,9 @@ def generate_cohort(
             # spawn: no inherited threads/locks from the parent (torch, rich) and the same behaviour on
             # every OS; each worker is single-threaded numpy work.
             with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-                futs = {pool.submit(generate_slide, out, s, params, preset_name, mask_downsample): s
-                        for s in todo}
+                with _worker_env():  # workers are spawned by the first submits
+                    futs = {pool.submit(generate_slide, out, s, params, preset_name, mask_downsample): s
+                            for s in todo}
                 for fut in cf.as_completed(futs):
                     try:
                         fut.result()
@@ -284,6 +295,22 @@ def generate_cohort(
     if not result.failures:
         result.csv_path = _write_csv(out / "cohort.csv", result.rows)
     return result
+
+
+@contextlib.contextmanager
+def _worker_env() -> Iterator[None]:
+    """Set the malloc tuning above for worker processes spawned inside the block (parent env restored)."""
+    saved = {k: os.environ.get(k) for k in _WORKER_MALLOC_ENV}
+    for k, v in _WORKER_MALLOC_ENV.items():
+        os.environ.setdefault(k, v)
+    try:
+        yield
+    finally:
+        for k, old in saved.items():
+            if old is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = old
 
 
 def _describe(e: BaseException) -> str:

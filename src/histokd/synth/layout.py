@@ -247,7 +247,7 @@ def _tissue_field(rng: np.random.Generator, p: SynthParams, g: int, cells_per_um
     env = np.full((g, g), -10.0, dtype=np.float32)
     for _ in range(n):
         cx, cy = rng.uniform(0.25, 0.75, size=2)
-        rx, ry = rng.uniform(0.2, 0.36, size=2) / math.sqrt(n) * 1.2
+        rx, ry = rng.uniform(0.16, 0.3, size=2) / math.sqrt(n) * 1.2
         a = rng.uniform(0, math.pi)
         u = ((xx - cx) * math.cos(a) + (yy - cy) * math.sin(a)) / rx
         v = (-(xx - cx) * math.sin(a) + (yy - cy) * math.cos(a)) / ry
@@ -256,7 +256,8 @@ def _tissue_field(rng: np.random.Generator, p: SynthParams, g: int, cells_per_um
         rng, (g, g), 25 * cells_per_um)
     # push the field down smoothly near the slide border so no piece is cut by it
     edge = np.minimum(np.minimum(xx, 1 - xx), np.minimum(yy, 1 - yy))
-    fld = (fld - 4.0 * np.clip((0.1 - edge) / 0.1, 0, None) ** 2).astype(np.float32)
+    wobble = 0.03 * smooth_noise(rng, (g, g), 60 * cells_per_um)  # so the taper leaves no straight edge
+    fld = (fld - 6.0 * np.clip((0.12 - edge + wobble) / 0.12, 0, None) ** 2).astype(np.float32)
     thr = float(np.quantile(fld, 1.0 - _uniform(rng, p.tissue_fraction)))
     level = fld - thr
     # small holes (vessels, fat) inside the tissue
@@ -337,7 +338,7 @@ def make_layout(p: SynthParams, mpp: float, positive: bool, rng: np.random.Gener
     level = _tissue_field(rng, p, g, cells_per_um)
     cellularity = np.clip(1.0 + 0.3 * smooth_noise(rng, (g, g), 40 * cells_per_um), 0.4, 1.6)
     # large smooth swirls plus some finer waviness of the collagen bundles
-    warp = 70.0 * smooth_noise(rng, (g, g), 150 * cells_per_um) + 8.0 * smooth_noise(rng, (g, g), 40 * cells_per_um)
+    warp = 70.0 * smooth_noise(rng, (g, g), 150 * cells_per_um) + 14.0 * smooth_noise(rng, (g, g), 40 * cells_per_um)
     lay = SlideLayout(p.size, mpp, step, level, cellularity.astype(np.float32), warp.astype(np.float32),
                       float(rng.uniform(0, math.pi)))
     dist_um = ndi.distance_transform_edt(level > 0) / cells_per_um

@@ -30,7 +30,7 @@ class SynthParams:
     """Native resolutions, µm/px, cycled through the slides of each class (so mpp never tells the label)."""
     tissue_pieces: tuple[int, int] = (1, 3)
     """Number of irregular tissue fragments per slide."""
-    tissue_fraction: tuple[float, float] = (0.3, 0.5)
+    tissue_fraction: tuple[float, float] = (0.25, 0.45)
     """Fraction of the slide area covered by tissue."""
     positive_fraction: float = 0.5
     """Fraction of slides with tumour (rounded; at least one of each class when there are >= 2 slides)."""

@@ -128,8 +128,13 @@ def _fibres(lay: SlideLayout, rng: np.random.Generator) -> np.ndarray:
         ph *= ph  # thin bands
         ph *= np.float32(weight)
         out += ph
+    # fibres run in interrupted bundles (~6 µm patches) instead of an endless grating
+    bstep = max(1, round(6.0 / lay.mpp))
+    bundle = rng.standard_normal((-(-s // bstep) + 2,) * 2, dtype=np.float32)
+    bundle = np.clip(0.55 + 0.6 * bundle, 0.1, 1.0)
+    out *= upsample(bundle, bstep, s)
     contrast = upsample(np.clip(1.6 - lay.cellularity, 0.2, 1.0), lay.step, s)  # fewer fibres where cellular
-    out -= 0.45
+    out -= 0.35
     out *= contrast
     out += 0.7
     for grain_um, amp in ((1.0, 0.10), (4.0, 0.18)):  # fine grain and broken, mottled bundles
