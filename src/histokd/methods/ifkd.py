@@ -111,6 +111,8 @@ class SlideRef:
 
 
 def _records(ds: Any) -> list[Any]:
+    if ds is None:
+        return []
     recs = getattr(ds, "records", None)
     if recs is None:
         raise InputError("IFKD needs bag datasets built from a workspace (BagDataset.from_workspace)")
@@ -226,16 +228,24 @@ class IFKDLabeler(Labeler):
     def __init__(self, net: torch.nn.Module, meta: dict[str, Any]) -> None:
         self.net = net.eval()
         self.meta = meta
+        self._teacher: Labeler | None = None
 
     @property
     def classes(self) -> list[str]:
         return list(self.meta["classes"])
 
     def predict(self, features: np.ndarray) -> Prediction:
-        raise ModelError(
-            "ifkd segments slide pixels and cannot label from features alone; run `histokd label -w RUN "
-            "--model ID`, which gives it the slide"
-        )
+        """Without the slide's pixels IFKD cannot segment: the bag and tile probabilities of its MIL
+        teacher are returned (no mask). ``histokd label`` calls :meth:`predict_slide` instead."""
+        if self._teacher is None:
+            tdir = self.meta.get("teacher_dir")
+            if not tdir or not Path(tdir).is_dir():
+                raise ModelError(f"ifkd: teacher model folder {tdir!r} not found; ifkd needs the slide pixels "
+                                 f"(run `histokd label -w RUN --model ID`) or its teacher")
+            from histokd.methods.base import load_labeler
+
+            self._teacher = load_labeler(tdir)
+        return self._teacher.predict(features)
 
     def prob_map(self, image: np.ndarray) -> np.ndarray:
         """Smoothed tumour probability [h, w] of a slide image [h, w, 3] uint8 at ``work_mpp``."""
@@ -353,7 +363,8 @@ class IFKD(Method):
         fpaths = {r.slide_id: Path(r.path) for r in _records(train) + _records(val) if getattr(r, "path", None)}
         tr_ids = [r.slide_id for r in _records(train)]
         va_ids = [r.slide_id for r in _records(val)]
-        te_ids = [s for s, r in refs.items() if s not in set(tr_ids) | set(va_ids) and r.split == "test"]
+        # reporting only: every cohort slide used neither for training nor for validation
+        te_ids = [s for s in refs if s not in set(tr_ids) | set(va_ids)]
         tr, fail_tr = load_slides(ws, [refs[s] for s in tr_ids if s in refs], cfg.teacher, cfg.work_mpp, fpaths,
                                   "ifkd: train slides")
         va, _ = load_slides(ws, [refs[s] for s in va_ids if s in refs], cfg.teacher, cfg.work_mpp, fpaths,
@@ -386,6 +397,7 @@ class IFKD(Method):
         ps = _teacher_patch_size(ws, cfg.teacher, tr_ids)
         meta = {
             "method": "ifkd", "classes": classes, "teacher": cfg.teacher, "work_mpp": cfg.work_mpp,
+            "teacher_dir": str(ws.model_dir(cfg.teacher).resolve()),
             "net": cfg.net, "widths": list(cfg.widths), "side_weights": cfg.side_weights, "window": cfg.window,
             "sigma": sigma, "threshold": thr, "patch_size_level0": ps, "source": res.source,
             "config": cfg.model_dump(mode="json"), "pixel_metrics": pixel,

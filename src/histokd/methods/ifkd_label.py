@@ -110,6 +110,22 @@ def pixel_metrics(ws: Workspace, model_id: str) -> dict[str, Any]:
     return out
 
 
+def finish_pixel_outputs(ws: Workspace, model_id: str) -> dict[str, Any]:
+    """After ``histokd label``: a PNG per predictions h5 that has a ``mask``, and ``pixel_metrics.json``."""
+    pdir = ws.predictions_dir(model_id)
+    for h5 in sorted(pdir.glob("*.h5")):
+        if h5.name.startswith("."):
+            continue
+        with h5py.File(h5, "r") as f:
+            if "mask" not in f:
+                continue
+            mask = f["mask"][()]
+        write_mask_png(mask_png_path(ws, model_id, h5.stem), mask)
+    metrics = pixel_metrics(ws, model_id)
+    write_json(pdir / "pixel_metrics.json", metrics)
+    return metrics
+
+
 def label_ifkd(workspace: str | os.PathLike[str], model_id: str, overwrite: bool = True) -> dict[str, str]:
     """Segment every slide that has tiles; returns ``{slide_id: error}`` for the slides that failed."""
     from histokd.data.cohort import load_workspace_cohort
