@@ -11,6 +11,7 @@ import yaml
 
 from histokd.data.paired import load_paired_tiles, sample_locations
 from histokd.errors import InputError
+from histokd.evaluate.probe import compare_encoders
 from histokd.features.encoders import build_encoder
 from histokd.methods.more_from_less import train_encoder
 from histokd.workspace import Workspace
@@ -59,6 +60,12 @@ def test_train_encoder_end_to_end(mfl_workspace):
     assert provs["more-from-less"]["tiles_hash"] == provs["ssl-he"]["tiles_hash"]
     with pytest.raises(InputError, match="exists"):
         train_encoder(mfl_workspace, method="ssl-he", encoder_id="t-ssl-he", **KW)
+    # the trained encoder goes through `histokd embed` and the probe (the comparison table, probe only)
+    specs = [f"mfl:{mfl_workspace / 'encoders' / f't-{m}'}" for m in ("more-from-less", "ssl-he")]
+    rows, table = compare_encoders(mfl_workspace, specs, mil_method=None, embed_kwargs={"workers": 0})
+    assert [r["encoder"] for r in rows] == specs
+    assert all(0.0 <= r["probe_auc"] <= 1.0 and r["dim"] == 128 for r in rows)
+    assert table.count("\n") == 4 and (mfl_workspace / "probes" / "comparison.md").exists()
 
 
 def test_bad_options(mfl_workspace):
