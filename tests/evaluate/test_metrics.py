@@ -1,0 +1,87 @@
+"""Metrics against hand-computed values, bootstrap CI sanity, CV stratification."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from histokd.evaluate.bootstrap import bootstrap_ci, mean_ci
+from histokd.evaluate.metrics import bag_metrics, instance_metrics
+from histokd.evaluate.protocols import cv_folds, parse_protocol, stratified_split
+from histokd.errors import InputError
+
+
+def test_bag_metrics_by_hand() -> None:
+    y = np.array([0, 0, 1, 1])
+    p1 = np.array([0.1, 0.6, 0.4, 0.8])  # positive-class probs
+    probs = np.stack([1 - p1, p1], 1)
+    m = bag_metrics(y, probs, 1)
+    # pairs (pos, neg): (0.4>0.1) (0.4<0.6) (0.8>0.1) (0.8>0.6) -> 3/4
+    assert m["auc"] == pytest.approx(0.75)
+    assert m["accuracy"] == pytest.approx(0.5)  # preds 0,1,0,1
+    assert m["balanced_accuracy"] == pytest.approx(0.5)
+    assert m["f1"] == pytest.approx(0.5)  # tp=1 fp=1 fn=1
+
+
+def test_bag_metrics_positive_class_first_and_multiclass() -> None:
+    y = np.array([0, 1, 0])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]])
+    m = bag_metrics(y, probs, positive=0)  # class 0 is "tumour"
+    assert m["auc"] == pytest.approx(1.0)
+    y3 = np.array([0, 1, 2, 2])
+    p3 = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.5, 0.3, 0.2]])
+    m3 = bag_metrics(y3, p3)
+    assert m3["accuracy"] == pytest.approx(0.75) and 0 < m3["auc"] <= 1
+    assert np.isnan(bag_metrics(np.array([1, 1]), np.array([[0.2, 0.8], [0.4, 0.6]]))["auc"])
+
+
+def test_instance_metrics_ignore_unknown() -> None:
+    m = instance_metrics(np.array([1, 0, -1, 0, 1]), np.array([0.9, 0.1, 100.0, 0.2, 0.3]))
+    assert m["auc"] == pytest.approx(1.0) and m["n"] == 4 and m["n_pos"] == 2
+    # AP: ranks 0.9(+) 0.3(+) 0.2 0.1 -> precision 1 at both positives
+    assert m["ap"] == pytest.approx(1.0)
+
+
+def test_bootstrap_ci_contains_value_and_shrinks() -> None:
+    rng = np.random.default_rng(0)
+
+    def acc(y, s):
+        return float(((s > 0.5) == y).mean())
+
+    y_small = rng.integers(0, 2, 30)
+    s_small = np.where(rng.random(30) < 0.8, y_small, 1 - y_small).astype(float)
+    v, lo, hi = bootstrap_ci(acc, y_small, s_small, 500, seed=1)
+    assert lo <= v <= hi
+    y_big = rng.integers(0, 2, 3000)
+    s_big = np.where(rng.random(3000) < 0.8, y_big, 1 - y_big).astype(float)
+    v2, lo2, hi2 = bootstrap_ci(acc, y_big, s_big, 500, seed=1)
+    assert (hi2 - lo2) < (hi - lo) / 3 and lo2 < 0.8 < hi2
+
+
+def test_mean_ci() -> None:
+    r = mean_ci(np.array([1.0, 2.0, 3.0]))
+    assert r["mean"] == 2.0 and r["std"] == pytest.approx(1.0)
+    assert r["ci_high"] - 2.0 == pytest.approx(4.302653 / np.sqrt(3), rel=1e-5)  # t(0.975, 2)
+
+
+def test_cv_stratified_disjoint_and_seeded() -> None:
+    y = np.array([0] * 30 + [1] * 20)
+    folds = list(cv_folds(y, 5, 2, seed=3, val_fraction=0.2))
+    assert len(folds) == 10
+    for f in folds:
+        assert not set(f.train) & set(f.test) and not set(f.val) & set(f.test) and not set(f.train) & set(f.val)
+        assert y[f.test].sum() == 4 and len(f.test) == 10  # exactly stratified
+    for r in range(2):
+        covered = np.concatenate([f.test for f in folds if f.repeat == r])
+        assert sorted(covered) == list(range(50))
+    again = list(cv_folds(y, 5, 2, seed=3, val_fraction=0.2))
+    assert all((a.test == b.test).all() and (a.val == b.val).all() for a, b in zip(folds, again))
+    assert not (folds[0].test == folds[5].test).all()  # repeats differ
+
+
+def test_protocol_parsing_and_split() -> None:
+    assert parse_protocol("cv:10x5") == ("cv", 10, 5) and parse_protocol("cv:3") == ("cv", 3, 1)
+    with pytest.raises(InputError):
+        parse_protocol("cv:1x5")
+    s = stratified_split([0] * 20 + [1] * 20, seed=0)
+    assert s.count("test") == 6 and s.count("val") == 6
