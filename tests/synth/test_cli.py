@@ -29,3 +29,11 @@ def test_synth_cli_bad_preset_is_one_line_error(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["synth", str(tmp_path / "x"), "--preset", "nope", "--size", "512"])
     assert res.exit_code == 2
     assert "unknown synth preset" in res.output
+
+
+def test_api_verb_is_callable_after_subpackage_import(tmp_path: Path) -> None:
+    import histokd
+    import histokd.synth.generate  # noqa: F401 - rebinds histokd.synth to the package
+
+    csv = histokd.synth(tmp_path / "api", slides=1, size=512, workers=1, show_progress=False)
+    assert csv.name == "cohort.csv" and csv.is_file()

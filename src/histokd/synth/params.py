@@ -114,13 +114,13 @@ PRESETS: Registry[SynthParams] = Registry("synth preset")
 # tile-level learner separates tumour from normal; slide labels are nearly tile labels.
 PRESETS.register("easy")(SynthParams())
 
-# camelyon: the Camelyon16 mix: macro- and micro-metastases side by side (40-400 µm), moderate
+# camelyon: the Camelyon16 mix: macro- and micro-metastases side by side (25-350 µm), moderate
 # atypia, some look-alikes and realistic inter-slide stain variation.
 PRESETS.register("camelyon")(
     SynthParams(
-        lesion_count=(1, 4),
-        lesion_radius_um=(30.0, 500.0),
-        max_tumour_fraction=0.4,
+        lesion_count=(1, 3),
+        lesion_radius_um=(25.0, 350.0),
+        max_tumour_fraction=0.3,
         atypia=0.7,
         lookalike_rate=0.5,
         stain_spread=0.08,
@@ -137,7 +137,7 @@ PRESETS.register("camelyon")(
 PRESETS.register("hard")(
     SynthParams(
         lesion_count=(1, 2),
-        lesion_radius_um=(20.0, 70.0),
+        lesion_radius_um=(20.0, 60.0),
         max_tumour_fraction=0.05,
         atypia=0.4,
         lymph_regions=(2, 4),
