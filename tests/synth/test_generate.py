@@ -86,7 +86,8 @@ def _nuclei_stats(rgb: np.ndarray, region: np.ndarray) -> tuple[float, float, fl
     sel = nuc & region
     assert sel.sum() > 100
     edt = ndi.distance_transform_edt(nuc)
-    return float(sel.sum() / region.sum()), float(np.percentile(edt[sel], 90)), float((255 - grey[sel]).mean())
+    frac = float(sel.sum() / region.sum())
+    return frac, float(np.percentile(edt[sel], 90)), float((255 - grey[sel]).mean())
 
 
 def test_mask_aligned_with_tumour_nuclei(cohort: Path, load_meta) -> None:
@@ -152,7 +153,8 @@ def test_deterministic_across_worker_counts_and_resumable(tmp_path: Path) -> Non
             pa, pb = _level(a / sub / f"{sid}.tiff", 0), _level(b / sub / f"{sid}.tiff", 0)
             assert pa.tobytes() == pb.tobytes()
         assert (a / "masks" / f"{sid}.png").read_bytes() == (b / "masks" / f"{sid}.png").read_bytes()
-    assert _level(a / "slides/synth_000.tiff", 0).tobytes() != _level(c / "slides/synth_000.tiff", 0).tobytes()
+    other = _level(c / "slides/synth_000.tiff", 0)
+    assert _level(a / "slides/synth_000.tiff", 0).tobytes() != other.tobytes()
     # a second run keeps the finished slides
     before = (a / "slides/synth_000.tiff").stat().st_mtime_ns
     res = generate_cohort(a, slides=2, seed=11, size=512, workers=1, show_progress=False)

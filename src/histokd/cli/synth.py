@@ -17,14 +17,14 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Argument(..., help="Output folder (created); gets cohort.csv, slides/, paired/, "
                                              "masks/, annotations/, meta/."),
         slides: int = typer.Option(16, "--slides", "-n", help="Number of slides (about half with tumour)."),
-        seed: int = typer.Option(0, "--seed", help="Cohort seed: same seed, same pixels, whatever --workers."),
-        preset: str = typer.Option("easy", "--preset", help="easy | camelyon | hard (see docs/parts/synth.md)."),
+        seed: int = typer.Option(0, "--seed", help="Cohort seed: same seed, same pixels."),
+        preset: str = typer.Option("easy", "--preset", help="easy | camelyon | hard."),
         size: int = typer.Option(None, "--size", help="Level-0 side in px (default 4096; multiple of 16)."),
         workers: int = typer.Option(None, "--workers", "-j", help="Worker processes (default: all CPUs)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Redraw slides that already exist."),
         set_: list[str] = typer.Option(
             None, "--set",
-            help="Override a preset knob, NAME=VALUE (repeatable), e.g. --set lesion_count=1,2 --set atypia=0.3.",
+            help="Override a preset knob, NAME=VALUE (repeatable), e.g. --set lesion_count=1,2.",
         ),
     ) -> None:
         """Generate a synthetic cohort: pyramidal H&E TIFFs at 0.25/0.5 µm/px, paired multiplex TIFFs,

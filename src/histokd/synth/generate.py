@@ -261,7 +261,8 @@ def generate_cohort(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     specs = plan_cohort(slides, seed, params, prefix)
-    todo = [s for s in specs if overwrite or not _is_complete(out, s, _config_hash(params, s, mask_downsample))]
+    todo = [s for s in specs
+            if overwrite or not _is_complete(out, s, _config_hash(params, s, mask_downsample))]
     result = SynthResult(None, [_row(s) for s in specs], skipped=len(specs) - len(todo))
     if result.skipped:
         log.info("synth: %d of %d slides already generated with this configuration; kept", result.skipped,

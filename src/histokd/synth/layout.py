@@ -261,20 +261,20 @@ def _tissue_field(rng: np.random.Generator, p: SynthParams, g: int, cells_per_um
     thr = float(np.quantile(fld, 1.0 - _uniform(rng, p.tissue_fraction)))
     level = fld - thr
     # small holes (vessels, fat) inside the tissue
-    holes = smooth_noise(rng, (g, g), 12 * cells_per_um) > 2.4
-    level = np.where(holes & (level > 0), -0.05, level)
+    # the hole field is smooth and min-combined, so holes have round edges after upsampling
+    level = np.minimum(level, 2.4 - smooth_noise(rng, (g, g), 12 * cells_per_um))
     # drop specks: components below 1% of the tissue
     lab, nl = ndi.label(level > 0)
     if nl > 1:
         sizes = ndi.sum(np.ones_like(level), lab, index=np.arange(1, nl + 1))
         small = np.isin(lab, 1 + np.flatnonzero(sizes < 0.01 * sizes.sum()))
-        level = np.where(small, -0.05, level)
+        level = np.where(small, -1.0, level)
     return level.astype(np.float32)
 
 
 def _place(rng: np.random.Generator, dist_um: np.ndarray, step: int, radius_um: float,
            avoid: list[Blob], mpp: float, kind: str, inside: float = 0.6) -> Blob | None:
-    """A blob of ``radius_um`` centred in tissue at least ``inside * radius`` from the edge (shrunk to fit)."""
+    """A blob of ``radius_um`` centred in tissue >= ``inside * radius`` from its edge (shrunk to fit)."""
     max_d = float(dist_um.max())
     if max_d <= 0:
         return None
@@ -338,7 +338,8 @@ def make_layout(p: SynthParams, mpp: float, positive: bool, rng: np.random.Gener
     level = _tissue_field(rng, p, g, cells_per_um)
     cellularity = np.clip(1.0 + 0.3 * smooth_noise(rng, (g, g), 40 * cells_per_um), 0.4, 1.6)
     # large smooth swirls plus some finer waviness of the collagen bundles
-    warp = 70.0 * smooth_noise(rng, (g, g), 150 * cells_per_um) + 14.0 * smooth_noise(rng, (g, g), 40 * cells_per_um)
+    warp = (70.0 * smooth_noise(rng, (g, g), 150 * cells_per_um)
+            + 14.0 * smooth_noise(rng, (g, g), 40 * cells_per_um))
     lay = SlideLayout(p.size, mpp, step, level, cellularity.astype(np.float32), warp.astype(np.float32),
                       float(rng.uniform(0, math.pi)))
     dist_um = ndi.distance_transform_edt(level > 0) / cells_per_um
@@ -355,7 +356,8 @@ def make_layout(p: SynthParams, mpp: float, positive: bool, rng: np.random.Gener
                 break
             lay.lesions = [Blob(b.kind, b.cx, b.cy, b.radius * 0.9, b.amps, b.phases) for b in lay.lesions]
     for _ in range(_count(rng, p.lymph_regions)):
-        b = _place(rng, dist_um, step, _uniform(rng, p.lymph_radius_um), lay.lesions + lay.lymph, mpp, "lymph")
+        b = _place(rng, dist_um, step, _uniform(rng, p.lymph_radius_um), lay.lesions + lay.lymph, mpp,
+                   "lymph")
         if b is not None:
             lay.lymph.append(b)
     for _ in range(int(rng.poisson(p.lookalike_rate))):

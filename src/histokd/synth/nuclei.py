@@ -41,7 +41,7 @@ class NucleusType:
 
 
 def nucleus_types(p: SynthParams) -> dict[str, NucleusType]:
-    """The cell types of a cohort; tumour appearance interpolates from normal-like to atypical by ``atypia``."""
+    """The cell types of a cohort; tumour nuclei go from normal-like to atypical as ``atypia`` goes 0 -> 1."""
     a = p.atypia
     d_mean, d_sd = p.normal_diameter_um
     return {
@@ -99,7 +99,8 @@ def build_bank(t: NucleusType, mpp: float, rng: np.random.Generator, n: int = 48
         theta = np.arctan2(v / b, u / a)
         bound = np.ones_like(rn)
         for k in range(2, 6):
-            bound += rng.uniform(0, t.irregularity) / (k - 1) * np.cos(k * theta + rng.uniform(0, 2 * math.pi))
+            amp = rng.uniform(0, t.irregularity) / (k - 1)
+            bound += amp * np.cos(k * theta + rng.uniform(0, 2 * math.pi))
         minor = min(a, b)
         alpha = np.clip((bound - rn) * minor + 0.5, 0, 1)  # 1-px soft edge
         tex = ndi.gaussian_filter(rng.standard_normal(rn.shape).astype(np.float32), max(0.5, 0.4 * px))

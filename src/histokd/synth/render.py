@@ -46,13 +46,6 @@ class RenderedSlide:
     blur_sigma_um: float = 0.0
 
 
-@dataclass
-class _Nuclei:
-    xs: list[np.ndarray] = field(default_factory=list)
-    ys: list[np.ndarray] = field(default_factory=list)
-    types: list[str] = field(default_factory=list)
-
-
 def _place_nuclei(lay: SlideLayout, types: dict[str, NucleusType], tissue: np.ndarray,
                   rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Nucleus centres (x, y) level-0 px per cell type, inside tissue, by region priority."""
@@ -222,9 +215,13 @@ def render(p: SynthParams, lay: SlideLayout, rng: np.random.Generator) -> Render
     # --- eosin: stroma fibres; tumour replaces fibres by smoother, denser cytoplasm -------------
     eos = _fibres(lay, rng)
     lesion_soft = _soft_regions(lay.lesions, s, lay.px(15.0))
+    # tumour cells push the fibres aside; with weak atypia some stroma shows through, so the lesion is
+    # not a texture-free disc that gives it away
+    replace = np.float32(0.4 + 0.6 * p.atypia)
     for (x0, y0, x1, y1), w in lesion_soft:
         win = eos[y0:y1, x0:x1]
-        win[:] = win * (1 - w) + w * np.float32(0.75 - 0.1 * p.atypia)
+        wr = w * replace
+        win[:] = win * (1 - wr) + wr * np.float32(0.75 - 0.1 * p.atypia)
     eos *= np.float32(0.5 * st.e_amount)
     eos *= tissue
     stroma_signal = eos.copy()  # for the paired stroma channel, before nuclei and folds

@@ -47,8 +47,8 @@ def mask_polygons(mask: np.ndarray, downsample: float) -> list[Polygon]:
     return [p for p in parts if isinstance(p, Polygon) and p.area > 0]
 
 
-def write_geojson(path: str | os.PathLike[str], polygons: list[Polygon], properties: dict[str, Any] | None = None
-                  ) -> Path:
+def write_geojson(path: str | os.PathLike[str], polygons: list[Polygon],
+                  properties: dict[str, Any] | None = None) -> Path:
     """Write polygons (level-0 px) as a GeoJSON FeatureCollection that QuPath imports as Tumor annotations."""
     feats = []
     for i, p in enumerate(polygons):
