@@ -63,14 +63,14 @@ def grid_coords(h: int, w: int) -> np.ndarray:
 def slide_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("slides")
     out = {}
-    for i, (h, w) in enumerate([(256, 320), (192, 256), (128, 192)]):
+    for i, (h, w) in enumerate([(192, 256), (128, 192), (128, 128)]):
         out[f"s{i}"] = write_pyramid_tiff(root / f"s{i}.tiff", he_image(h, w, i), mpp=LEVEL0_MPP, n_levels=2, tile=64)
     return out
 
 
 @pytest.fixture()
 def workspace(tmp_path: Path, slide_files: dict[str, Path]) -> Workspace:
-    """A run folder with tile grids for three slides (12+9+6... tiles), no cohort.csv."""
+    """A run folder with tile grids for three slides (12, 6 and 4 tiles), no cohort.csv."""
     ws = Workspace(tmp_path / "run")
     import tifffile
 

@@ -1,0 +1,190 @@
+"""Benchmark of ``histokd embed``: forward-only vs whole-pipeline tiles/s per encoder, and peak memory
+of a 100,000-tile slide.
+
+    .venv/bin/python benchmarks/embed.py [--workspace RUN] [--encoders handcrafted efficientnet_lite0]
+        [--batch-size 64] [--workers 1] [--threads 2] [--device auto] [--skip-memory]
+
+- forward-only: the encoder alone on tiles already in memory (uint8 -> transform -> forward), after warm-up;
+- pipeline: :func:`histokd.features.extract.embed` on the cohort (tiles read from the slides by DataLoader
+  workers, features written to h5), into a scratch copy of the workspace (the user's features are untouched);
+- memory: a fresh process embeds one slide whose grid has 100,000 tiles (coordinates repeat over a small
+  synthetic slide) with a 1280-d TorchScript encoder on 32-px inputs (so that it finishes in minutes);
+  peak RSS of the main process and of the largest worker (``getrusage``) is reported. The features
+  (100k x 1280 float32 = 512 MB) are streamed to disk in chunks, never held.
+
+Without ``--workspace`` a synthetic cohort (4 slides of 1792 x 1792 px at 0.5 µm/px, 64 tiles each) is made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from scipy import ndimage
+
+from histokd.features.encoders import build_encoder
+from histokd.features.extract import embed, make_jobs, resolve_device
+from histokd.synth.tiff import write_pyramid_tiff
+from histokd.workspace import Workspace
+
+
+def synthetic_he(h: int, w: int, seed: int) -> np.ndarray:
+    """[h, w, 3] uint8 H&E-like texture: pink stroma, purple nuclei blobs."""
+    rng = np.random.default_rng(seed)
+    nuclei = ndimage.gaussian_filter(rng.normal(size=(h, w)), 3) > 0.08
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = (228, 158, 204)
+    img[nuclei] = (95, 65, 150)
+    img += rng.normal(0, 8, img.shape)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def write_grid(ws: Workspace, sid: str, slide: Path, coords: np.ndarray, patch: int, mpp: float) -> None:
+    """A tile grid in the contract-4 layout (as ``histokd tile`` writes it)."""
+    ws.tiles_dir.mkdir(parents=True, exist_ok=True)
+    with h5py.File(ws.tiles_h5(sid), "w") as f:
+        f.create_dataset("coords", data=coords.astype(np.int64))
+        f.create_dataset("tissue", data=np.ones(len(coords), np.float32))
+        f.attrs.update(patch_size=patch, patch_size_level0=patch, target_mpp=mpp, level0_mpp=mpp, overlap=0,
+                       slide_id=sid, slide_path=str(slide), min_tissue=0.5, histokd_version="bench")
+
+
+def make_cohort(root: Path, n_slides: int = 4, side: int = 1792, patch: int = 224) -> Workspace:
+    ws = Workspace(root / "run")
+    for i in range(n_slides):
+        slide = write_pyramid_tiff(root / f"slide{i}.tiff", synthetic_he(side, side, i), mpp=0.5, n_levels=3)
+        xy = np.arange(0, side - patch + 1, patch)
+        coords = np.stack(np.meshgrid(xy, xy), -1).reshape(-1, 2)
+        write_grid(ws, f"slide{i}", slide, coords, patch, 0.5)
+    return ws
+
+
+def scratch_copy(ws: Workspace, root: Path) -> Workspace:
+    """A run folder sharing ``ws``'s tiles and cohort, with its own empty ``features/``."""
+    out = Workspace(root / "scratch")
+    out.root.mkdir(parents=True)
+    os.symlink(ws.tiles_dir.resolve(), out.tiles_dir)
+    if ws.cohort_csv.exists():
+        shutil.copy(ws.cohort_csv, out.cohort_csv)
+    return out
+
+
+def forward_only(enc, ws: Workspace, batch_size: int, device: str, max_tiles: int = 512) -> float:
+    """tiles/s of the encoder alone on real tiles of the cohort held in memory."""
+    from histokd.features.extract import TileBatches
+
+    jobs, _ = make_jobs(ws, enc.name)
+    ds = TileBatches(jobs, batch_size, enc.input_size)
+    batches = [ds[i][2] for i in range(min(len(ds), max(1, max_tiles // batch_size)))]
+    with torch.inference_mode():
+        enc(enc.transform(batches[0].to(device)))  # warm-up
+        t0 = time.perf_counter()
+        for b in batches:
+            enc(enc.transform(b.to(device))).float().cpu()
+        dt = time.perf_counter() - t0
+    return sum(len(b) for b in batches) / dt
+
+
+def pipeline(ws: Workspace, encoder: str, **kw) -> float:
+    res = embed(ws, encoder, overwrite=True, **kw)
+    if res.failed:
+        raise SystemExit(f"pipeline failed: {res.failed}")
+    return res.tiles_per_s
+
+
+def peak_rss_mib() -> float:
+    """Peak RSS of this process in MiB. Linux keeps ``ru_maxrss`` across exec (so a child started by a big
+    parent would report the parent's peak); ``VmHWM`` belongs to the new address space, so prefer it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_child(root: Path, n_tiles: int, workers: int, batch_size: int) -> None:
+    """Runs in a fresh process: embed one 100k-tile slide; print peak RSS (MiB) as JSON."""
+    side, patch = 1024, 224
+    slide = write_pyramid_tiff(root / "mem.tiff", synthetic_he(side, side, 7), mpp=0.5, n_levels=3)
+    rng = np.random.default_rng(0)
+    coords = rng.integers(0, side - patch, (n_tiles, 2))
+    ws = Workspace(root / "memrun")
+    write_grid(ws, "big", slide, coords, patch, 0.5)
+    # a 1280-d encoder (the width of efficientnet_lite0) on 32-px inputs, so 100k tiles take minutes
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 1280, 8, stride=8), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    ts = root / "wide.pt"
+    torch.jit.save(torch.jit.script(net), str(ts), _extra_files={"histokd.json": json.dumps({"input_size": 32})})
+    t0 = time.perf_counter()
+    res = embed(ws, f"torchscript:{ts}", workers=workers, batch_size=batch_size, device="cpu")
+    dt = time.perf_counter() - t0
+    with h5py.File(ws.features_h5(f"torchscript:{ts}", "big")) as f:
+        shape = f["features"].shape
+    main = peak_rss_mib()
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"tiles": res.n_tiles, "shape": shape, "seconds": dt, "main_mib": main, "worker_mib": child}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workspace", type=Path, help="a tiled run folder (default: a synthetic cohort)")
+    ap.add_argument("--encoders", nargs="*", default=["handcrafted", "efficientnet_lite0"])
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--memory-tiles", type=int, default=100_000)
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--_memory-child", dest="memory_child", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    os.environ.setdefault("HISTOKD_NO_PROGRESS", "1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_child:
+        memory_child(args.memory_child, args.memory_tiles, args.workers, args.batch_size)
+        return
+
+    device = resolve_device(args.device)
+    tmp = Path(tempfile.mkdtemp(prefix="histokd-bench-"))
+    try:
+        ws = Workspace(args.workspace) if args.workspace else make_cohort(tmp)
+        n = sum(len(j.coords) for j in make_jobs(ws, "x")[0])
+        print(f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch_size}, "
+              f"workers {args.workers}, {n} tiles in {ws.root}")
+        print(f"{'encoder':<22}{'forward tiles/s':>17}{'pipeline tiles/s':>18}{'ratio':>8}")
+        for name in args.encoders:
+            enc = build_encoder(name, device=device)
+            fwd = forward_only(enc, ws, args.batch_size, device)
+            scratch = scratch_copy(ws, tmp / name)
+            pipe = pipeline(scratch, name, batch_size=args.batch_size, workers=args.workers, device=device,
+                            precision=args.precision, threads=args.threads)
+            print(f"{name:<22}{fwd:>17.1f}{pipe:>18.1f}{pipe / fwd:>8.0%}")
+        if not args.skip_memory:
+            child = subprocess.run(
+                [sys.executable, __file__, "--_memory-child", str(tmp), "--memory-tiles", str(args.memory_tiles),
+                 "--workers", str(args.workers), "--batch-size", "256"],
+                capture_output=True, text=True, check=True,
+            )
+            m = json.loads(child.stdout.strip().splitlines()[-1])
+            print(f"memory: {m['tiles']} tiles -> features {tuple(m['shape'])} in {m['seconds']:.0f} s; peak RSS "
+                  f"main {m['main_mib']:.0f} MiB, largest worker {m['worker_mib']:.0f} MiB (ru_maxrss, includes "
+                  f"pages shared with main at fork)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
