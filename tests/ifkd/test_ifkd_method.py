@@ -71,3 +71,26 @@ def test_fit_needs_teacher(tiny_workspace):
         METHODS.get("ifkd")().fit(_split(ds, "train"), _split(ds, "val"), {})
     with pytest.raises(ModelError, match="teacher model not found"):
         METHODS.get("ifkd")().fit(_split(ds, "train"), _split(ds, "val"), {"teacher": "nope"})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_histokd_label_writes_pixel_outputs(tiny_workspace):
+    """`histokd label` on an IFKD model: predict_slide hook, mask + PNG, pixel metrics in metrics.json."""
+    import h5py
+
+    from histokd.methods.label import label
+    from histokd.workspace import Workspace
+
+    ws = tiny_workspace
+    ds = BagDataset.from_workspace(ws["run"], ws["encoder"])
+    lab = METHODS.get("ifkd")(seed=0).fit(_split(ds, "train"), _split(ds, "val"),
+                                         {"teacher": ws["teacher"], **TINY, "rounds": 1, "epochs_per_round": 1})
+    wsp = Workspace(ws["run"])
+    lab.save(wsp.model_dir("ifkd2"))
+    res = label(ws["run"], "ifkd2", features=ws["encoder"], n_boot=10)
+    assert not res.failures
+    with h5py.File(wsp.predictions_h5("ifkd2", "slide3"), "r") as f:
+        assert f["mask"].shape == (96, 96) and f.attrs["mask_downsample"] == pytest.approx(4.0)
+    assert (wsp.predictions_dir("ifkd2") / "masks" / "slide3.png").exists()
+    assert "test" in res.metrics["pixel"] and "froc" in res.metrics["pixel"]["test"]
