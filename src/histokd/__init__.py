@@ -23,7 +23,7 @@ _API = {
     "report": "histokd.outputs.report:report",
     "bench": "histokd.evaluate.bench:bench",
     "train_encoder": "histokd.methods.more_from_less:train_encoder",
-    "demo": "histokd.demo:demo",
+    "demo": "histokd._demo:demo",
     "open_slide": "histokd.slides.reader:open_slide",
 }
 
