@@ -357,7 +357,10 @@ class InstanceLabeler(Labeler):
         return self.encode_teacher(x)
 
     def student_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` [M, D] raw features -> student logits [M, C]."""
+        """``x`` [M, D] (standardised) features -> student logits [M, C]; a MIL-net student (Distill-to-
+        Label ``student=mil``) sees each instance as a bag of one."""
+        if (self.meta.get("student") or {}).get("kind") == "mil":
+            return self.modules["student"](x.unsqueeze(1)).bag_logits
         return self.modules["student"](self.encode_student(x))
 
     @torch.no_grad()

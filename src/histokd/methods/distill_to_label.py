@@ -1,0 +1,332 @@
+"""Distill-to-Label (Thiagarajan, Kashyap, Karargyris 2019): a VAT-regularised attention teacher,
+distilled into an instance labeller that works on a bag of size 1.
+
+The paper's abstract leaves most choices open; each one we make is a config key, so the ablation can
+test the alternatives (``--set key=value``):
+
+Stage 1 -- the teacher (``teacher=abmil``; ``gated-abmil`` and ``dsmil`` also work), trained with the
+Fabric engine (:func:`histokd.engine.fit_mil`, checkpoint on validation) and the loss
+``CE(Y, F(X)) + vat_alpha · KL(F(X) || F(X + r_adv))`` (:mod:`histokd.methods.vat`): ``r_adv`` found by
+``vat_iters`` power iterations with step ``vat_xi``, scaled to norm ``vat_eps`` over the whole bag
+(``vat_norm=bag``, default) or per instance (``vat_norm=instance``). ``vat=false`` turns it off.
+
+Stage 2 -- the student, trained to reproduce the (frozen) teacher:
+
+- **what the student is** (``student``): ``head`` (default) = a separate MLP instance classifier on the
+  features, whose output on a bag is the max-tile rule; ``mil`` = the teacher's own architecture
+  re-trained (initialised from the teacher, ``student_init=teacher``, or from scratch), whose instance
+  prediction is its output on the singleton bag {x}.
+- **singleton targets** (``singleton_target``), for instances of positive bags: ``teacher`` = the
+  teacher's output on the singleton bag {x}, softened at temperature ``tau``; ``attention`` = the
+  bag's teacher probability times the instance's min-max-scaled attention within the bag (WENO-like);
+  ``none`` = positive-bag instances get no singleton target (only sub-bags and full bags teach them).
+- **negatives** (``negatives``): instances of negative bags are certain negatives under the MIL
+  assumption: ``hard`` one-hot targets (default) or ``teacher`` (their softened singleton output).
+- **sub-bags** (``subbag_sizes``, ``subbags_per_bag``): each epoch, ``subbags_per_bag`` random
+  sub-bags of each training bag, of a size drawn from ``subbag_sizes``; target = the teacher's
+  softened output on the sub-bag (hard negative for sub-bags of negative bags when
+  ``negatives=hard``). ``subbag_sizes=[]`` turns them off.
+- **full bags** (``full_bags``): the student's bag output on each whole training bag is also fitted to
+  the true bag label, which keeps the student's bag score honest.
+- **temperature** ``tau`` (default 2) softens the teacher's targets only; the student is trained and
+  used at temperature 1, so its probabilities are directly usable.
+- **loss** (``loss``): ``kl`` = KL(target || student) (soft cross-entropy up to a constant) or ``mse``
+  on probabilities.
+
+The student's checkpoint is chosen on the validation bags (bag AUC of the student's bag output minus
+0.1 x its validation cross-entropy, early stopping), the instance decision threshold on the validation
+instance labels where they exist (else 0.5); never on test.
+
+Outputs: ``instance_probs`` = the student, ``instance_scores`` = the teacher's attention logits; the
+bag probability is the student's max-tile rule (``bag_score=max``) or the teacher's (``teacher``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from histokd.config import BaseConfig, validate_config
+from histokd.engine import TrainerConfig, fit_mil
+from histokd.methods.base import Method, register_method
+from histokd.methods.vat import vat_loss
+from histokd.methods.weno import (
+    Bags,
+    InstanceLabeler,
+    _val_instance_threshold,
+    bag_auc,
+    build_modules,
+    negative_class_index,
+    pad_bags,
+    prepare_bags,
+    soft_targets,
+    student_schedule,
+    teacher_evidence,
+)
+from histokd.models.base import MILModel
+
+log = logging.getLogger("histokd")
+
+
+class D2LConfig(BaseConfig):
+    """Distill-to-Label hyper-parameters (each choice is explained in the module docstring)."""
+
+    teacher: Literal["abmil", "gated-abmil", "dsmil"] = "abmil"
+    teacher_args: dict[str, Any] = {}
+    train: TrainerConfig = TrainerConfig(lr=5e-4, weight_decay=5e-4, max_epochs=50, patience=10)
+    standardize: bool = True
+    val_fraction: float = 0.2
+    # stage 1: VAT
+    vat: bool = True
+    vat_alpha: float = 1.0
+    vat_eps: float = 1.0
+    vat_xi: float = 1e-2
+    vat_iters: int = 1
+    vat_norm: Literal["bag", "instance"] = "bag"
+    # stage 2: distillation
+    student: Literal["head", "mil"] = "head"
+    student_init: Literal["teacher", "scratch"] = "teacher"
+    student_hidden: list[int] = [256]
+    student_dropout: float = 0.0
+    singleton_target: Literal["teacher", "attention", "none"] = "teacher"
+    negatives: Literal["hard", "teacher"] = "hard"
+    subbag_sizes: list[int] = [2, 4, 8, 16]
+    subbags_per_bag: int = 4
+    full_bags: bool = True
+    tau: float = 2.0
+    loss: Literal["kl", "mse"] = "kl"
+    epochs: int = 40
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    instance_batch: int = 256
+    min_student_steps: int = 30
+    patience: int = 10
+    bag_score: Literal["max", "teacher"] = "max"
+    negative_class: str | None = None
+
+
+class D2LLabeler(InstanceLabeler):
+    method = "distill-to-label"
+
+
+def _bags_to_dataset(b: Bags) -> Any:
+    from histokd.data.bags import BagDataset
+
+    return BagDataset.from_arrays([x.numpy() for x in b.features], list(b.labels), classes=b.classes,
+                                  instance_labels=b.instance_labels)
+
+
+def distill_loss(student_probs: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean over rows of KL(target || student) or squared error; both [M, C] probabilities."""
+    if kind == "mse":
+        return ((student_probs - target) ** 2).sum(-1).mean()
+    p = student_probs.clamp_min(1e-7)
+    t = target.clamp_min(1e-12)
+    return (target * (t.log() - p.log())).sum(-1).mean()
+
+
+def max_rule_batched(probs: torch.Tensor, mask: torch.Tensor, neg: int) -> torch.Tensor:
+    """The max-tile bag rule for padded bags: ``probs`` [B, K, C], ``mask`` [B, K] -> [B, C]."""
+    p = probs.masked_fill(~mask.unsqueeze(-1), 0.0).amax(1)
+    C = p.shape[1]
+    others = [c for c in range(C) if c != neg]
+    neg_p = 1 - p[:, others].amax(-1)
+    p = torch.cat([p[:, :neg], neg_p.unsqueeze(1), p[:, neg + 1 :]], 1).clamp_min(0)
+    return p / p.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+@register_method("distill-to-label")
+class DistillToLabel(Method):
+    """Distill-to-Label: VAT-regularised attention teacher, then a student distilled on singletons and
+    sub-bags (see the module docstring for every choice and its config key)."""
+
+    name = "distill-to-label"
+    config_cls = D2LConfig
+    labeler_cls = D2LLabeler
+
+    def fit(self, train: Any, val: Any, config: Any = None) -> D2LLabeler:
+        cfg = config if isinstance(config, D2LConfig) else validate_config(D2LConfig, config, "distill-to-label")
+        tr, va, mean, std = prepare_bags(train, val, cfg.standardize, cfg.val_fraction, self.seed)
+        neg = negative_class_index(tr.classes, cfg.negative_class)
+        meta: dict[str, Any] = {
+            "method": self.name, "in_dim": tr.dim, "n_classes": len(tr.classes), "classes": list(tr.classes),
+            "negative_class": neg, "encoder": None, "teacher": cfg.teacher, "teacher_args": dict(cfg.teacher_args),
+            "student": {"kind": cfg.student, "hidden": list(cfg.student_hidden), "dropout": cfg.student_dropout},
+            "bag_score": cfg.bag_score, "config": cfg.model_dump(mode="json"),
+        }
+        torch.manual_seed(self.seed)
+        mods = build_modules(meta)
+        teacher: MILModel = mods["teacher"]  # type: ignore[assignment]
+        t0 = time.time()
+        res = fit_mil(teacher, _bags_to_dataset(tr), _bags_to_dataset(va), cfg.train, seed=self.seed,
+                      log_path=self.log_path, extra_loss=self._vat_hook(cfg) if cfg.vat else None)
+        teacher = res.model.eval()
+        mods["teacher"] = teacher
+        log.info("distill-to-label: teacher trained in %.1f s (best epoch %d)", time.time() - t0, res.best_epoch)
+        if cfg.student == "mil" and cfg.student_init == "teacher":
+            mods["student"].load_state_dict(teacher.state_dict())
+        labeler = D2LLabeler(mods, meta)
+        history = _distill(labeler, tr, va, cfg, self.seed)
+        labeler.meta["instance_threshold"] = _val_instance_threshold(labeler, va)
+        labeler.meta["history"] = history
+        labeler.meta["teacher_history"] = res.history
+        labeler.mean, labeler.std = mean, std
+        return labeler
+
+    def _vat_hook(self, cfg: D2LConfig) -> Any:
+        gen = torch.Generator().manual_seed(self.seed + 1)
+
+        def hook(model: MILModel, out: Any, batch: Any) -> torch.Tensor:
+            loss = vat_loss(lambda x, m: model(x, m).bag_logits, batch.x, batch.mask, out.bag_logits,
+                            xi=cfg.vat_xi, eps=cfg.vat_eps, n_power=cfg.vat_iters, norm=cfg.vat_norm,
+                            generator=gen)
+            return cfg.vat_alpha * loss
+
+        return hook
+
+
+@torch.no_grad()
+def singleton_targets(teacher: MILModel, tr: Bags, cfg: D2LConfig, neg: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets [M, C] for every training instance and a weight [M] (0 = no target), bags in order."""
+    C = len(tr.classes)
+    ts, ws = [], []
+    for x, y in zip(tr.features, tr.labels):
+        y = int(y)
+        xb = x.unsqueeze(0)
+        single = torch.softmax(teacher.instance_logits(xb)[0] / cfg.tau, -1)
+        if y == neg:
+            t = F.one_hot(torch.full((len(x),), neg), C).float() if cfg.negatives == "hard" else single
+            w = torch.ones(len(x))
+        elif cfg.singleton_target == "teacher":
+            t, w = single, torch.ones(len(x))
+        elif cfg.singleton_target == "attention":
+            out = teacher(xb)
+            s = teacher_evidence(out.instance_scores, y)[0]
+            a = (s - s.min()) / (s.max() - s.min()).clamp_min(1e-12)
+            p_bag = torch.softmax(out.bag_logits[0] / cfg.tau, -1)[y]
+            t, w = soft_targets(p_bag * a, y, neg, C), torch.ones(len(x))
+        else:
+            t, w = torch.zeros(len(x), C), torch.zeros(len(x))
+        ts.append(t)
+        ws.append(w)
+    return torch.cat(ts), torch.cat(ws)
+
+
+@torch.no_grad()
+def sample_subbags(teacher: MILModel, tr: Bags, cfg: D2LConfig, neg: int,
+                   rng: np.random.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``subbags_per_bag`` random sub-bags of each training bag -> (features [k, D], target [C])."""
+    C = len(tr.classes)
+    out = []
+    if not cfg.subbag_sizes:
+        return out
+    for x, y in zip(tr.features, tr.labels):
+        for _ in range(cfg.subbags_per_bag):
+            k = int(min(rng.choice(cfg.subbag_sizes), len(x)))
+            sub = x[torch.as_tensor(rng.choice(len(x), k, replace=False))]
+            if int(y) == neg and cfg.negatives == "hard":
+                t = F.one_hot(torch.tensor(neg), C).float()
+            else:
+                t = torch.softmax(teacher(sub.unsqueeze(0)).bag_logits[0] / cfg.tau, -1)
+            out.append((sub, t))
+    return out
+
+
+def _student_bag_probs(labeler: InstanceLabeler, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The student's bag output for padded bags ``x`` [B, K, D] -> [B, C] (max rule or the MIL net)."""
+    st = labeler.modules["student"]
+    if labeler.meta["student"]["kind"] == "mil":
+        return torch.softmax(st(x, mask).bag_logits, -1)
+    B, K, D = x.shape
+    probs = torch.softmax(labeler.student_logits(x.reshape(B * K, D)), -1).reshape(B, K, -1)
+    return max_rule_batched(probs, mask, labeler.neg)
+
+
+def _distill(labeler: InstanceLabeler, tr: Bags, va: Bags, cfg: D2LConfig, seed: int) -> list[dict[str, float]]:
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    teacher: MILModel = labeler.modules["teacher"]  # type: ignore[assignment]
+    student = labeler.modules["student"]
+    neg, C = labeler.neg, len(tr.classes)
+    all_x = torch.cat(tr.features)
+    targets, weights = singleton_targets(teacher, tr, cfg, neg)
+    use = torch.nonzero(weights > 0).flatten()
+    opt = torch.optim.Adam(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best: tuple[float, float] | None = None
+    best_state: dict[str, Any] | None = None
+    history: list[dict[str, float]] = []
+    stale = 0
+    for epoch in range(cfg.epochs):
+        student.train()
+        subs = sample_subbags(teacher, tr, cfg, neg, rng)
+        sub_order = rng.permutation(len(subs)) if subs else np.array([], int)
+        full_order = rng.permutation(len(tr)) if cfg.full_bags else np.array([], int)
+        steps = student_schedule(len(use), cfg.instance_batch, cfg.min_student_steps, gen)
+        n = len(steps)
+        total = 0.0
+        for k, j in enumerate(steps):
+            loss = torch.zeros(())
+            idx = use[j]
+            if len(idx):
+                p = torch.softmax(_singleton_logits(labeler, all_x[idx]), -1)
+                loss = loss + distill_loss(p, targets[idx], cfg.loss)
+            chunk = sub_order[k * len(sub_order) // n : (k + 1) * len(sub_order) // n]
+            if len(chunk):
+                xb, mb = pad_bags([subs[i][0] for i in chunk])
+                tb = torch.stack([subs[i][1] for i in chunk])
+                loss = loss + distill_loss(_student_bag_probs(labeler, xb, mb), tb, cfg.loss)
+            chunk = full_order[k * len(full_order) // n : (k + 1) * len(full_order) // n]
+            if len(chunk):
+                xb, mb = pad_bags([tr.features[i] for i in chunk])
+                tb = F.one_hot(torch.as_tensor(tr.labels[chunk]), C).float()
+                loss = loss + distill_loss(_student_bag_probs(labeler, xb, mb), tb, cfg.loss)
+            if loss.requires_grad:
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            total += loss.item()
+        v = _validate_student(labeler, va)
+        v.update(epoch=epoch, train_loss=total / max(n, 1))
+        history.append(v)
+        auc = 0.0 if math.isnan(v["student_bag_auc"]) else v["student_bag_auc"]
+        score = (round(auc - 0.1 * v["student_val_loss"], 4), -v["student_val_loss"])
+        if best is None or score > best:
+            best, stale, best_state = score, 0, copy.deepcopy(student.state_dict())
+        else:
+            stale += 1
+        if stale >= cfg.patience:
+            break
+    assert best_state is not None
+    student.load_state_dict(best_state)
+    student.eval()
+    log.info("distill-to-label: student %d epochs; best validation score %s", len(history), best)
+    return history
+
+
+def _singleton_logits(labeler: InstanceLabeler, x: torch.Tensor) -> torch.Tensor:
+    """Student logits [M, C] for instances ``x`` [M, D], each seen alone (with gradients)."""
+    st = labeler.modules["student"]
+    if labeler.meta["student"]["kind"] == "mil":
+        return st(x.unsqueeze(1)).bag_logits
+    return labeler.student_logits(x)
+
+
+@torch.no_grad()
+def _validate_student(labeler: InstanceLabeler, va: Bags) -> dict[str, float]:
+    labeler.modules.eval()
+    probs, losses = [], []
+    for x, y in zip(va.features, va.labels):
+        p = _student_bag_probs(labeler, x.unsqueeze(0), torch.ones(1, len(x), dtype=torch.bool))[0]
+        probs.append(p.numpy())
+        losses.append(-math.log(max(float(p[int(y)]), 1e-7)))
+    return {"student_bag_auc": bag_auc(np.stack(probs), va.labels, labeler.neg),
+            "student_val_loss": float(np.mean(losses))}
