@@ -40,7 +40,8 @@ def test_probe_separable_vs_noise(mfl_workspace):
     saved = json.loads(probe_path(ws, "good").read_text())
     assert saved["auc"] == pytest.approx(good.auc)
     again = linear_probe(ws, "good", seed=0, write=False)
-    assert again.auc == good.auc  # deterministic
+    assert again.auc == good.auc and again.auc_ci95 == good.auc_ci95  # deterministic
+    assert good.auc_ci95[0] <= good.auc <= good.auc_ci95[1]
 
 
 def test_probe_needs_features(mfl_workspace):

@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
 
         r = linear_probe(workspace, features, threshold=threshold, seed=seed, C=c)
         typer.echo(
-            f"{features}: AUC {r.auc:.3f}  balanced acc {r.balanced_accuracy:.3f}  acc {r.accuracy:.3f}  "
+            f"{features}: AUC {r.auc:.3f} (95% CI {r.auc_ci95[0]:.3f}-{r.auc_ci95[1]:.3f})  balanced acc {r.balanced_accuracy:.3f}  acc {r.accuracy:.3f}  "
             f"({r.n_train} train / {r.n_test} test tiles, {r.pos_test} tumour)"
         )
 
