@@ -58,7 +58,15 @@ def demo(
     stage("tile", histokd.tile, cohort_csv, ws, mpp=0.5, size=224, workers=workers)
     stage("embed", histokd.embed, ws, encoder=encoder, workers=workers)
     model_id = f"{method}-demo"
-    stage("train", histokd.train, ws, features=encoder, method=method, seed=seed, model_id=model_id, overwrite=False)
-    stage("label", histokd.label, ws, model_id=model_id)
+    if _model_complete(Path(ws) / "models" / model_id):
+        log.info("demo: model %s already trained; skipped", model_id)
+    else:
+        stage("train", histokd.train, ws, features=encoder, method=method, seed=seed, model_id=model_id, overwrite=True)
+    stage("label", histokd.label, ws, model=model_id)
     report = stage("report", histokd.report, ws, model_id)
     return DemoResult(workspace=ws, model_id=model_id, report=Path(report), timings=timings)
+
+
+def _model_complete(model_dir: Path) -> bool:
+    """A model folder is complete when its weights, config and metrics are all there (train writes them last)."""
+    return all((model_dir / name).exists() for name in ("model.pt", "config.yaml", "metrics.json"))
