@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import math
 import time
@@ -205,22 +206,36 @@ def fit_mil(
     from rank 0.
     """
     fabric = make_fabric(cfg)
-    spawn = cfg.strategy.startswith("ddp") or (str(cfg.devices) not in ("1", "auto") and cfg.strategy != "auto")
-
-    def run(fab: Any) -> FitResult:
-        return _fit(fab, model, train, val, cfg, seed, log_path, extra_loss)
-
+    # a partial of a module-level function, so that spawned processes can unpickle it
+    run = functools.partial(_fit, model=model, train=train, val=val, cfg=cfg, seed=seed, extra_loss=extra_loss)
     with log_to_file(log_path):
-        if spawn and "spawn" in cfg.strategy:
-            res = fabric.launch(run)
+        if "spawn" in cfg.strategy:
+            # rank 0's result crosses the process boundary as numpy (torch tensors would be shared by
+            # file descriptors that die with the worker)
+            out = fabric.launch(functools.partial(_fit_portable, run))
+            model.load_state_dict({k: torch.from_numpy(v) for k, v in out.pop("state").items()})
+            res = FitResult(model.cpu().eval(), **out)
         else:
-            fabric.launch()
+            fabric.launch()  # no-op for one process; `ddp` re-launches the command for the other ranks
             res = run(fabric)
     return res
 
 
+def _fit_portable(run: Callable[[Any], FitResult], fabric: Any) -> dict[str, Any]:
+    r = run(fabric)
+    return {"state": {k: v.detach().cpu().numpy().copy() for k, v in r.model.state_dict().items()},
+            "history": r.history, "best_epoch": r.best_epoch, "best_value": r.best_value, "seconds": r.seconds}
+
+
+def is_rank_zero() -> bool:
+    """False in the extra processes of a multi-process launch (they must not write artefacts)."""
+    import os
+
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
 def _fit(fabric: Any, model: MILModel, train: BagDataset, val: BagDataset | None, cfg: TrainerConfig,
-         seed: int, log_path: Any, extra_loss: Any) -> FitResult:
+         seed: int, extra_loss: Any) -> FitResult:
     seed_everything(seed, cfg.deterministic)
     t0 = time.perf_counter()
     torch.manual_seed(seed)

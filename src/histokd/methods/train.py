@@ -113,6 +113,10 @@ def train(
         t0 = time.perf_counter()
         labeler = mcls(seed=seed, log_path=None).fit(tr, va if len(va) else None, cfg)
         seconds = time.perf_counter() - t0
+    from histokd.engine.loop import is_rank_zero
+
+    if not is_rank_zero():  # extra DDP processes (`--strategy ddp`) train but do not write
+        return out
     labeler.save(out)
     meta = read_yaml(out / "config.yaml")
     meta.update({"features": features, "seed": seed, "model_id": model_id})
