@@ -70,6 +70,7 @@ from histokd.methods.weno import (
     soft_targets,
     student_schedule,
     teacher_evidence,
+    torch_threads,
 )
 from histokd.models.base import MILModel
 
@@ -111,6 +112,7 @@ class D2LConfig(BaseConfig):
     patience: int = 10
     bag_score: Literal["max", "teacher"] = "max"
     negative_class: str | None = None
+    threads: int | None = 1  # torch threads while fitting (weno.torch_threads); None = torch's default
 
 
 class D2LLabeler(InstanceLabeler):
@@ -154,6 +156,10 @@ class DistillToLabel(Method):
 
     def fit(self, train: Any, val: Any, config: Any = None) -> D2LLabeler:
         cfg = config if isinstance(config, D2LConfig) else validate_config(D2LConfig, config, "distill-to-label")
+        with torch_threads(cfg.threads):
+            return self._fit(train, val, cfg)
+
+    def _fit(self, train: Any, val: Any, cfg: D2LConfig) -> D2LLabeler:
         tr, va, mean, std = prepare_bags(train, val, cfg.standardize, cfg.val_fraction, self.seed)
         neg = negative_class_index(tr.classes, cfg.negative_class)
         meta: dict[str, Any] = {
