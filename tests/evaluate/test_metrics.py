@@ -85,3 +85,39 @@ def test_protocol_parsing_and_split() -> None:
         parse_protocol("cv:1x5")
     s = stratified_split([0] * 20 + [1] * 20, seed=0)
     assert s.count("test") == 6 and s.count("val") == 6
+
+
+@pytest.mark.parametrize("C", [2, 3])
+def test_vectorised_bootstrap_equals_explicit_resamples(C: int) -> None:
+    from histokd.evaluate.bootstrap import _weighted_bag_metrics, bootstrap_bag_metrics, resample_counts
+
+    rng = np.random.default_rng(C)
+    y = rng.integers(0, C, 30)
+    p = rng.dirichlet(np.ones(C), 30)
+    p[:, 1] += 0.4 * (y == 1)
+    p = np.round(p / p.sum(1, keepdims=True), 1)  # rounding makes ties, which AUC counts half
+    W = resample_counts(y, 25, seed=2)
+    assert (W.sum(1) == 30).all()
+    assert all((W[:, y == c].sum(1) == (y == c).sum()).all() for c in range(C))  # stratified
+    fast = _weighted_bag_metrics(W, y, p, None)
+    for b in range(25):
+        idx = np.repeat(np.arange(30), W[b])
+        ref = bag_metrics(y[idx], p[idx])
+        for m, v in ref.items():
+            assert fast[m][b] == pytest.approx(v, abs=1e-12, nan_ok=True), (m, b)
+    res = bootstrap_bag_metrics(y, p, None, 200, seed=1)
+    for m, (v, lo, hi) in res.items():
+        assert v == pytest.approx(bag_metrics(y, p)[m]) and lo <= v <= hi and lo < hi
+
+
+def test_vectorised_bootstrap_is_fast() -> None:
+    import time
+
+    from histokd.evaluate.bootstrap import bootstrap_bag_metrics
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    p1 = np.clip(0.3 * y + 0.7 * rng.random(200), 0, 1)
+    t = time.perf_counter()
+    bootstrap_bag_metrics(y, np.stack([1 - p1, p1], 1), 1, 1000)
+    assert time.perf_counter() - t < 5.0  # one scikit-learn call per resample and metric took seconds

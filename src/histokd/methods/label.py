@@ -174,8 +174,8 @@ def _bags_csv(rows: list[tuple[str, str, int, np.ndarray]], classes: list[str]) 
 def evaluate_predictions(rows: list[tuple[str, str, int, np.ndarray]], inst: list[tuple], classes: list[str],
                          n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Bag metrics with bootstrap CIs per split and ``all``; pooled instance AUC/AP where labels exist."""
-    from histokd.evaluate.bootstrap import bootstrap_ci
-    from histokd.evaluate.metrics import BAG_METRICS, bag_metrics, instance_metrics
+    from histokd.evaluate.bootstrap import bootstrap_bag_metrics
+    from histokd.evaluate.metrics import instance_metrics
 
     pos = positive_class(classes)
     out: dict[str, Any] = {"classes": classes, "positive_class": classes[pos], "splits": {}}
@@ -186,8 +186,7 @@ def evaluate_predictions(rows: list[tuple[str, str, int, np.ndarray]], inst: lis
         if sel:
             y = np.array([r[2] for r in sel])
             P = np.stack([r[3] for r in sel])
-            for m in BAG_METRICS:
-                v, lo, hi = bootstrap_ci(lambda yy, pp, m=m: bag_metrics(yy, pp, pos)[m], y, P, n_boot, seed=seed)
+            for m, (v, lo, hi) in bootstrap_bag_metrics(y, P, pos, n_boot, seed=seed).items():
                 entry[m] = {"value": v, "ci95": [lo, hi]}
         isel = [t for t in inst if name == "all" or t[0] == name]
         if isel:
