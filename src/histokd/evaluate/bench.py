@@ -50,6 +50,9 @@ def run_fold(method: str, ds: BagDataset, fold: Fold, overrides: dict[str, Any],
     preds = [labeler.predict(te[i].features.numpy()) for i in range(len(te))]
     rec: dict[str, Any] = {"repeat": fold.repeat, "fold": fold.fold, "fit_seconds": fit_s, "n_test": len(te)}
     rec.update(bag_metrics(te.labels, np.stack([p.bag_probs for p in preds]), te.positive_index))
+    if hasattr(labeler, "teacher_bag_probs"):  # distilled students: also score their teacher's own bag output
+        t_probs = np.stack([labeler.teacher_bag_probs(te[i].features.numpy()) for i in range(len(te))])
+        rec["bag_teacher"] = bag_metrics(te.labels, t_probs, te.positive_index)
     labs = [te[i].instance_labels for i in range(len(te))]
     if all(lab is not None for lab in labs) and labs:
         y = np.concatenate(labs)
@@ -63,6 +66,8 @@ def run_fold(method: str, ds: BagDataset, fold: Fold, overrides: dict[str, Any],
 def summarise(folds: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"bag": {m: mean_ci(np.array([f[m] for f in folds])) for m in BAG_METRICS},
                            "fit_seconds": mean_ci(np.array([f["fit_seconds"] for f in folds]))}
+    if folds and all("bag_teacher" in f for f in folds):
+        out["bag_teacher"] = {m: mean_ci(np.array([f["bag_teacher"][m] for f in folds])) for m in BAG_METRICS}
     for src in ("instance_from_probs", "instance_from_scores"):
         if all(src in f for f in folds) and folds:
             out[src] = {m: mean_ci(np.array([f[src][m] for f in folds])) for m in ("auc", "ap")}

@@ -138,5 +138,8 @@ def train(
 def _quick_metrics(labeler: Any, ds: BagDataset) -> dict[str, float]:
     from histokd.evaluate.metrics import bag_metrics
 
-    probs = np.stack([labeler.predict(ds[i].features.numpy()).bag_probs for i in range(len(ds))])
+    if hasattr(labeler, "predict_bag"):  # models on pixels (end-to-end WENO) read the bag's tiles themselves
+        probs = np.stack([labeler.predict_bag(ds, i).bag_probs for i in range(len(ds))])
+    else:
+        probs = np.stack([labeler.predict(ds[i].features.numpy()).bag_probs for i in range(len(ds))])
     return bag_metrics(ds.labels, probs, ds.positive_index)

@@ -196,9 +196,10 @@ def _subset(b: Bags, idx: np.ndarray) -> Bags:
 
 
 def pad_bags(bags: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """List of [N_i, D] -> padded [B, N_max, D] and mask [B, N_max] (True = real instance)."""
+    """List of [N_i, *S] -> padded [B, N_max, *S] and mask [B, N_max] (True = real instance); ``S`` is
+    ``(D,)`` for features, ``(3, H, W)`` for tile images."""
     n = max(b.shape[0] for b in bags)
-    x = bags[0].new_zeros(len(bags), n, bags[0].shape[-1])
+    x = bags[0].new_zeros(len(bags), n, *bags[0].shape[1:])
     mask = torch.zeros(len(bags), n, dtype=torch.bool)
     for i, b in enumerate(bags):
         x[i, : b.shape[0]] = b
@@ -385,8 +386,7 @@ class InstanceLabeler(Labeler):
             return self.modules["student"](x.unsqueeze(1)).bag_logits
         return self.modules["student"](self.encode_student(x))
 
-    @torch.no_grad()
-    def predict(self, features: np.ndarray, chunk: int = 8192) -> Prediction:
+    def _input(self, features: np.ndarray) -> torch.Tensor:
         x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
         if x.ndim != 2:
             raise InputError(f"features must be [N, D], got shape {tuple(x.shape)}")
@@ -395,11 +395,26 @@ class InstanceLabeler(Labeler):
                 f"features have {x.shape[1]} dimensions but the model was trained on {self.meta['in_dim']}; "
                 "use the feature set (encoder) the model was trained with"
             )
-        x = self.transform(x)
-        probs = torch.cat([torch.softmax(self.student_logits(x[i : i + chunk]), -1) for i in range(0, len(x), chunk)])
+        return self.transform(x)
+
+    @torch.no_grad()
+    def _teacher_out(self, x: torch.Tensor, chunk: int = 8192) -> Any:
         teacher: MILModel = self.modules["teacher"]  # type: ignore[assignment]
         z = torch.cat([self.encode_teacher(x[i : i + chunk]) for i in range(0, len(x), chunk)])
-        out = teacher(z.unsqueeze(0))
+        return teacher(z.unsqueeze(0))
+
+    @torch.no_grad()
+    def teacher_bag_probs(self, features: np.ndarray) -> np.ndarray:
+        """The teacher's own bag probabilities [C] for one bag ``features`` [N, D] (whatever ``bag_score``
+        says): ``histokd bench`` reports them beside the student's bag output."""
+        out = self._teacher_out(self._input(features))
+        return torch.softmax(out.bag_logits[0].float(), -1).numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def predict(self, features: np.ndarray, chunk: int = 8192) -> Prediction:
+        x = self._input(features)
+        probs = torch.cat([torch.softmax(self.student_logits(x[i : i + chunk]), -1) for i in range(0, len(x), chunk)])
+        out = self._teacher_out(x, chunk)
         t_probs = torch.softmax(out.bag_logits[0].float(), -1)
         scores = out.instance_scores[0]
         if scores.dim() == 2:  # [N, C] instance logits: evidence for the most likely non-negative class
@@ -442,12 +457,40 @@ class InstanceLabeler(Labeler):
                 m.load_state_dict({n[len(k) + 1 :]: v for n, v in blob.items() if n.startswith(k + ".")})
         except RuntimeError as e:
             raise ModelError(f"{path} does not match config.yaml ({str(e)[:120]}); retrain") from None
-        return cls(modules, meta, blob.get("feature_mean"), blob.get("feature_std"))
+        return cls.class_for(meta)(modules, meta, blob.get("feature_mean"), blob.get("feature_std"))
+
+    @classmethod
+    def class_for(cls, meta: dict[str, Any]) -> type["InstanceLabeler"]:
+        """The labeller class that serves a saved ``meta`` (subclasses may pick a pixel labeller)."""
+        return cls
 
 
 def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in meta.items()
             if k != "history" and isinstance(v, (int, float, str, bool, list, dict, type(None)))}
+
+
+def _projection_encoder(in_dim: int, args: dict[str, Any]) -> nn.Module:
+    return ProjectionEncoder(in_dim, **args)
+
+
+def _cnn_encoder(in_dim: int, args: dict[str, Any]) -> nn.Module:
+    from histokd.models.tile_cnn import TileCNN
+
+    return TileCNN(out_dim=int(args["out_dim"]), arch=str(args.get("arch", "tiny")))
+
+
+SHARED_ENCODERS: dict[str, Any] = {"projection": _projection_encoder, "cnn": _cnn_encoder}
+"""Shared-encoder builders by ``meta["encoder"]["kind"]`` (``projection`` when absent: older models)."""
+
+
+def build_encoder(in_dim: int, spec: dict[str, Any]) -> nn.Module:
+    """The shared encoder described by ``spec`` (``kind`` + its arguments), on ``in_dim`` inputs."""
+    args = dict(spec)
+    kind = args.pop("kind", "projection")
+    if kind not in SHARED_ENCODERS:
+        raise ModelError(f"unknown shared encoder kind {kind!r}; known: {', '.join(SHARED_ENCODERS)}")
+    return SHARED_ENCODERS[kind](in_dim, args)
 
 
 def build_modules(meta: dict[str, Any]) -> dict[str, nn.Module]:
@@ -458,10 +501,10 @@ def build_modules(meta: dict[str, Any]) -> dict[str, nn.Module]:
     s_in = in_dim
     enc = meta.get("encoder")
     if enc:
-        mods["encoder"] = ProjectionEncoder(in_dim, **enc)
+        mods["encoder"] = build_encoder(in_dim, enc)
         t_in = s_in = int(enc["out_dim"])
         if meta.get("student_encoder"):
-            mods["student_encoder"] = ProjectionEncoder(in_dim, **meta["student_encoder"])
+            mods["student_encoder"] = build_encoder(in_dim, meta["student_encoder"])
     mods["teacher"] = build_model(meta["teacher"], t_in, n_classes, meta.get("teacher_args") or {})
     st = meta.get("student")
     if st is not None:
@@ -518,6 +561,80 @@ class WenoConfig(BaseConfig):
 class WenoLabeler(InstanceLabeler):
     method = "weno"
 
+    @classmethod
+    def class_for(cls, meta: dict[str, Any]) -> type[InstanceLabeler]:
+        return WenoPixelLabeler if (meta.get("encoder") or {}).get("kind") == "cnn" else WenoLabeler
+
+
+class WenoPixelLabeler(WenoLabeler):
+    """End-to-end WENO: the shared encoder is a :class:`~histokd.models.tile_cnn.TileCNN` on tile pixels.
+
+    ``predict(images)`` takes one slide's tiles as uint8 ``[N, 3, H, W]`` (or ``[N, H, W, 3]``), not
+    features; ``histokd label`` calls :meth:`predict_slide`, which reads the tiles from the slide
+    (:func:`histokd.data.tile_images.read_tile_images`, ``tile_px`` px covering each tile).
+    """
+
+    def _input(self, features: np.ndarray) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(features))
+        if x.ndim != 4 or 3 not in (x.shape[1], x.shape[-1]):
+            raise InputError(f"end-to-end WENO labels tile images [N, 3, H, W]; got shape {tuple(x.shape)} "
+                             "(features cannot be used: this model was trained on pixels)")
+        return x if x.shape[1] == 3 else x.permute(0, 3, 1, 2).contiguous()
+
+    def predict(self, features: np.ndarray, chunk: int = 512) -> Prediction:
+        return super().predict(features, chunk)
+
+    def predict_slide(self, slide_row: Any, features: np.ndarray | None, coords: np.ndarray,
+                      patch_size_level0: float | None = None) -> Prediction:
+        """Label one slide from its pixels: ``slide_row`` has ``path``; ``coords`` [N, 2] level-0 tile
+        top-lefts; ``patch_size_level0`` their side (from the feature file). ``features`` are ignored."""
+        from histokd.data.tile_images import read_tile_images
+
+        path = slide_row["path"] if isinstance(slide_row, dict) else slide_row.path
+        if patch_size_level0 is None:
+            raise InputError(f"{path}: the feature file has no patch_size_level0; re-run `histokd embed`")
+        img = read_tile_images(path, coords, float(patch_size_level0), int(self.meta["tile_px"]),
+                               self.meta.get("tile_mpp"))
+        return self.predict(img.transpose(0, 3, 1, 2))
+
+    def predict_bag(self, ds: Any, i: int) -> Prediction:
+        """Label bag ``i`` of a workspace ``BagDataset`` from its slide's pixels (tiles are cached)."""
+        from histokd.data.tile_images import dataset_tile_images
+
+        images, kept, _ = dataset_tile_images(ds.subset([i]), int(self.meta["tile_px"]), self.meta.get("tile_mpp"))
+        return self.predict(images[0])
+
+
+_E2E_DEFAULTS: dict[str, Any] = {
+    "encoder_dim": 128, "student_hidden": [128], "teacher_args": {"hidden": [128], "attn_dim": 64},
+    "epochs": 25, "patience": 8, "hpm_warmup": 5, "instance_batch": 128, "min_student_steps": 0,
+    "max_bag_size": 256, "standardize": False,
+}
+"""End-to-end defaults, applied to every key the user did not set: a CNN step costs ~3 ms per 64 px
+tile on one CPU core, so the student makes one pass over the tiles per epoch and the teacher sees at
+most 256 random tiles of a slide per step (prediction uses all)."""
+
+
+def e2e_config(cfg: WenoConfig) -> WenoConfig:
+    """``cfg`` with the end-to-end defaults for the keys not set explicitly; ``standardize`` is off
+    (the CNN scales pixels itself)."""
+    upd = {k: v for k, v in _E2E_DEFAULTS.items() if k not in cfg.model_fields_set}
+    upd["standardize"] = False
+    upd["encoder"] = "cnn"
+    return cfg.model_copy(update=upd)
+
+
+def pixel_bags(ds: Any, cfg: WenoConfig, what: str) -> Bags:
+    """A workspace ``BagDataset`` -> :class:`Bags` whose "features" are uint8 tile images [N, 3, px, px]."""
+    from histokd.data.tile_images import dataset_tile_images
+
+    images, kept, _ = dataset_tile_images(ds, cfg.tile_px, cfg.tile_mpp, what=what)
+    inst = [ds[i].instance_labels for i in kept]
+    has = all(il is not None for il in inst)
+    return Bags([torch.from_numpy(im) for im in images], np.asarray(ds.labels)[kept],
+                [np.asarray(il, np.int64) for il in inst] if has else None, list(ds.classes),
+                [ds.records[i].slide_id for i in kept])
+
 
 @dataclass
 class _Fitted:
@@ -552,9 +669,11 @@ class Weno(Method):
 
     def fit(self, train: Any, val: Any, config: Any = None) -> WenoLabeler:
         cfg = config if isinstance(config, WenoConfig) else validate_config(WenoConfig, config, "weno config")
-        if cfg.end_to_end or cfg.encoder == "cnn":
-            raise InputError("weno: end-to-end mode (encoder=cnn) is not available yet; use encoder=projection")
         with torch_threads(cfg.threads):
+            if cfg.end_to_end or cfg.encoder == "cnn":
+                cfg = e2e_config(cfg)
+                train, val = pixel_bags(train, cfg, "weno: train tiles"), (
+                    None if val is None or len(val) == 0 else pixel_bags(val, cfg, "weno: val tiles"))
             return self._fit(train, val, cfg)
 
     def _fit(self, train: Any, val: Any, cfg: WenoConfig) -> WenoLabeler:
@@ -569,7 +688,7 @@ class Weno(Method):
                 best, best_thr = fitted, thr
         assert best is not None
         meta = _meta(cfg, tr, best_thr)
-        labeler = WenoLabeler(best.modules, meta)
+        labeler = WenoLabeler.class_for(meta)(best.modules, meta)
         labeler.meta["instance_threshold"] = _val_instance_threshold(labeler, va)
         labeler.mean, labeler.std = mean, std
         labeler.meta["history"] = best.history
@@ -577,10 +696,16 @@ class Weno(Method):
 
 
 def _meta(cfg: WenoConfig, tr: Bags, thr: float) -> dict[str, Any]:
-    enc = {"out_dim": cfg.encoder_dim, "batch_norm": True, "relu": cfg.encoder_relu}
+    pixels = cfg.end_to_end or cfg.encoder == "cnn"
+    enc: dict[str, Any] = {"out_dim": cfg.encoder_dim, "batch_norm": True, "relu": cfg.encoder_relu}
+    extra: dict[str, Any] = {}
+    if pixels:
+        enc = {"kind": "cnn", "out_dim": cfg.encoder_dim, "arch": cfg.cnn_arch}
+        extra = {"tile_px": cfg.tile_px, "tile_mpp": cfg.tile_mpp}
     return {
+        **extra,
         "method": "weno",
-        "in_dim": tr.dim,
+        "in_dim": int(tr.features[0].shape[1]),
         "n_classes": len(tr.classes),
         "classes": list(tr.classes),
         "negative_class": negative_class_index(tr.classes, cfg.negative_class),
@@ -620,7 +745,7 @@ def _fit_weno(tr: Bags, va: Bags, cfg: WenoConfig, seed: int) -> _Fitted:
     meta = _meta(cfg, tr, cfg.hpm_threshold)
     neg, C = int(meta["negative_class"]), int(meta["n_classes"])
     mods = build_modules(meta)
-    labeler = WenoLabeler(mods, meta)
+    labeler = WenoLabeler.class_for(meta)(mods, meta)
     enc_t: nn.Module = mods["encoder"]
     enc_s: nn.Module = mods.get("student_encoder", enc_t)
     teacher: MILModel = mods["teacher"]  # type: ignore[assignment]
