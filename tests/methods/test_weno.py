@@ -104,3 +104,21 @@ def test_weno_recovers_planted_instances(tmp_path) -> None:
     assert np.allclose(again.predict(x).instance_probs, lab.predict(x).instance_probs, atol=1e-6)
     with pytest.raises(InputError):
         lab.predict(np.zeros((3, 5), np.float32))
+
+
+def test_logit_offset_undoes_class_weights() -> None:
+    """Minimising the weighted soft CE gives p ∝ w·t; the stored offset brings p back to t."""
+    from histokd.methods.weno import student_logit_offset
+
+    w = torch.tensor([0.1, 0.9])
+    t = torch.tensor([[0.7, 0.3]])
+    z = torch.zeros(1, 2, requires_grad=True)
+    opt = torch.optim.SGD([z], lr=2.0)
+    for _ in range(500):
+        opt.zero_grad()
+        weighted_soft_ce(z, t, w).backward()
+        opt.step()
+    biased = torch.softmax(z.detach(), -1)
+    assert biased[0, 1] > 0.6  # the weights push the positive probability far above 0.3
+    fixed = torch.softmax(z.detach() - torch.tensor(student_logit_offset(w, 0)), -1)
+    assert torch.allclose(fixed, t, atol=1e-3)

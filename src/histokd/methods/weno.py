@@ -384,7 +384,11 @@ class InstanceLabeler(Labeler):
         Label ``student=mil``) sees each instance as a bag of one."""
         if (self.meta.get("student") or {}).get("kind") == "mil":
             return self.modules["student"](x.unsqueeze(1)).bag_logits
-        return self.modules["student"](self.encode_student(x))
+        logits = self.modules["student"](self.encode_student(x))
+        offset = self.meta.get("student_logit_offset")
+        if offset is not None:  # undo the class-weight bias of the training loss (see WenoConfig.calibrate)
+            logits = logits - torch.as_tensor(offset, dtype=logits.dtype)
+        return logits
 
     def _input(self, features: np.ndarray) -> torch.Tensor:
         x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
@@ -547,6 +551,7 @@ class WenoConfig(BaseConfig):
     hpm_threshold: float = 0.5
     hpm_threshold_grid: list[float] = []
     bag_score: Literal["max", "teacher"] = "max"
+    calibrate: bool = True  # undo the class weights' bias in the student's logits at prediction
     negative_class: str | None = None
     patience: int = 20
     standardize: bool = True  # z-score features with training statistics (stored with the model)
@@ -641,6 +646,18 @@ class _Fitted:
     modules: dict[str, nn.Module]
     score: tuple[float, float]
     history: list[dict[str, float]]
+    class_weights: torch.Tensor | None = None  # the student loss's class weights at the chosen epoch
+
+
+def student_logit_offset(weights: torch.Tensor, neg: int) -> list[float]:
+    """Logit offsets [C] that undo class weights ``w`` [C] in a soft cross-entropy.
+
+    With ``-Σ_c w_c t_c log p_c`` the optimum is ``p_c ∝ w_c t_c``, i.e. logits shifted by ``log w_c``;
+    subtracting ``log(w_c / w_neg)`` gives back ``p = t`` (calibrated probabilities). Ranking (AUC) is
+    unchanged for two classes; bag accuracy at 0.5 and the meaning of the instance threshold improve.
+    """
+    lw = torch.log(weights.clamp_min(1e-12))
+    return (lw - lw[int(neg)]).tolist()
 
 
 def _class_weights(cfg: WenoConfig, targets: torch.Tensor, neg: int) -> torch.Tensor | None:
@@ -688,6 +705,8 @@ class Weno(Method):
                 best, best_thr = fitted, thr
         assert best is not None
         meta = _meta(cfg, tr, best_thr)
+        if cfg.calibrate and best.class_weights is not None:
+            meta["student_logit_offset"] = student_logit_offset(best.class_weights, meta["negative_class"])
         labeler = WenoLabeler.class_for(meta)(best.modules, meta)
         labeler.meta["instance_threshold"] = _val_instance_threshold(labeler, va)
         labeler.mean, labeler.std = mean, std
@@ -763,6 +782,7 @@ def _fit_weno(tr: Bags, va: Bags, cfg: WenoConfig, seed: int) -> _Fitted:
     best_state: dict[str, Any] | None = None
     history: list[dict[str, float]] = []
     stale = 0
+    best_w: torch.Tensor | None = None
     t0 = time.time()
     for epoch in range(cfg.epochs):
         # ---- teacher pass (with hard positive mining after the warm-up) ----
@@ -821,6 +841,7 @@ def _fit_weno(tr: Bags, va: Bags, cfg: WenoConfig, seed: int) -> _Fitted:
         if best is None or score > best:
             best, stale = score, 0
             best_state = {k: copy.deepcopy(m.state_dict()) for k, m in mods.items()}
+            best_w = None if w is None else w.clone()
         else:
             stale += 1
         log.debug("weno epoch %d: %s", epoch, v)
@@ -832,7 +853,7 @@ def _fit_weno(tr: Bags, va: Bags, cfg: WenoConfig, seed: int) -> _Fitted:
         m.load_state_dict(best_state[k])
         m.eval()
     _ = bag_of
-    return _Fitted(mods, best, history)
+    return _Fitted(mods, best, history, best_w)
 
 
 def selection_score(v: dict[str, float]) -> tuple[float, float]:
