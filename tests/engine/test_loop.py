@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from histokd.data.bags import BagDataset
@@ -76,3 +77,22 @@ def test_no_val_keeps_last_epoch_and_logs(tmp_path) -> None:
     res = fit_mil(model, ds, None, cfg, seed=0, log_path=tmp_path / "train.log")
     assert res.best_epoch == 1
     assert "epoch 1" in (tmp_path / "train.log").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_ddp_spawn_two_cpu_processes() -> None:
+    """2 CPU ranks (gloo): every bag seen once per epoch across the shards, rank 0's weights returned,
+    the model learns; the spawn result travels through a file (a >64 KiB return value used to hang)."""
+    ds = digit_bags(target=9, n_bags=48, bag_size=6, witness_rate=0.25, seed=4)
+    tr, va = ds.subset(range(36)), ds.subset(range(36, 48))
+    torch.manual_seed(0)
+    model = build_model("abmil", ds.dim, 2, {"hidden": [256], "attn_dim": 16})
+    assert sum(p.numel() * 4 for p in model.parameters()) > 65536  # more than a pipe buffer of weights
+    cfg = TrainerConfig(max_epochs=8, lr=2e-3, batch_size=2, accelerator="cpu", devices=2, strategy="ddp_spawn",
+                        patience=100)
+    r = fit_mil(model, tr, va, cfg, seed=0)
+    assert len(r.history) == 8
+    assert all(h["train_bags"] == 36 for h in r.history)  # 18 per rank, gathered
+    assert r.model is model and r.history[-1]["train_loss"] < r.history[0]["train_loss"]
+    assert evaluate_bags(r.model, va)["loss"] == pytest.approx(r.history[r.best_epoch]["val_loss"], rel=1e-4)

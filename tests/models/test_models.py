@@ -133,3 +133,43 @@ def test_abmil_chunked_equals_whole() -> None:
         ga = torch.autograd.grad(a.sum(), x)[0]
         gb = torch.autograd.grad(b.sum(), x)[0]
     torch.testing.assert_close(ga, gb, atol=1e-6, rtol=1e-5)
+
+
+def _witness_bags(n_bags: int = 24, n: int = 12, seed: int = 0) -> list[tuple[torch.Tensor, int]]:
+    """Positive bags hold 3 witnesses shifted by +2 along feature 0; negative bags none."""
+    g = torch.Generator().manual_seed(seed)
+    bags = []
+    for i in range(n_bags):
+        x = torch.randn(n, D, generator=g)
+        y = i % 2
+        if y:
+            x[:3, 0] += 2.0
+        bags.append((x, y))
+    return bags
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_chowder_after_fit_orients_tile_scores(flip: bool) -> None:
+    torch.manual_seed(0)
+    m = build_model("chowder", D, 2, {"r": 2, "n_ensemble": 2}).eval()
+    for member in m.members:
+        with torch.no_grad():  # a scorer that reads witnesses, and an MLP that reads high (or low) scores as positive
+            member.scorer.weight.zero_()
+            member.scorer.weight[0, 0] = -1.0 if flip else 1.0
+            member.mlp[0].weight.fill_(1.0)
+            member.mlp[0].bias.zero_()
+            member.mlp[3].weight.fill_(1.0)
+            member.mlp[-1].weight.copy_(torch.tensor([[-1.0] * member.mlp[-1].in_features,
+                                                      [1.0] * member.mlp[-1].in_features]) * (-1 if flip else 1))
+    bags = _witness_bags()
+    x, _ = bags[1]
+    before = m(x.unsqueeze(0))
+    m.after_fit(bags, positive=1)
+    after = m(x.unsqueeze(0))
+    assert m.score_sign.tolist() == ([-1.0, -1.0] if flip else [1.0, 1.0])
+    assert torch.equal(before.bag_logits, after.bag_logits)  # bag predictions untouched
+    # oriented: the witnesses (first 3 tiles) score highest whichever sign the scorer learned
+    assert after.instance_scores[0, :3].min() > after.instance_scores[0, 3:].max()
+    m2 = build_model("chowder", D, 2, {"r": 2, "n_ensemble": 2})
+    m2.load_state_dict(m.state_dict())  # the sign is saved with the weights
+    assert torch.equal(m2.score_sign, m.score_sign)

@@ -28,4 +28,5 @@ class TrainerConfig(BaseConfig):
     precision: str = "auto"  # auto: bf16-mixed on CUDA with bf16, else 32-true
     deterministic: bool = True
     num_workers: int = 0
+    cpu_threads: int | Literal["auto"] = "auto"  # torch threads while training on CPU; auto: 1 for small models
     predict_chunk: int = 4096  # instances per chunk for instance logits at prediction

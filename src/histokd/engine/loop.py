@@ -206,13 +206,20 @@ def fit_mil(
     from rank 0.
     """
     fabric = make_fabric(cfg)
+    threads = _cpu_threads(cfg, model, fabric)
     # a partial of a module-level function, so that spawned processes can unpickle it
-    run = functools.partial(_fit, model=model, train=train, val=val, cfg=cfg, seed=seed, extra_loss=extra_loss)
+    run = functools.partial(_fit, model=model, train=train, val=val, cfg=cfg, seed=seed, extra_loss=extra_loss,
+                            threads=threads)
     with log_to_file(log_path):
         if "spawn" in cfg.strategy:
-            # rank 0's result crosses the process boundary as numpy (torch tensors would be shared by
-            # file descriptors that die with the worker)
-            out = fabric.launch(functools.partial(_fit_portable, run))
+            # rank 0's result comes back through a file: Fabric joins the workers *before* reading its
+            # return queue, so a return value larger than a pipe buffer (64 KiB: any real state dict)
+            # blocks rank 0 in put() forever -- the hang of the first 2-process CPU test
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="histokd-spawn-") as tmp:
+                out_path = fabric.launch(functools.partial(_fit_portable, run, Path(tmp) / "result.pt"))
+                out = torch.load(out_path, map_location="cpu", weights_only=False)
             model.load_state_dict({k: torch.from_numpy(v) for k, v in out.pop("state").items()})
             res = FitResult(model.cpu().eval(), **out)
         else:
@@ -221,10 +228,45 @@ def fit_mil(
     return res
 
 
-def _fit_portable(run: Callable[[Any], FitResult], fabric: Any) -> dict[str, Any]:
+SMALL_MODEL_PARAMS = 5_000_000
+
+
+def _cpu_threads(cfg: TrainerConfig, model: MILModel, fabric: Any) -> int | None:
+    """Torch threads for a CPU fit: ``cfg.cpu_threads``, or with ``auto`` 1 thread for models under 5 M
+    parameters (MIL heads on precomputed features: each step is a few small matrix products, where
+    OpenMP start-up and barriers cost more than they save -- 2 threads on a loaded 2-core machine made
+    such steps up to 10x slower), else torch's default. ``None`` = leave torch alone (GPU)."""
+    if fabric.device.type != "cpu":
+        return None
+    if cfg.cpu_threads != "auto":
+        return int(cfg.cpu_threads)
+    n_params = sum(p.numel() for p in model.parameters())
+    return 1 if n_params < SMALL_MODEL_PARAMS else None
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(n)`` (restored afterwards); ``None`` changes nothing."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _fit_portable(run: Callable[[Any], FitResult], out_path: Path, fabric: Any) -> str:
+    """Worker side of a spawn launch: train, and have rank 0 write its result (numpy state + history) to
+    ``out_path``; returns the path (a short string is all that crosses Fabric's return queue)."""
     r = run(fabric)
-    return {"state": {k: v.detach().cpu().numpy().copy() for k, v in r.model.state_dict().items()},
-            "history": r.history, "best_epoch": r.best_epoch, "best_value": r.best_value, "seconds": r.seconds}
+    if fabric.global_rank == 0:
+        torch.save({"state": {k: v.detach().cpu().numpy().copy() for k, v in r.model.state_dict().items()},
+                    "history": r.history, "best_epoch": r.best_epoch, "best_value": r.best_value,
+                    "seconds": r.seconds}, out_path)
+    return str(out_path)
 
 
 def is_rank_zero() -> bool:
@@ -235,7 +277,14 @@ def is_rank_zero() -> bool:
 
 
 def _fit(fabric: Any, model: MILModel, train: BagDataset, val: BagDataset | None, cfg: TrainerConfig,
-         seed: int, extra_loss: Any) -> FitResult:
+         seed: int, extra_loss: Any, threads: int | None = None) -> FitResult:
+    # threads are set here, in every process (spawned ranks start with torch's default)
+    with torch_threads(threads):
+        return _fit_loop(fabric, model, train, val, cfg, seed, extra_loss)
+
+
+def _fit_loop(fabric: Any, model: MILModel, train: BagDataset, val: BagDataset | None, cfg: TrainerConfig,
+              seed: int, extra_loss: Any) -> FitResult:
     seed_everything(seed, cfg.deterministic)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -252,6 +301,7 @@ def _fit(fabric: Any, model: MILModel, train: BagDataset, val: BagDataset | None
     best_state = copy.deepcopy({k: v.detach().cpu() for k, v in module.state_dict().items()})
     history: list[dict[str, float]] = []
     rank0 = fabric.global_rank == 0
+    multi = fabric.world_size > 1
     with progress(disable=None if rank0 else True) as bar:
         task = bar.add_task("train", total=cfg.max_epochs, unit="epoch")
         for epoch in range(cfg.max_epochs):
@@ -279,13 +329,17 @@ def _fit(fabric: Any, model: MILModel, train: BagDataset, val: BagDataset | None
                 opt.step()
                 total += float(loss.detach()) * len(batch.y)
                 n += len(batch.y)
-            rec: dict[str, float] = {"epoch": epoch, "train_loss": total / max(n, 1)}
+            if multi:  # every rank saw its own shard: the epoch's loss is the mean over all of them
+                total, n = (float(v) for v in fabric.all_reduce(torch.tensor([total, float(n)]), reduce_op="sum"))
+            rec: dict[str, float] = {"epoch": epoch, "train_loss": total / max(n, 1), "train_bags": n}
             if use_val:
                 vm = evaluate_bags(module, val, weight, fabric.device, fabric.autocast)
                 rec.update({f"val_{k}": v for k, v in vm.items()})
                 value = vm[cfg.monitor]
                 if cfg.monitor == "auc" and math.isnan(value):
                     value = -vm["loss"]
+                if multi:  # rank 0 decides, so no rank can stop (or keep a checkpoint) alone and leave the
+                    value = float(fabric.broadcast(value, src=0))  # others waiting in a collective forever
                 if stopper.step(value, epoch):
                     best_state = copy.deepcopy({k: v.detach().cpu() for k, v in module.state_dict().items()})
             else:
@@ -303,4 +357,7 @@ def _fit(fabric: Any, model: MILModel, train: BagDataset, val: BagDataset | None
     else:
         best_state = None
     module = module.cpu().eval()
+    # training bags only (full, not subsampled): e.g. CHOWDER orients its tile scores here
+    module.after_fit(((train[i].features, train[i].label) for i in range(len(train)) if train[i].label >= 0),
+                     train.positive_index)
     return FitResult(module, history, stopper.best_epoch, float(stopper.best), time.perf_counter() - t0)

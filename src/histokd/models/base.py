@@ -11,6 +11,7 @@ is built by name with :func:`build_model`, so that a saved ``config.yaml`` is en
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
@@ -57,6 +58,11 @@ class MILModel(nn.Module):
     def loss_extra(self, out: MILOutput, y: torch.Tensor) -> torch.Tensor | None:
         """Model-specific auxiliary loss (e.g. CLAM's instance clustering); ``None`` if none."""
         return None
+
+    def after_fit(self, bags: Iterable[tuple[torch.Tensor, int]], positive: int) -> None:
+        """Hook run once after training, on the *training* bags only (``(features [N, D], label)`` pairs,
+        standardised as in training): models whose instance scores have no identified sign (CHOWDER) orient
+        them here. ``positive`` is the index of the positive class. Default: nothing."""
 
     @torch.no_grad()
     def instance_logits(self, x: torch.Tensor, mask: torch.Tensor | None = None, chunk: int = 4096) -> torch.Tensor:

@@ -9,10 +9,19 @@ prediction averages the members' probabilities; the heatmap is the members' mean
 
 A bag with fewer than R tiles repeats its last selected score (its smallest top / largest bottom score),
 so a bag of one tile is well defined and padding never enters the selection.
+
+Orientation of the heatmap: the MinMax layer + MLP can use low tile scores as tumour evidence just as well
+as high ones (the loss does not identify the scorer's sign), so after training :meth:`Chowder.after_fit`
+asks each member's own MLP which way it reads its inputs: the mean, over the *training* bags, of
+d(positive-class margin) / d(all 2R selected scores moved together). If raising the tile scores lowers
+the positive-class evidence, that member's tile scores are reported negated (buffer ``score_sign``). Bag
+predictions are untouched; only ``instance_scores`` change sign, so that high = positive-class evidence.
+Training data only: the test split never decides the direction.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +67,18 @@ class ChowderMember(nn.Module):
         s = self.scorer(x).squeeze(-1)
         return self.mlp(extreme_scores(s, mask, self.r)), s
 
+    def margin_slope(self, x: torch.Tensor, positive: int) -> float:
+        """d(positive logit - logsumexp(other logits)) / dt at t=0 when all 2R selected scores of the bag
+        ``x`` [1, N, D] are shifted by t: > 0 when the MLP reads high tile scores as positive evidence."""
+        with torch.no_grad():
+            z = extreme_scores(self.scorer(x).squeeze(-1), torch.ones(x.shape[:2], dtype=torch.bool), self.r)
+        t = torch.zeros((), requires_grad=True)
+        logits = self.mlp(z + t)[0]
+        others = torch.cat([logits[:positive], logits[positive + 1 :]])
+        margin = logits[positive] - torch.logsumexp(others, 0)
+        (g,) = torch.autograd.grad(margin, t)
+        return float(g)
+
 
 class ChowderArgs(BaseConfig):
     r: int = 5
@@ -84,6 +105,7 @@ class Chowder(MILModel):
         super().__init__(in_dim, n_classes)
         self.l2 = l2
         self.members = nn.ModuleList(ChowderMember(in_dim, n_classes, r, hidden, dropout) for _ in range(n_ensemble))
+        self.register_buffer("score_sign", torch.ones(n_ensemble))  # +-1 per member, set by after_fit
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> MILOutput:
         """``x`` [B, N, D] -> bag logits [B, C] (log of the members' mean probability); tile scores [B, N]."""
@@ -92,7 +114,24 @@ class Chowder(MILModel):
         member_logits = torch.stack(logits)  # [E, B, C]
         probs = torch.softmax(member_logits.float(), -1).mean(0)
         bag = torch.log(probs.clamp_min(1e-12))
-        return MILOutput(bag, torch.stack(scores).mean(0), {"member_logits": member_logits})
+        oriented = torch.stack(scores) * self.score_sign.view(-1, 1, 1).to(x.dtype)  # [E, B, N]
+        return MILOutput(bag, oriented.mean(0), {"member_logits": member_logits})
+
+    @torch.no_grad()
+    def after_fit(self, bags: Iterable[tuple[torch.Tensor, int]], positive: int) -> None:
+        """Orient each member's tile scores so that high = positive class (see the module docstring)."""
+        was_training = self.training
+        self.eval()  # no dropout while asking the MLP which way it reads its inputs
+        slopes = torch.zeros(len(self.members), dtype=torch.float64)
+        n = 0
+        for x, _label in bags:
+            xb = x.detach().float().cpu().unsqueeze(0)
+            with torch.enable_grad():
+                slopes += torch.tensor([m.margin_slope(xb, positive) for m in self.members], dtype=torch.float64)
+            n += 1
+        if n:
+            self.score_sign.copy_(torch.where(slopes < 0, -1.0, 1.0).to(self.score_sign))
+        self.train(was_training)
 
     def bag_loss(self, out: MILOutput, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         ml = out.extras["member_logits"].float()
