@@ -32,10 +32,11 @@ def test_probe_separable_vs_noise(mfl_workspace):
     _write(ws, "good", True)
     _write(ws, "noise", False)
     good = linear_probe(ws, "good", seed=0)
-    noise = linear_probe(ws, "noise", seed=0)
+    noise = linear_probe(ws, "noise", seed=0, C=1.0)
     assert good.train_slides == 2 and good.test_slides == 1  # s0, s1 train; s2 test
     assert good.pos_test > 10 and good.n_test == 192
     assert good.auc > 0.95 and good.balanced_accuracy > 0.9
+    assert good.balanced_accuracy_ci95[0] <= good.balanced_accuracy <= good.balanced_accuracy_ci95[1]
     assert 0.3 < noise.auc < 0.7
     saved = json.loads(probe_path(ws, "good").read_text())
     assert saved["auc"] == pytest.approx(good.auc)
@@ -52,3 +53,33 @@ def test_probe_needs_features(mfl_workspace):
 def test_markdown_table():
     t = markdown_table([{"a": "x", "b": 0.12345}, {"a": "y", "b": float("nan")}], [("a", "A"), ("b", "B")])
     assert t.splitlines() == ["| A | B |", "|---|---|", "| x | 0.123 |", "| y | n/a |"]
+
+
+def test_best_threshold_maximises_balanced_accuracy():
+    from sklearn.metrics import balanced_accuracy_score
+
+    from histokd.evaluate.probe import best_threshold
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(500), np.ones(20)].astype(int)
+    p = np.r_[rng.uniform(0.0, 0.3, 500), rng.uniform(0.2, 0.4, 20)]  # all far below 0.5
+    t = best_threshold(y, p)
+    assert 0.2 < t < 0.4
+    assert balanced_accuracy_score(y, p >= t) > 0.75
+    assert balanced_accuracy_score(y, p >= 0.5) == 0.5  # the fixed threshold says nothing here
+
+
+def test_out_of_fold_scores_held_out_slides():
+    from histokd.evaluate.probe import out_of_fold
+
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(6), 50)
+    y = ((groups % 2 == 0) & (rng.random(300) < 0.3)).astype(int)  # tumour tiles only on even slides
+    # a slide-specific feature: a probe that could see the scored slide would use it
+    x = np.c_[rng.normal(size=(300, 2)) + 2.0 * y[:, None], np.eye(6)[groups] * 5]
+    oof = out_of_fold(x, y, groups, C=1.0, seed=0, folds=3)
+    assert np.isfinite(oof).mean() > 0.5
+    ok = np.isfinite(oof)
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y[ok], oof[ok]) > 0.8

@@ -16,8 +16,8 @@ from histokd.features.encoders import build_encoder
 from histokd.methods.more_from_less import train_encoder
 from histokd.workspace import Workspace
 
-KW = dict(epochs=1, batch_size=16, tile_size=16, max_tiles=64, seed=3, proj_hidden=32, proj_dim=32,
-          show_progress=False)
+KW = dict(epochs=1, batch_size=16, tile_size=16, max_tiles=32, seed=3, proj_hidden=32, proj_dim=32,
+          show_progress=False, threads=1)
 
 
 def test_locations_are_seeded_and_train_split_only(mfl_workspace):
@@ -52,7 +52,7 @@ def test_train_encoder_end_to_end(mfl_workspace):
         doc = yaml.safe_load((out / "config.yaml").read_text())
         assert doc["encoder"]["mpp"] == pytest.approx(1.0)  # 16 px covering the 16 µm grid tile
         provs[method] = prov = json.loads((out / "provenance.json").read_text())
-        assert prov["n_tiles"] == 64 and prov["slides"] == ["s0", "s1"]
+        assert prov["n_tiles"] == 32 and prov["slides"] == ["s0", "s1"]
         enc = build_encoder(f"mfl:{out}")
         imgs = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
         assert enc.encode(imgs).shape == (3, enc.dim)
@@ -62,7 +62,7 @@ def test_train_encoder_end_to_end(mfl_workspace):
         train_encoder(mfl_workspace, method="ssl-he", encoder_id="t-ssl-he", **KW)
     # the trained encoder goes through `histokd embed` and the probe (the comparison table, probe only)
     specs = [f"mfl:{mfl_workspace / 'encoders' / f't-{m}'}" for m in ("more-from-less", "ssl-he")]
-    rows, table = compare_encoders(mfl_workspace, specs, mil_method=None, embed_kwargs={"workers": 0})
+    rows, table = compare_encoders(mfl_workspace, specs, mil_method=None, embed_kwargs={"workers": 0, "threads": 1})
     assert [r["encoder"] for r in rows] == specs
     assert all(0.0 <= r["probe_auc"] <= 1.0 and r["dim"] == 128 for r in rows)
     assert table.count("\n") == 4 and (mfl_workspace / "probes" / "comparison.md").exists()

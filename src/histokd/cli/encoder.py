@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed for tile sampling, augmentations and initialisation."),
         encoder_id: str = typer.Option(None, "--id", help="Folder name under RUN/encoders/ (default from the config)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing encoder folder."),
+        threads: int = typer.Option(None, "--threads", help="Torch CPU threads (1 is fastest on a loaded CPU)."),
     ) -> None:
         """Train an H&E encoder with paired dense data (More From Less) or H&E alone (ssl-he) -> RUN/encoders/<id>/."""
         from histokd.methods.more_from_less import train_encoder as run
@@ -36,6 +37,7 @@ def register(app: typer.Typer) -> None:
             workspace, method=method, epochs=epochs, batch_size=batch_size, tile_size=tile_size, mpp=mpp,
             max_tiles=max_tiles, seed=seed, loss=loss, encoder_id=encoder_id, overwrite=overwrite, arch=arch, lr=lr,
             splits=[s.strip() for s in splits.split(",") if s.strip()], shared_geometry=shared_geometry,
+            threads=threads,
         )
         typer.echo(f"{out}: use it with `histokd embed -w {workspace} --encoder mfl:{out}`")
 
@@ -45,7 +47,7 @@ def register(app: typer.Typer) -> None:
         workspace: Path = typer.Option(..., "--workspace", "-w", help="Run folder with features and masks."),
         features: str = typer.Option(..., "--features", "-f", help="Encoder spec the features were made with."),
         threshold: float = typer.Option(0.5, "--threshold", help="A tile is tumour when its mask fraction is above this."),
-        c: float = typer.Option(1.0, "--C", help="Inverse L2 strength of the logistic regression."),
+        c: float = typer.Option(None, "--C", help="Inverse L2 strength (default: chosen by slide-grouped CV on train)."),
         seed: int = typer.Option(0, "--seed"),
     ) -> None:
         """Linear probe on tile labels (train split -> test split) -> RUN/probes/<encoder>.json."""
@@ -53,7 +55,9 @@ def register(app: typer.Typer) -> None:
 
         r = linear_probe(workspace, features, threshold=threshold, seed=seed, C=c)
         typer.echo(
-            f"{features}: AUC {r.auc:.3f} (95% CI {r.auc_ci95[0]:.3f}-{r.auc_ci95[1]:.3f})  balanced acc {r.balanced_accuracy:.3f}  acc {r.accuracy:.3f}  "
+            f"{features}: AUC {r.auc:.3f} (95% CI {r.auc_ci95[0]:.3f}-{r.auc_ci95[1]:.3f})  balanced acc {r.balanced_accuracy:.3f} "
+            f"(95% CI {r.balanced_accuracy_ci95[0]:.3f}-{r.balanced_accuracy_ci95[1]:.3f}, p >= {r.decision_threshold:.3g}, "
+            f"C {r.C:g})  acc {r.accuracy:.3f}  "
             f"({r.n_train} train / {r.n_test} test tiles, {r.pos_test} tumour)"
         )
 

@@ -10,9 +10,15 @@ handcrafted features. Protocol (fixed, seeded):
 - training tiles: the slides of ``train_splits`` (default ``train``); test tiles: ``test_splits``
   (default ``test``). Slides never mix between the two;
 - features standardised with the training tiles' mean/std, then L2-regularised logistic regression
-  (lbfgs, ``C``), class-balanced weights so that the rarer tumour tiles count as much as normal ones;
-- reported on the test tiles: accuracy and balanced accuracy at p = 0.5, ROC AUC with a stratified
-  tile-bootstrap 95 % CI.
+  (lbfgs), class-balanced weights so that the rarer tumour tiles count as much as normal ones;
+- everything the probe chooses is chosen on the training slides only, from out-of-fold predictions of a
+  slide-grouped, class-stratified cross-validation (``cv_folds`` folds): the inverse regularisation ``C``
+  (the grid ``C_GRID`` by out-of-fold AUC, unless ``C`` is given) and the decision threshold (the one
+  maximising out-of-fold balanced accuracy, i.e. Youden's J). A fixed p = 0.5 is not a sensible operating
+  point here: with few tumour tiles a high-dimensional probe separates its own training tiles perfectly,
+  so its test probabilities are overconfident and their 0.5 crossing is arbitrary;
+- reported on the test tiles: ROC AUC and balanced accuracy (at the chosen threshold) with stratified
+  tile-bootstrap 95 % CIs, accuracy, and the balanced accuracy at p = 0.5 for reference.
 
 The result is written to ``RUN/probes/<encoder dir>.json``.
 """
@@ -45,6 +51,10 @@ class ProbeResult:
     balanced_accuracy: float
     auc: float
     auc_ci95: tuple[float, float]
+    balanced_accuracy_ci95: tuple[float, float]
+    balanced_accuracy_at_half: float
+    decision_threshold: float
+    cv_auc: float
     seed: int
     threshold: float
     C: float
@@ -61,8 +71,9 @@ def probe_path(ws: Workspace, features: str) -> Path:
 
 def collect_tile_set(
     ws: Workspace, features: str, splits: tuple[str, ...], threshold: float
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Features ``[N, D]`` float32 and labels ``[N]`` int8 (0/1) of the labelled tiles of ``splits``."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features ``[N, D]`` float32, labels ``[N]`` int8 (0/1) and slide index ``[N]`` int64 (0..slides-1)
+    of the labelled tiles of ``splits``."""
     from histokd.data.bags import ensure_instance_labels, instance_labels_path, read_instance_labels
     from histokd.data.cohort import load_workspace_cohort
     from histokd.features.store import read_features
@@ -74,8 +85,11 @@ def collect_tile_set(
     failures = ensure_instance_labels(ws, features, threshold=threshold)
     for sid, msg in failures.items():
         log.warning("probe: no tile labels for %s (%s)", sid, msg)
-    xs, ys, n_slides = [], [], 0
+    xs, ys, gs, n_slides = [], [], [], 0
     for sid in df[df["split"].isin(splits)]["slide_id"]:
+        if not ws.tiles_h5(sid).exists():
+            log.warning("probe: %s has no tile grid (tiling failed?); slide skipped", sid)
+            continue
         fpath = ws.features_h5(features, sid)
         lpath = instance_labels_path(ws, features, sid)
         if not fpath.exists():
@@ -89,11 +103,58 @@ def collect_tile_set(
         if keep.any():
             xs.append(ff.features[keep])
             ys.append(lab[keep])
+            gs.append(np.full(int(keep.sum()), n_slides, np.int64))
             n_slides += 1
     if not xs:
         raise InputError(f"{ws.cohort_csv}: no labelled tile in split(s) {', '.join(splits)}; the probe needs "
                          f"tumour masks (mask_path) for those slides")
-    return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int8), n_slides
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int8), np.concatenate(gs)
+
+
+C_GRID: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)
+"""Inverse L2 strengths tried by the probe when ``C`` is not given (chosen by out-of-fold AUC)."""
+
+
+def best_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """The probability threshold maximising balanced accuracy (Youden's J) of scores ``p`` on labels ``y``.
+
+    Returned as the midpoint between the best score and the next lower one, so that it generalises
+    rather than sitting on a training tile's score.
+    """
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thr = roc_curve(y, p)
+    i = int(np.argmax(tpr - fpr))
+    t = float(thr[i])
+    if not np.isfinite(t):  # roc_curve's first threshold is +inf (nothing positive)
+        return 1.0
+    lower = p[p < t]
+    return float((t + lower.max()) / 2) if len(lower) else t
+
+
+def _fit(x: np.ndarray, y: np.ndarray, C: float, seed: int, max_iter: int):  # noqa: ANN202 - sklearn model
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=C, max_iter=max_iter, class_weight="balanced", random_state=seed).fit(x, y)
+
+
+def out_of_fold(
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, C: float, seed: int, folds: int, max_iter: int = 2000
+) -> np.ndarray:
+    """Out-of-fold probabilities ``[N]`` of the probe on standardised ``x`` ``[N, D]``: slide-grouped,
+    class-stratified folds (no slide in both the fitting and the scored part). Tiles of a fold whose
+    fitting part lacks a class are NaN."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_groups = len(np.unique(groups))
+    k = max(2, min(folds, n_groups))
+    oof = np.full(len(y), np.nan)
+    cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    for fit_idx, score_idx in cv.split(x, y, groups):
+        if len(np.unique(y[fit_idx])) < 2:
+            continue
+        oof[score_idx] = _fit(x[fit_idx], y[fit_idx], C, seed, max_iter).predict_proba(x[score_idx])[:, 1]
+    return oof
 
 
 def linear_probe(
@@ -101,44 +162,75 @@ def linear_probe(
     features: str,
     threshold: float = 0.5,
     seed: int = 0,
-    C: float = 1.0,
+    C: float | None = None,
     train_splits: tuple[str, ...] = ("train",),
     test_splits: tuple[str, ...] = ("test",),
     max_iter: int = 2000,
+    cv_folds: int = 4,
     write: bool = True,
 ) -> ProbeResult:
-    """Fit the probe on the training tiles of ``features`` (an encoder spec) and score it on the test tiles."""
-    from sklearn.linear_model import LogisticRegression
+    """Fit the probe on the training tiles of ``features`` (an encoder spec) and score it on the test tiles.
+
+    ``C=None`` chooses the inverse L2 strength from ``C_GRID`` by slide-grouped out-of-fold AUC on the
+    training slides; the decision threshold is always chosen on the same out-of-fold predictions.
+    """
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    xtr, ytr, ntr_s = collect_tile_set(ws, features, tuple(train_splits), threshold)
-    xte, yte, nte_s = collect_tile_set(ws, features, tuple(test_splits), threshold)
+    xtr, ytr, gtr = collect_tile_set(ws, features, tuple(train_splits), threshold)
+    xte, yte, gte = collect_tile_set(ws, features, tuple(test_splits), threshold)
+    ntr_s, nte_s = len(np.unique(gtr)), len(np.unique(gte))
     for name, y in (("training", ytr), ("test", yte)):
         if len(np.unique(y)) < 2:
             raise InputError(f"{ws.root}: the {name} tiles of {features} are all of one class; the probe needs "
                              f"tumour and normal tiles in both the train and the test split")
     mean = xtr.mean(0)
     std = np.maximum(xtr.std(0), 1e-6)  # constant features (dead units) must not divide by 0
-    clf = LogisticRegression(C=C, max_iter=max_iter, class_weight="balanced", random_state=seed)
-    clf.fit((xtr - mean) / std, ytr)
+    ztr = (xtr - mean) / std
+    # Model selection on the training slides only: out-of-fold predictions, slides never split.
+    cands = (C,) if C is not None else C_GRID
+    best: tuple[float, float, np.ndarray] | None = None
+    for c in cands:
+        oof = out_of_fold(ztr, ytr, gtr, c, seed, cv_folds, max_iter)
+        ok = np.isfinite(oof)
+        cv_auc = float(roc_auc_score(ytr[ok], oof[ok])) if len(np.unique(ytr[ok])) == 2 else float("nan")
+        if best is None or (np.isfinite(cv_auc) and not cv_auc <= best[1]):
+            best = (c, cv_auc, oof)
+    assert best is not None
+    C_used, cv_auc, oof = best
+    if C is None and not np.isfinite(cv_auc):
+        # too few training slides of each class for a grouped CV: fall back to a moderate, fixed C
+        log.warning("probe %s: no out-of-fold estimate (too few training slides); C = 1, threshold 0.5", features)
+        C_used = 1.0
+    ok = np.isfinite(oof)
+    thr = best_threshold(ytr[ok], oof[ok]) if len(np.unique(ytr[ok])) == 2 else 0.5
+    clf = _fit(ztr, ytr, C_used, seed, max_iter)
     p = clf.predict_proba((xte - mean) / std)[:, 1]
-    pred = (p >= 0.5).astype(np.int8)
+    pred = (p >= thr).astype(np.int8)
     from histokd.evaluate.bootstrap import bootstrap_ci
 
     # tiles are resampled within each class (1000 resamples, seeded): the CI shows how few tumour tiles
     # a test split holds, not slide-to-slide variation
     _, lo, hi = bootstrap_ci(roc_auc_score, yte, p, n_boot=1000, seed=seed)
+    def bacc_fn(yy: np.ndarray, pp: np.ndarray) -> float:  # numpy, not sklearn: 1000 resamples stay fast
+        hit = (pp >= thr) == (yy == 1)
+        return float((hit[yy == 1].mean() + hit[yy == 0].mean()) / 2)
+
+    bacc, blo, bhi = bootstrap_ci(bacc_fn, yte, p, n_boot=1000, seed=seed)
     res = ProbeResult(
         encoder=features, dim=int(xtr.shape[1]), n_train=len(ytr), n_test=len(yte), pos_train=int(ytr.sum()),
         pos_test=int(yte.sum()), accuracy=float(accuracy_score(yte, pred)),
-        balanced_accuracy=float(balanced_accuracy_score(yte, pred)), auc=float(roc_auc_score(yte, p)),
-        auc_ci95=(float(lo), float(hi)), seed=seed, threshold=threshold, C=C, train_slides=ntr_s, test_slides=nte_s,
+        balanced_accuracy=float(bacc), auc=float(roc_auc_score(yte, p)),
+        auc_ci95=(float(lo), float(hi)), balanced_accuracy_ci95=(float(blo), float(bhi)),
+        balanced_accuracy_at_half=float(balanced_accuracy_score(yte, (p >= 0.5).astype(np.int8))),
+        decision_threshold=float(thr), cv_auc=float(cv_auc), seed=seed, threshold=threshold, C=float(C_used),
+        train_slides=ntr_s, test_slides=nte_s,
     )
     if write:
         write_json(probe_path(ws, features), res.as_dict())
-    log.info("probe %s: AUC %.3f, balanced acc %.3f, acc %.3f (%d test tiles)", features, res.auc,
-             res.balanced_accuracy, res.accuracy, res.n_test)
+    log.info("probe %s: AUC %.3f, balanced acc %.3f at p >= %.3g (C %g chosen on train, out-of-fold AUC %.3f), "
+             "acc %.3f (%d test tiles)", features, res.auc, res.balanced_accuracy, thr, C_used, cv_auc,
+             res.accuracy, res.n_test)
     return res
 
 
@@ -165,6 +257,7 @@ COMPARE_COLUMNS = [
     ("probe_auc", "probe AUC"),
     ("probe_auc_ci95", "probe AUC 95% CI"),
     ("probe_bacc", "probe bal. acc"),
+    ("probe_bacc_ci95", "probe bal. acc 95% CI"),
     ("probe_acc", "probe acc"),
     ("bag_auc", "MIL bag AUC"),
     ("instance_auc", "MIL instance AUC (attention)"),
@@ -193,7 +286,9 @@ def compare_encoders(
         pr = linear_probe(ws, spec, threshold=threshold, seed=seed)
         row: dict[str, Any] = {"encoder": spec, "dim": pr.dim, "probe_auc": pr.auc,
                                "probe_auc_ci95": f"{pr.auc_ci95[0]:.3f}-{pr.auc_ci95[1]:.3f}",
-                               "probe_bacc": pr.balanced_accuracy, "probe_acc": pr.accuracy,
+                               "probe_bacc": pr.balanced_accuracy,
+                               "probe_bacc_ci95": "{:.3f}-{:.3f}".format(*pr.balanced_accuracy_ci95),
+                               "probe_acc": pr.accuracy, "probe_C": pr.C, "probe_cv_auc": pr.cv_auc,
                                "bag_auc": float("nan"), "instance_auc": float("nan"),
                                "instance_auc_probs": float("nan")}
         if mil_method:
