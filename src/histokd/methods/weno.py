@@ -5,7 +5,9 @@ What we implement (``histokd train --method weno``):
 - **Shared encoder** ``f``: :class:`~histokd.models.student.ProjectionEncoder` (Linear + BatchNorm
   (+ ReLU)) on frozen tile features, trained by both teacher and student (``shared_encoder=false``
   gives teacher and student an encoder each: the "without shared encoder" ablation). End-to-end mode
-  (``encoder=cnn``) puts a small CNN on tile pixels instead, see :mod:`histokd.methods.weno_e2e`.
+  (``encoder=cnn``) puts a small CNN (:class:`~histokd.models.tile_cnn.TileCNN`) on tile pixels
+  instead, read from the workspace's slides (:mod:`histokd.data.tile_images`) and trained jointly;
+  :class:`WenoPixelLabeler` labels slides from pixels (``predict_slide``, the ``histokd label`` hook).
 - **Teacher**: ABMIL (``teacher=abmil``, also ``gated-abmil``) or DSMIL (``teacher=dsmil``) from
   :mod:`histokd.models`, on ``f(x)``; loss = the model's own bag loss.
 - **Student**: :class:`~histokd.models.student.InstanceHead` on ``f(x)``; it labels a tile on its own.
@@ -36,8 +38,11 @@ What we implement (``histokd train --method weno``):
   evidence ``s``; bag probabilities = the max-tile rule (``bag_score=max``) or the teacher's output
   (``bag_score=teacher``).
 
+- **Calibration** (``calibrate``): the class-weighted loss biases the student's probabilities
+  (:func:`student_logit_offset`); the bias is removed from its logits at prediction.
+
 Deviations from the paper, for a CPU: Adam (lr 1e-3) instead of SGD over 1,500 epochs; a 256-wide
-student instead of 2×4096.
+student instead of 2×4096; one torch thread while fitting (``threads``, see :func:`torch_threads`).
 
 Multi-class labels: one class is the *negative* class (the class that is not ``tumour`` for two
 classes, else ``negative_class`` or the first class); an instance of a bag of class ``c`` gets the soft
