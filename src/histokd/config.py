@@ -26,9 +26,18 @@ class BaseConfig(BaseModel):
 
 
 def validate_config(cls: type[C], data: dict[str, Any] | None, source: str = "config") -> C:
-    """``cls(**data)`` with a one-line :class:`InputError` naming the offending keys."""
+    """``cls(**data)`` with a one-line :class:`InputError` naming the offending keys.
+
+    ``data`` is merged into ``cls``'s own defaults first, so that a partial nested section (``--set
+    train.lr=1e-3``) keeps the other defaults *of that config class* (a method's trainer defaults) instead
+    of falling back to the nested class's generic defaults.
+    """
     try:
-        return cls.model_validate(data or {})
+        defaults = cls().model_dump()
+    except ValidationError:  # required fields: no defaults to merge into
+        defaults = {}
+    try:
+        return cls.model_validate(deep_merge(defaults, data or {}))
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in e.errors()

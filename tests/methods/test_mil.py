@@ -109,3 +109,16 @@ def test_bench_reports_bag_and_instance_metrics(tmp_path) -> None:
         assert {"mean", "std", "ci_low", "ci_high"} <= set(r["bag"]["accuracy"])
         assert "auc" in r["instance_from_scores"] and "auc" in r["instance_from_probs"]
     assert res["methods"]["abmil"]["fit_seconds"]["mean"] > 0
+
+
+def test_partial_train_override_keeps_method_defaults() -> None:
+    from histokd.config import validate_config
+    from histokd.methods.base import METHODS
+
+    cfg = validate_config(METHODS.get("chowder").config_cls, {"train": {"lr": 5e-3}, "model": {"r": 3}})
+    assert cfg.train.lr == 5e-3 and cfg.model.r == 3
+    default = METHODS.get("chowder").config_cls()
+    assert cfg.train.batch_size == default.train.batch_size and cfg.train.max_epochs == default.train.max_epochs
+    assert cfg.model.hidden == default.model.hidden
+    with pytest.raises(Exception, match="train"):
+        validate_config(METHODS.get("chowder").config_cls, {"train": {"nope": 1}})

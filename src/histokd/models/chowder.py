@@ -12,11 +12,15 @@ so a bag of one tile is well defined and padding never enters the selection.
 
 Orientation of the heatmap: the MinMax layer + MLP can use low tile scores as tumour evidence just as well
 as high ones (the loss does not identify the scorer's sign), so after training :meth:`Chowder.after_fit`
-asks each member's own MLP which way it reads its inputs: the mean, over the *training* bags, of
-d(positive-class margin) / d(all 2R selected scores moved together). If raising the tile scores lowers
-the positive-class evidence, that member's tile scores are reported negated (buffer ``score_sign``). Bag
-predictions are untouched; only ``instance_scores`` change sign, so that high = positive-class evidence.
-Training data only: the test split never decides the direction.
+orients each member's scores with the MIL assumption on the *training* bags: positive bags contain
+positive tiles, negative bags none, so the witnesses sit at the extreme of positive bags only. With
+m_top / m_bot the mean of a bag's R highest / lowest scores, scaled by the spread of all scores,
+d_top = mean_pos(m_top) - mean_neg(m_top) and d_bot = mean_neg(m_bot) - mean_pos(m_bot): if the extremes of
+positive bags differ from negatives' more at the bottom than at the top (d_bot > d_top), the member's
+scores are reported negated (buffer ``score_sign``). Data rather than the MLP's own slope: on a small
+cohort the scorer learns a direction long before the sigmoid MLP leaves its flat start, and a slope read
+from an untrained MLP is noise. Bag predictions are untouched; only ``instance_scores`` change sign.
+The test split never decides the direction.
 """
 
 from __future__ import annotations
@@ -67,18 +71,6 @@ class ChowderMember(nn.Module):
         s = self.scorer(x).squeeze(-1)
         return self.mlp(extreme_scores(s, mask, self.r)), s
 
-    def margin_slope(self, x: torch.Tensor, positive: int) -> float:
-        """d(positive logit - logsumexp(other logits)) / dt at t=0 when all 2R selected scores of the bag
-        ``x`` [1, N, D] are shifted by t: > 0 when the MLP reads high tile scores as positive evidence."""
-        with torch.no_grad():
-            z = extreme_scores(self.scorer(x).squeeze(-1), torch.ones(x.shape[:2], dtype=torch.bool), self.r)
-        t = torch.zeros((), requires_grad=True)
-        logits = self.mlp(z + t)[0]
-        others = torch.cat([logits[:positive], logits[positive + 1 :]])
-        margin = logits[positive] - torch.logsumexp(others, 0)
-        (g,) = torch.autograd.grad(margin, t)
-        return float(g)
-
 
 class ChowderArgs(BaseConfig):
     r: int = 5
@@ -121,17 +113,28 @@ class Chowder(MILModel):
     def after_fit(self, bags: Iterable[tuple[torch.Tensor, int]], positive: int) -> None:
         """Orient each member's tile scores so that high = positive class (see the module docstring)."""
         was_training = self.training
-        self.eval()  # no dropout while asking the MLP which way it reads its inputs
-        slopes = torch.zeros(len(self.members), dtype=torch.float64)
-        n = 0
-        for x, _label in bags:
+        self.eval()
+        tops: list[torch.Tensor] = []  # per bag [E]
+        bots: list[torch.Tensor] = []
+        pos: list[bool] = []
+        spread = torch.zeros(len(self.members), dtype=torch.float64)
+        for x, label in bags:
             xb = x.detach().float().cpu().unsqueeze(0)
-            with torch.enable_grad():
-                slopes += torch.tensor([m.margin_slope(xb, positive) for m in self.members], dtype=torch.float64)
-            n += 1
-        if n:
-            self.score_sign.copy_(torch.where(slopes < 0, -1.0, 1.0).to(self.score_sign))
+            s = torch.stack([m.scorer(xb).squeeze(-1)[0] for m in self.members]).double()  # [E, N]
+            k = min(self.members[0].r, s.shape[1])
+            tops.append(s.topk(k, 1).values.mean(1))
+            bots.append(s.topk(k, 1, largest=False).values.mean(1))
+            spread += s.std(1, unbiased=False) if s.shape[1] > 1 else 0
+            pos.append(label == positive)
         self.train(was_training)
+        is_pos = torch.tensor(pos)
+        if not is_pos.any() or is_pos.all():
+            return  # one class only: nothing to orient against
+        top, bot = torch.stack(tops), torch.stack(bots)  # [n_bags, E]
+        scale = (spread / len(pos)).clamp_min(1e-12)
+        d_top = (top[is_pos].mean(0) - top[~is_pos].mean(0)) / scale
+        d_bot = (bot[~is_pos].mean(0) - bot[is_pos].mean(0)) / scale
+        self.score_sign.copy_(torch.where(d_bot > d_top, -1.0, 1.0).to(self.score_sign))
 
     def bag_loss(self, out: MILOutput, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         ml = out.extras["member_logits"].float()
