@@ -35,7 +35,7 @@ def _burden(preset: str, n: int = 12) -> np.ndarray:
 def test_presets_differ_in_lesion_burden_as_documented() -> None:
     easy, cam, hard = _burden("easy"), _burden("camelyon"), _burden("hard")
     assert np.median(easy) > 0.2  # large regions
-    assert np.median(hard) < 0.015 and (hard < 0.01).mean() >= 0.5  # often < 1 % of the tissue
+    assert np.median(hard) < 0.04 and (hard < 0.05).all()  # a few % of the tissue (calibrated for MIL)
     assert np.median(easy) > np.median(cam) > np.median(hard)
     assert hard.max() <= PRESETS.get("hard").max_tumour_fraction + 0.01
     assert (easy > 0).all() and (hard > 0).all()
