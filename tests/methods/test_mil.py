@@ -122,3 +122,23 @@ def test_partial_train_override_keeps_method_defaults() -> None:
     assert cfg.model.hidden == default.model.hidden
     with pytest.raises(Exception, match="train"):
         validate_config(METHODS.get("chowder").config_cls, {"train": {"nope": 1}})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_cli_train_ddp_two_cpu_processes(digit_ws) -> None:
+    """`histokd train --devices 2 --strategy ddp` (Fabric re-launches the command for rank 1): finishes,
+    rank 0 writes the model, every training bag is seen once per epoch across the two shards."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HISTOKD_NO_PROGRESS": "1"}
+    cmd = [sys.executable, "-m", "histokd", "train", "-w", str(digit_ws.root), "--features", "enc", "--method",
+           "abmil", "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu", "--model-id", "ddp-cli",
+           "--set", "train.max_epochs=2", "--overwrite"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=140)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((digit_ws.model_dir("ddp-cli") / "metrics.json").read_text())
+    assert [h["train_bags"] for h in m["history"]] == [12, 12]
+    assert load_labeler(digit_ws.model_dir("ddp-cli")).predict(np.zeros((3, 64), np.float32)).bag_probs.shape == (2,)
