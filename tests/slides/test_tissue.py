@@ -90,3 +90,21 @@ def test_detect_tissue_on_slide_and_user_mask(slides, tmp_path):
         assert u.source == str(p) and u.pen is None
         assert u.mask[: int(200 / u.downsample) - 1, : int(200 / u.downsample) - 1].all()
         assert u.mask.sum() <= (200 / u.downsample + 1) ** 2
+
+
+def test_tinted_background_is_not_pen_ink():
+    # a pale greenish glass background (G > R + margin but unsaturated) must not be taken for ink,
+    # or the whole slide is masked out (seen on a synthetic slide with background [230, 241, 237])
+    import numpy as np
+
+    from histokd.slides.tissue import TissueParams, pen_mask, tissue_from_rgb
+
+    rgb = np.zeros((200, 200, 3), np.uint8)
+    rgb[:] = (230, 241, 237)
+    rgb[50:150, 50:150] = (180, 120, 170)  # H&E-like tissue
+    rgb[10:20, 10:190] = (40, 140, 90)  # a green pen stroke
+    pen = pen_mask(rgb, TissueParams())
+    assert not pen[100, 5] and not pen[195, 195]
+    assert pen[15, 100]
+    tissue, _ = tissue_from_rgb(rgb, 8.0, TissueParams(min_area_um2=1000))
+    assert tissue[100, 100] and not tissue[195, 195]

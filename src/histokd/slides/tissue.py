@@ -47,6 +47,8 @@ class TissueParams:
     max_hole_um2: float = 20_000.0
     remove_pen: bool = True
     pen_green_margin: int = 8
+    pen_min_saturation: float = 0.15
+    """Ink is saturated; a faintly green- or blue-tinted glass background (G > R but pale) is not ink."""
     pen_dark_max: int = 80
     pen_dilate_um: float = 24.0
     pen_min_area_um2: float = 1_500.0
@@ -134,7 +136,9 @@ def pen_mask(rgb: np.ndarray, params: TissueParams = TissueParams()) -> np.ndarr
     """Pixels of marker ink: bool ``[h, w]`` from RGB ``[h, w, 3]`` uint8 (before dilation)."""
     a = rgb.astype(np.int16)
     r, g = a[..., 0], a[..., 1]
-    coloured_ink = g > r + params.pen_green_margin
+    hi = a.max(axis=-1)
+    sat = (hi - a.min(axis=-1)) / np.maximum(hi, 1)
+    coloured_ink = (g > r + params.pen_green_margin) & (sat > params.pen_min_saturation)
     black_ink = a.max(axis=-1) < params.pen_dark_max
     return coloured_ink | black_ink
 
