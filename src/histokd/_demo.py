@@ -25,7 +25,7 @@ class DemoResult:
 
 def demo(
     out: str | Path = "demo_run",
-    slides: int = 16,
+    slides: int = 32,
     seed: int = 0,
     preset: str = "camelyon",
     encoder: str = "efficientnet_lite0",

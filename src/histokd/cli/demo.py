@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
     @run_command
     def demo(
         out: Path = typer.Option(Path("demo_run"), "--out", "-o", help="Folder for the cohort and the run."),
-        slides: int = typer.Option(16, help="Number of synthetic slides."),
+        slides: int = typer.Option(32, help="Number of synthetic slides (half tumour; 50/25/25 train/val/test)."),
         seed: int = typer.Option(0, help="Seed for the cohort and training."),
         preset: str = typer.Option("camelyon", help="Synthetic preset: easy, camelyon or hard."),
         encoder: str = typer.Option("efficientnet_lite0", help="Tile encoder."),
