@@ -258,6 +258,14 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+def _labelled_bags(ds: BagDataset) -> Iterator[tuple[torch.Tensor, int]]:
+    """(features [N, D], label) of every labelled bag, each read once (lazy datasets read from disk)."""
+    for i in range(len(ds)):
+        bag = ds[i]
+        if bag.label >= 0:
+            yield bag.features, bag.label
+
+
 def _fit_portable(run: Callable[[Any], FitResult], out_path: Path, fabric: Any) -> str:
     """Worker side of a spawn launch: train, and have rank 0 write its result (numpy state + history) to
     ``out_path``; returns the path (a short string is all that crosses Fabric's return queue)."""
@@ -358,6 +366,5 @@ def _fit_loop(fabric: Any, model: MILModel, train: BagDataset, val: BagDataset |
         best_state = None
     module = module.cpu().eval()
     # training bags only (full, not subsampled): e.g. CHOWDER orients its tile scores here
-    module.after_fit(((train[i].features, train[i].label) for i in range(len(train)) if train[i].label >= 0),
-                     train.positive_index)
+    module.after_fit(_labelled_bags(train), train.positive_index)
     return FitResult(module, history, stopper.best_epoch, float(stopper.best), time.perf_counter() - t0)
