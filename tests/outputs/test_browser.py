@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-# the report reads slides, cohorts and masks through the slides engineer's modules (contracts 1-3)
+# the report reads slides, cohorts and masks through histokd.slides and histokd.data.cohort
 for _mod in ("histokd.slides.reader", "histokd.data.cohort", "histokd.slides.masks"):
     pytest.importorskip(_mod, reason=f"{_mod} not installed yet")
 

@@ -249,7 +249,7 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -
 
 
 # ------------------------------------------------------------------------------------------------------
-# Encoder comparison (linear probe + downstream MIL), the table of docs/parts/mfl.md
+# Encoder comparison (linear probe + downstream MIL), the table of docs/mfl.md
 # ------------------------------------------------------------------------------------------------------
 COMPARE_COLUMNS = [
     ("encoder", "encoder"),

@@ -132,7 +132,7 @@ METHODS_BY_NAME: dict[str, type[MILMethod]] = {}
 
 # ABMIL / gated ABMIL: Ilse et al.'s MUSK network (MLP 256-128-64, attention 64, dropout) with Adam lr 2e-4,
 # wd 5e-3, 40 epochs. Chosen among 7 recipes by inner validation on musk1 (a stratified quarter of each
-# outer training fold held out; the outer test folds never seen); see docs/parts/mil.md.
+# outer training fold held out; the outer test folds never seen); see docs/mil.md.
 _ABMIL_MODEL = {"hidden": [256, 128, 64], "attn_dim": 64}
 _ABMIL_TRAIN = {"lr": 2e-4, "weight_decay": 5e-3, "max_epochs": 40}
 

@@ -7,7 +7,7 @@ embeddings. Only the H&E encoder is kept for use (``mfl:<model dir>``): at infer
 The control, ``ssl-he``, is the same loss on two augmented views of the H&E tile through one shared
 (siamese) encoder and projector, with the same architecture, tiles, epochs and batch size.
 
-Choices (see ``docs/parts/mfl.md``):
+Choices (see ``docs/mfl.md``):
 
 - Augmentations are drawn independently per branch, geometry included (D4 flips/rot90 and a random
   resized crop), as in the reference code: the pair shares its tissue, not its pixel grid, and a globally

@@ -133,7 +133,7 @@ PRESETS.register("camelyon")(
 # hard: one or two small lesions (median ~3 % of the tissue, at most 5 %: a needle in a haystack for
 # MIL), weak atypia (tumour nuclei only ~9.5 µm and slightly darker), frequent benign look-alikes
 # (crowded regular nuclei, lymphocyte aggregates) and a large stain spread that a learner can mistake for
-# signal. Calibrated by the MIL engineer (docs/parts/mil.md): lesions were 20-60 µm, smaller than one
+# signal. Calibrated with ABMIL (docs/mil.md): lesions were 20-60 µm, smaller than one
 # 224-px tile at 0.5 µm/px (112 µm), which left 1 tumour tile (> 50 % covered) in a 16-slide cohort and
 # instance AUC undefined; 50-120 µm lesions give a few tumour tiles per positive slide. The stain spread
 # was 0.15, at which 2 of 16 slides came out too pale for tissue detection; 0.12 keeps every slide
