@@ -219,8 +219,8 @@ def fit_mil(
 
             with tempfile.TemporaryDirectory(prefix="histokd-spawn-") as tmp:
                 out_path = fabric.launch(functools.partial(_fit_portable, run, Path(tmp) / "result.pt"))
-                out = torch.load(out_path, map_location="cpu", weights_only=False)
-            model.load_state_dict({k: torch.from_numpy(v) for k, v in out.pop("state").items()})
+                out = torch.load(out_path, map_location="cpu", weights_only=True)
+            model.load_state_dict(out.pop("state"))
             res = FitResult(model.cpu().eval(), **out)
         else:
             fabric.launch()  # no-op for one process; `ddp` re-launches the command for the other ranks
@@ -267,14 +267,31 @@ def _labelled_bags(ds: BagDataset) -> Iterator[tuple[torch.Tensor, int]]:
 
 
 def _fit_portable(run: Callable[[Any], FitResult], out_path: Path, fabric: Any) -> str:
-    """Worker side of a spawn launch: train, and have rank 0 write its result (numpy state + history) to
+    """Worker side of a spawn launch: train, and have rank 0 write its result (tensor state + history) to
     ``out_path``; returns the path (a short string is all that crosses Fabric's return queue)."""
     r = run(fabric)
     if fabric.global_rank == 0:
-        torch.save({"state": {k: v.detach().cpu().numpy().copy() for k, v in r.model.state_dict().items()},
-                    "history": r.history, "best_epoch": r.best_epoch, "best_value": r.best_value,
-                    "seconds": r.seconds}, out_path)
+        torch.save({"state": {k: v.detach().cpu().clone() for k, v in r.model.state_dict().items()},
+                    "history": [{k: _plain(v) for k, v in h.items()} for h in r.history],
+                    "best_epoch": _plain(r.best_epoch), "best_value": _plain(r.best_value),
+                    "seconds": _plain(r.seconds)}, out_path)
+    _shutdown_process_group(fabric)
     return str(out_path)
+
+
+def _shutdown_process_group(fabric: Any) -> None:
+    """Leave the gloo group together: a rank exiting while another still tears down its gloo threads
+    aborts it ("terminate called without an active exception", SIGABRT), failing the whole launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        fabric.barrier()
+        dist.destroy_process_group()
+
+
+def _plain(v: Any) -> Any:
+    """numpy scalars -> Python scalars, so the result file loads with ``weights_only=True``."""
+    return v.item() if hasattr(v, "item") and getattr(v, "ndim", 1) == 0 else v
 
 
 def is_rank_zero() -> bool:
