@@ -21,6 +21,7 @@ import hashlib
 import importlib
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def register_encoder(name: str) -> Callable[[EncoderFactory], EncoderFactory]:
     return ENCODERS.register(name)
 
 
-class Encoder(nn.Module):
+class Encoder(nn.Module, ABC):
     """A frozen tile encoder.
 
     Attributes: ``name`` (the spec string), ``dim`` (D), ``input_size`` (px, square), ``mpp`` (µm/px the
@@ -90,9 +91,10 @@ class Encoder(nn.Module):
             )
         return (x - self._mean) / self._std
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised ``[B, 3, input_size, input_size]`` -> features ``[B, dim]``."""
-        raise NotImplementedError
+        ...
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,8 @@ be fitted on a reference tile with :meth:`StainNormalizer.fit`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 from skimage.color import lab2rgb, rgb2lab
 
@@ -22,14 +24,16 @@ from histokd.registry import Registry
 STAIN_NORMALIZERS: Registry[type[StainNormalizer]] = Registry("stain normaliser")
 
 
-class StainNormalizer:
+class StainNormalizer(ABC):
     """Base: ``fit(reference [H, W, 3] uint8)`` sets the target, ``__call__(tile) -> tile`` normalises."""
 
-    def fit(self, reference: np.ndarray) -> StainNormalizer:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def fit(self, reference: np.ndarray) -> StainNormalizer:
+        ...
 
-    def __call__(self, tile: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def __call__(self, tile: np.ndarray) -> np.ndarray:
+        ...
 
 
 def build_stain_normalizer(name: str | None) -> StainNormalizer | None:

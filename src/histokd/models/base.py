@@ -10,8 +10,9 @@ is built by name with :func:`build_model`, so that a saved ``config.yaml`` is en
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -29,7 +30,7 @@ class MILOutput:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-class MILModel(nn.Module):
+class MILModel(nn.Module, ABC):
     """Base class: subclasses implement ``forward``; ``in_dim``/``n_classes`` are stored for save/load.
 
     Hooks a training loop calls: :meth:`bag_loss` (default: weighted cross-entropy on ``bag_logits``) and
@@ -48,8 +49,9 @@ class MILModel(nn.Module):
         self.in_dim = in_dim
         self.n_classes = n_classes
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> MILOutput:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> MILOutput:
+        ...
 
     def bag_loss(self, out: MILOutput, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Bag-level loss; ``y`` [B] class indices, ``weight`` [C] class weights."""

@@ -7,11 +7,13 @@ linear, mean-pooling logits equals classifying the mean embedding. The instance 
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 from torch import nn
 
-from histokd.models.base import MILModel, MILOutput, full_mask, masked_max, masked_mean, mlp, register_model
 from histokd.config import BaseConfig
+from histokd.models.base import MILModel, MILOutput, full_mask, masked_max, masked_mean, mlp, register_model
 
 
 class _PoolArgs(BaseConfig):
@@ -27,8 +29,9 @@ class _InstancePool(MILModel):
         self.embed, d = mlp(in_dim, hidden, dropout)
         self.classifier = nn.Linear(d, n_classes)
 
+    @abstractmethod
     def _pool(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> MILOutput:
         """``x`` [B, N, D] -> bag logits [B, C], instance scores = instance logits [B, N, C]."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -48,22 +49,25 @@ def _fix_hint(path: Path) -> str:
 # --------------------------------------------------------------------------------------------------
 # backends: read pixels at a level in level coordinates; nothing else
 # --------------------------------------------------------------------------------------------------
-class _Backend:
+class _Backend(ABC):
     name = "?"
     level_dimensions: list[tuple[int, int]]
     level_downsamples: list[float]
     channels: int
     properties: dict[str, Any]
 
+    @abstractmethod
     def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """Pixels ``[h, w, C]`` uint8 of ``level`` at level coordinates; the box lies inside the level."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def mpp(self) -> float | None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        ...
 
 
 class _OpenSlideBackend(_Backend):
