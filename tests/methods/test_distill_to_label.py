@@ -9,24 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from histokd.errors import InputError
 from histokd.methods.distill_to_label import D2LLabeler, DistillToLabel, distill_loss, max_rule_batched
-from histokd.methods.weno import Bags
-
-
-def planted_bags(n_bags: int, seed: int, d: int = 16, shift: float = 4.0) -> Bags:
-    rng = np.random.default_rng(seed)
-    feats, labels, inst = [], [], []
-    for b in range(n_bags):
-        n = int(rng.integers(8, 20))
-        y = b % 2
-        il = np.zeros(n, dtype=np.int64)
-        if y:
-            il[rng.choice(n, int(rng.integers(1, n // 3 + 1)), replace=False)] = 1
-        x = rng.normal(size=(n, d)).astype(np.float32)
-        x[:, 0] += shift * il
-        feats.append(torch.from_numpy(x))
-        labels.append(y)
-        inst.append(il)
-    return Bags(feats, np.asarray(labels), inst)
+from planted import planted_bags  # tests/methods/planted.py (rootdir import)
 
 
 FAST = {"teacher_args": {"hidden": [32], "attn_dim": 16}, "train": {"max_epochs": 6, "patience": 6},

@@ -9,7 +9,6 @@ from sklearn.metrics import roc_auc_score
 
 from histokd.errors import InputError
 from histokd.methods.weno import (
-    Bags,
     Weno,
     WenoLabeler,
     hard_positive_keep,
@@ -19,24 +18,7 @@ from histokd.methods.weno import (
     soft_targets,
     weighted_soft_ce,
 )
-
-
-def planted_bags(n_bags: int, seed: int, d: int = 16, shift: float = 4.0) -> Bags:
-    """Gaussian instances; positives shifted along one planted direction; every other bag positive."""
-    rng = np.random.default_rng(seed)
-    feats, labels, inst = [], [], []
-    for b in range(n_bags):
-        n = int(rng.integers(8, 20))
-        y = b % 2
-        il = np.zeros(n, dtype=np.int64)
-        if y:
-            il[rng.choice(n, int(rng.integers(1, n // 3 + 1)), replace=False)] = 1
-        x = rng.normal(size=(n, d)).astype(np.float32)
-        x[:, 0] += shift * il
-        feats.append(torch.from_numpy(x))
-        labels.append(y)
-        inst.append(il)
-    return Bags(feats, np.asarray(labels), inst)
+from planted import planted_bags  # tests/methods/planted.py (rootdir import)
 
 
 def test_minmax_pseudo_labels_global_and_negatives_zero() -> None:
