@@ -12,7 +12,7 @@ from histokd.slides.masks import load_mask, tile_fractions
 from histokd.slides.reader import open_slide
 from histokd.slides.tiling import read_tiles, tile
 
-synth_mod = pytest.importorskip("histokd.synth.generate")
+import histokd.synth.generate as synth_mod
 
 
 @pytest.fixture(scope="module")
