@@ -9,9 +9,13 @@ normalisation statistics of its training tiles.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 import torch
 
-from histokd.errors import InputError
+from histokd.errors import InputError, ModelError
 from histokd.features.encoders import Encoder, register_encoder
 
 
@@ -28,7 +32,6 @@ class MFLEncoder(Encoder):
 
 def load_mfl_encoder(model_dir: str, device: str = "cpu") -> MFLEncoder:
     """Build the H&E encoder of ``model_dir`` in eval mode (raises ModelError on a bad folder)."""
-    from histokd.methods.more_from_less import load_encoder_folder
     from histokd.models.cnn import SmallResNet
 
     doc, states = load_encoder_folder(model_dir)
@@ -55,3 +58,24 @@ def _mfl(arg: str | None, weights: str | None, device: str) -> Encoder:
     if weights:
         raise InputError("encoder 'mfl:' loads the weights of its model folder; drop --weights")
     return load_mfl_encoder(arg, device)
+
+
+def load_encoder_folder(model_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read ``config.yaml`` and ``model.pt`` of an encoder folder -> ``(config doc, state dicts)``."""
+    import yaml
+
+    d = Path(model_dir)
+    cfg_p, model_p = d / "config.yaml", d / "model.pt"
+    if not cfg_p.exists() or not model_p.exists():
+        raise ModelError(
+            f"{d}: not an encoder folder (needs config.yaml and model.pt); train one with "
+            f"`histokd train-encoder -w RUN`"
+        )
+    try:
+        doc = yaml.safe_load(cfg_p.read_text(encoding="utf-8"))
+        states = torch.load(model_p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt files of any kind
+        raise ModelError(f"{d}: cannot read the encoder ({e}); re-train it with `histokd train-encoder`") from e
+    if not isinstance(doc, dict) or doc.get("kind") != "histokd-encoder" or "he_encoder" not in states:
+        raise ModelError(f"{d}: config.yaml / model.pt are not a histokd encoder; re-train it")
+    return doc, states

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from histokd.errors import InputError, ModelError
+from histokd.features.mfl_encoder import load_encoder_folder  # noqa: F401  (re-exported)
 from histokd.registry import Registry
 from histokd.workspace import Workspace, check_id
 
@@ -567,24 +568,3 @@ def _grid_extent_um(ws: Workspace) -> float:
         raise InputError(f"{ws.tiles_dir}: no tiles; run `histokd tile COHORT.csv -w {ws.root}` first")
     attrs = read_tiles(files[0]).attrs
     return float(attrs["patch_size"]) * float(attrs["target_mpp"])
-
-
-def load_encoder_folder(model_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read ``config.yaml`` and ``model.pt`` of an encoder folder -> ``(config doc, state dicts)``."""
-    import yaml
-
-    d = Path(model_dir)
-    cfg_p, model_p = d / "config.yaml", d / "model.pt"
-    if not cfg_p.exists() or not model_p.exists():
-        raise ModelError(
-            f"{d}: not an encoder folder (needs config.yaml and model.pt); train one with "
-            f"`histokd train-encoder -w RUN`"
-        )
-    try:
-        doc = yaml.safe_load(cfg_p.read_text(encoding="utf-8"))
-        states = torch.load(model_p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt files of any kind
-        raise ModelError(f"{d}: cannot read the encoder ({e}); re-train it with `histokd train-encoder`") from e
-    if not isinstance(doc, dict) or doc.get("kind") != "histokd-encoder" or "he_encoder" not in states:
-        raise ModelError(f"{d}: config.yaml / model.pt are not a histokd encoder; re-train it")
-    return doc, states
