@@ -41,6 +41,12 @@ class TissueParams:
     """The thumbnail keeps at least this many px on its longer side."""
     sat_min: float = 0.05
     sat_max: float = 0.25
+    smooth_um: float = 16.0
+    """Median filter on saturation before thresholding, so that nuclei and pale stroma read as one tissue."""
+    bg_margin: float = 0.02
+    """A pixel this much more saturated than a clean, uniform glass background is tissue (pale slides)."""
+    bg_mad_factor: float = 5.0
+    """... or ``bg_mad_factor`` median absolute deviations of the background, whichever is larger."""
     closing_um: float = 16.0
     opening_um: float = 8.0
     min_area_um2: float = 20_000.0
@@ -151,11 +157,29 @@ def _otsu(values: np.ndarray) -> float:
     return float(threshold_otsu(values))
 
 
+def _background_threshold(sat: np.ndarray, params: TissueParams) -> float:
+    """Saturation just above the glass: the histogram's mode (the background fills most thumbnails) plus
+    ``max(bg_margin, bg_mad_factor * MAD)`` of the pixels around it. On a faintly stained slide the stroma is
+    barely more saturated than the glass, and Otsu then splits nuclei from stroma + glass instead of tissue
+    from glass; this bound catches that case. A noisy background gives a large MAD and leaves Otsu in charge.
+    """
+    if sat.size < 16:
+        return float("inf")
+    hist, edges = np.histogram(sat, bins=200, range=(0.0, 1.0))
+    mode = 0.5 * (edges[np.argmax(hist)] + edges[np.argmax(hist) + 1])
+    near = sat[np.abs(sat - mode) < 0.05]
+    mad = float(np.median(np.abs(near - np.median(near)))) if near.size else 0.0
+    return float(mode + max(params.bg_margin, params.bg_mad_factor * mad))
+
+
 def tissue_from_rgb(rgb: np.ndarray, mpp: float, params: TissueParams = TissueParams()) -> tuple[np.ndarray, np.ndarray]:
     """Tissue and pen masks (bool ``[h, w]`` each) from an RGB thumbnail ``[h, w, 3]`` at ``mpp`` µm/px."""
     from skimage.color import rgb2hsv
 
     sat = rgb2hsv(rgb)[..., 1]
+    if params.smooth_um > 0:
+        size = max(3, int(round(params.smooth_um / mpp)) | 1)
+        sat = ndi.median_filter(sat, size=size)
     if params.remove_pen:
         pen = _drop_small_objects(pen_mask(rgb, params), int(params.pen_min_area_um2 / (mpp * mpp)))
         pen = _dilate(pen, params.pen_dilate_um / mpp)
@@ -163,6 +187,7 @@ def tissue_from_rgb(rgb: np.ndarray, mpp: float, params: TissueParams = TissuePa
         pen = np.zeros(rgb.shape[:2], bool)
     candidates = sat[~pen]
     thr = float(np.clip(_otsu(candidates), params.sat_min, params.sat_max))
+    thr = min(thr, _background_threshold(candidates, params))
     tissue = (sat > thr) & ~pen
     px_area = mpp * mpp
     if params.opening_um > 0:
