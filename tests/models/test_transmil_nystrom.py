@@ -39,7 +39,8 @@ def test_args_and_build_by_name() -> None:
     assert isinstance(m.layer1.attn, NystromSelfAttention) and m.layer2.attn.landmarks == 256
     assert m.layer1.attn.res_conv is not None and m.layer1.attn.res_conv.kernel_size == (33, 1)
     assert build_model("transmil", D, C, {"attention": "nystrom", "nystrom_residual": False}).layer1.attn.res_conv is None
-    assert not isinstance(build_model("transmil", D, C).layer1.attn, NystromSelfAttention)  # exact by default
+    assert isinstance(build_model("transmil", D, C).layer1.attn, NystromSelfAttention)  # Nyström by default, as the paper
+    assert not isinstance(build_model("transmil", D, C, {"attention": "exact"}).layer1.attn, NystromSelfAttention)
     with pytest.raises(InputError):
         build_model("transmil", D, C, {"attention": "linformer"})
     with pytest.raises(InputError):
@@ -73,7 +74,7 @@ def test_padding_invariance(landmarks: int) -> None:
 def test_equals_exact_model_when_landmarks_cover_the_bag() -> None:
     """With m >= n tokens and no residual conv, Nyström TransMIL is the exact model (same weights)."""
     torch.manual_seed(0)
-    exact = build_model("transmil", D, C).eval()
+    exact = build_model("transmil", D, C, {"attention": "exact"}).eval()
     nys = build_model("transmil", D, C, {"attention": "nystrom", "landmarks": 64, "nystrom_residual": False}).eval()
     nys.load_state_dict(exact.state_dict())
     x, mask, _ = _batch()

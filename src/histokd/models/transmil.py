@@ -1,12 +1,13 @@
 """TransMIL (Shao et al. 2021), compact: class token, two transformer layers, PPEG positional conv.
 
-Attention (``attention``): ``"exact"`` (default) is exact multi-head attention with key padding, evaluated
-in query chunks (memory O(chunk·N), time O(N²)). ``"nystrom"`` is the Nyström approximation of the paper
+Attention (``attention``): ``"nystrom"`` (default, as the paper) is the Nyström approximation
 (Xiong et al. 2021), O(N·m) in time and memory for m ``landmarks``, made padding-safe: the landmarks are
 segment means over each bag's own real tokens, a bag with n <= m real tokens (class token included) gets
 exact attention, the pseudo-inverse (``pinv_iters`` iterations of Razavi et al.'s scheme) is computed in
 float32 and scaled per bag and head, and the residual depthwise conv over the values (kernel 33,
 ``nystrom_residual``) runs on each bag's real tokens laid out contiguously with zeros after them.
+``"exact"`` is exact multi-head attention with key padding, evaluated in query chunks (time O(N²); memory
+O(chunk·N) only without gradients: training on a bag of 10,000 tiles takes ~10 GB).
 PPEG needs a square layout: each bag's n real tokens are laid out row-major
 in its own ceil(√n)-sided grid, zero-filled (the paper repeats tokens instead), and grids are padded with
 zeros to the batch's largest side, so a padded bag gives the same output as the unpadded one.
@@ -210,7 +211,7 @@ class TransMILArgs(BaseConfig):
     dim: int = 128
     heads: int = 4
     dropout: float = 0.1
-    attention: Literal["exact", "nystrom"] = "exact"
+    attention: Literal["exact", "nystrom"] = "nystrom"
     landmarks: int = Field(256, ge=1)  # Nyström landmarks m; bags with <= m tokens get exact attention
     pinv_iters: int = Field(6, ge=1)  # iterations of the pseudo-inverse
     nystrom_residual: bool = True  # depthwise conv (kernel 33) over the values, added to the attention
