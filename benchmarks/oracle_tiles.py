@@ -19,7 +19,8 @@ from sklearn.preprocessing import StandardScaler
 
 
 def main(run: str, enc: str) -> None:
-    rows = {r["slide_id"]: r for r in csv.DictReader(open(Path(run) / "cohort.csv", encoding="utf-8"))}
+    with open(Path(run) / "cohort.csv", encoding="utf-8") as fh:
+        rows = {r["slide_id"]: r for r in csv.DictReader(fh)}
     xs: dict[str, list[np.ndarray]] = {"train": [], "test": []}
     ys: dict[str, list[np.ndarray]] = {"train": [], "test": []}
     for f in sorted((Path(run) / "features" / enc / "instance_labels").glob("*.h5")):

@@ -32,7 +32,8 @@ def main() -> None:
     ap.add_argument("--candidates", required=True, help="JSON file: name -> config overrides")
     ap.add_argument("--repeats", type=int, default=1, help="outer CV repeats to draw inner folds from")
     args = ap.parse_args()
-    cands = json.loads(open(args.candidates, encoding="utf-8").read())
+    with open(args.candidates, encoding="utf-8") as fh:
+        cands = json.load(fh)
     ds = load_benchmark(f"mil-csv:{args.dataset}")
     inner = []
     for f in cv_folds(ds.labels, 10, args.repeats, 0):
