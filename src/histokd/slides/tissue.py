@@ -178,7 +178,7 @@ def tissue_from_rgb(rgb: np.ndarray, mpp: float, params: TissueParams = TissuePa
 
     sat = rgb2hsv(rgb)[..., 1]
     if params.smooth_um > 0:
-        size = max(3, int(round(params.smooth_um / mpp)) | 1)
+        size = max(3, round(params.smooth_um / mpp) | 1)
         sat = ndi.median_filter(sat, size=size)
     if params.remove_pen:
         pen = _drop_small_objects(pen_mask(rgb, params), int(params.pen_min_area_um2 / (mpp * mpp)))
