@@ -21,11 +21,11 @@ demo: $(STAMP)
 	$(BIN)/histokd demo --out demo_run
 
 # The report test opens index.html in headless Chromium (Debian's package); installed when missing
-# and possible (root + apt); without it that test fails unless HISTOKD_SKIP_BROWSER=1.
+# and possible (root + apt); without it that test fails.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
-	  echo "chromium not available: the report browser test will fail (HISTOKD_SKIP_BROWSER=1 skips it)"
+	  echo "chromium not available: the report browser test will fail"
 
 test: $(STAMP) browser
 	HISTOKD_NO_PROGRESS=1 $(BIN)/python -m pytest -q --timeout=900

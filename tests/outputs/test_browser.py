@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -13,13 +12,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _require_browser() -> None:
-    """A missing browser fails the test (``make test`` installs Debian's chromium); it is skipped only
-    when the person running the suite says so with ``HISTOKD_SKIP_BROWSER=1``."""
+    """A missing browser fails the test (``make test`` installs Debian's chromium); there is no skip."""
     if CHROMIUM is None:
-        if os.environ.get("HISTOKD_SKIP_BROWSER") == "1":
-            pytest.skip("HISTOKD_SKIP_BROWSER=1 and no chromium on PATH")
-        pytest.fail("chromium not on PATH: `apt-get install -y chromium` (or `make browser`), "
-                    "or set HISTOKD_SKIP_BROWSER=1 to skip the browser test")
+        pytest.fail("chromium not on PATH: `apt-get install -y chromium` (or `make browser`); "
+                    "to leave this test out on purpose, deselect it: `pytest --deselect tests/outputs/test_browser.py`")
 
 # Injected before the report's own content: records uncaught errors and failed images into the DOM,
 # which --dump-dom then shows us.
