@@ -38,38 +38,12 @@ def seconds_per_epoch(ds, batch_size: int, epochs: int) -> float:
     return res.seconds / epochs
 
 
-def _peak_child(n: int, d: int, chunk: int, q: mp.Queue) -> None:
+def _forward_backward_child(name: str, args: dict, n: int, d: int, q: mp.Queue) -> None:
+    """One forward + backward of model ``name`` on one random bag of ``n`` x ``d``: seconds and peak RSS."""
     from histokd.models import build_model
 
     torch.manual_seed(0)
-    model = build_model("abmil", d, 2, {"chunk_size": chunk})
-    model.train()
-    x = torch.randn(1, n, d)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
-    out = model(x)
-    loss = model.bag_loss(out, torch.tensor([1]))
-    loss.backward()
-    q.put({"seconds": time.perf_counter() - t0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "increase_over_input_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024,
-           "input_mb": n * d * 4 / 2**20, "chunk_size": chunk})
-
-
-def peak_memory(n: int = 100_000, d: int = 1024, chunk: int = 16384) -> dict:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_peak_child, args=(n, d, chunk, q))
-    p.start()
-    r = q.get()
-    p.join()
-    return r
-
-
-def _transmil_child(n: int, d: int, attention: str, q: mp.Queue) -> None:
-    from histokd.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("transmil", d, 2, {"attention": attention})
+    model = build_model(name, d, 2, args)
     model.train()
     x = torch.randn(1, n, d)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -79,22 +53,33 @@ def _transmil_child(n: int, d: int, attention: str, q: mp.Queue) -> None:
     q.put({"seconds": time.perf_counter() - t0, "peak_rss_mb": peak / 1024, "increase_over_input_mb": (peak - base) / 1024})
 
 
+def forward_backward(name: str, args: dict, n: int, d: int) -> dict:
+    """:func:`_forward_backward_child` in a fresh (spawned) process, so that peak RSS is this pass's alone."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_forward_backward_child, args=(name, args, n, d, q))
+    p.start()
+    r = q.get()
+    p.join()
+    return r
+
+
+def peak_memory(n: int = 100_000, d: int = 1024, chunk: int = 16384) -> dict:
+    r = forward_backward("abmil", {"chunk_size": chunk}, n, d)
+    return {**r, "input_mb": n * d * 4 / 2**20, "chunk_size": chunk}
+
+
 EXACT_MAX = 10_000
 
 
 def transmil_attention(n: int, d: int = 1024) -> dict:
     """One forward + backward of TransMIL, exact vs Nyström attention, on one bag of ``n`` x ``d``."""
-    ctx = mp.get_context("spawn")
     res = {}
     for attention in ("exact", "nystrom"):
         if attention == "exact" and n > EXACT_MAX:
             print(f"transmil exact   skipped above {EXACT_MAX:,} tiles (memory grows as N²: ~10 GB at 10,000)")
             continue
-        q = ctx.Queue()
-        p = ctx.Process(target=_transmil_child, args=(n, d, attention, q))
-        p.start()
-        res[attention] = r = q.get()
-        p.join()
+        res[attention] = r = forward_backward("transmil", {"attention": attention}, n, d)
         print(f"transmil {attention:<7} forward+backward {n:,} x {d:,}: {r['seconds']:.2f} s, peak RSS "
               f"{r['peak_rss_mb']:.0f} MB (+{r['increase_over_input_mb']:.0f} MB after the input)", flush=True)
     return res
