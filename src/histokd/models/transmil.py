@@ -168,8 +168,8 @@ class NystromSelfAttention(nn.Module):
 
 
 class TransLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float, attention: str = "exact", landmarks: int = 256,
-                 pinv_iters: int = 6, nystrom_residual: bool = True) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float, attention: str, landmarks: int, pinv_iters: int,
+                 nystrom_residual: bool) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.attn: nn.Module
@@ -223,7 +223,7 @@ class TransMIL(MILModel):
     permutation_invariant = False
 
     def __init__(self, in_dim: int, n_classes: int = 2, dim: int = 128, heads: int = 4, dropout: float = 0.1,
-                 attention: str = "exact", landmarks: int = 256, pinv_iters: int = 6,
+                 attention: str = "nystrom", landmarks: int = 256, pinv_iters: int = 6,
                  nystrom_residual: bool = True) -> None:
         super().__init__(in_dim, n_classes)
         attn = {"attention": attention, "landmarks": landmarks, "pinv_iters": pinv_iters,

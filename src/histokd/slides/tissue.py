@@ -166,7 +166,8 @@ def _background_threshold(sat: np.ndarray, params: TissueParams) -> float:
     if sat.size < 16:
         return float("inf")
     hist, edges = np.histogram(sat, bins=200, range=(0.0, 1.0))
-    mode = 0.5 * (edges[np.argmax(hist)] + edges[np.argmax(hist) + 1])
+    i = int(np.argmax(hist))
+    mode = 0.5 * (edges[i] + edges[i + 1])
     near = sat[np.abs(sat - mode) < 0.05]
     mad = float(np.median(np.abs(near - np.median(near)))) if near.size else 0.0
     return float(mode + max(params.bg_margin, params.bg_mad_factor * mad))
