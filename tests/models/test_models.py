@@ -173,3 +173,41 @@ def test_chowder_after_fit_orients_tile_scores(flip: bool) -> None:
     m2 = build_model("chowder", D, 2, {"r": 2, "n_ensemble": 2})
     m2.load_state_dict(m.state_dict())  # the sign is saved with the weights
     assert torch.equal(m2.score_sign, m.score_sign)
+
+
+@pytest.mark.parametrize("name", ["abmil", "gated-abmil"])
+def test_abmil_ensemble_is_independent_members(name: str, tmp_path) -> None:
+    """E members: bag output = mean member probability; each member's gradient is its own loss's gradient;
+    padding changes nothing; save/load is exact."""
+    torch.manual_seed(0)
+    m = build_model(name, D, C, {"n_ensemble": 3}).eval()
+    assert len(m.members) == 3 and all(mem.members is None for mem in m.members)
+    x = torch.randn(2, 8, D)
+    out = m(x)
+    solo = [mem(x) for mem in m.members]
+    probs = torch.stack([torch.softmax(o.bag_logits, -1) for o in solo]).mean(0)
+    torch.testing.assert_close(torch.softmax(out.bag_logits, -1), probs, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.instance_scores, torch.stack([o.instance_scores for o in solo]).mean(0))
+    inst = torch.stack([torch.softmax(mem.instance_logits(x), -1) for mem in m.members]).mean(0)
+    torch.testing.assert_close(torch.softmax(m.instance_logits(x), -1), inst, atol=1e-6, rtol=1e-5)
+    # padding
+    xp = torch.cat([x[:1], torch.full((1, 4, D), 9.0)], 1)
+    mask = torch.zeros(1, 12, dtype=torch.bool)
+    mask[0, :8] = True
+    torch.testing.assert_close(m(xp, mask).bag_logits, out.bag_logits[:1], atol=1e-5, rtol=1e-4)
+    # gradients: the ensemble loss gives member 1 exactly the gradient of its own loss
+    y = torch.tensor([0, 1])
+    m.zero_grad()
+    m.bag_loss(m(x), y).backward()
+    got = [p.grad.clone() for p in m.members[1].parameters()]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+    m.zero_grad()
+    m.members[1].bag_loss(m.members[1](x), y).backward()
+    for g, p in zip(got, m.members[1].parameters()):
+        torch.testing.assert_close(g, p.grad, atol=1e-6, rtol=1e-5)
+    # save / load
+    torch.save(m.state_dict(), tmp_path / "m.pt")
+    torch.manual_seed(5)
+    m2 = build_model(name, D, C, {"n_ensemble": 3}).eval()
+    m2.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    torch.testing.assert_close(m2(x).bag_logits, out.bag_logits, atol=0, rtol=0)
