@@ -130,3 +130,26 @@ def test_faint_stain_on_tinted_glass_is_tissue():
     blank = np.empty_like(img)
     blank[:] = (232, 241, 238)
     assert not tissue_from_rgb(blank, 8.0, TissueParams())[0].any()
+
+
+def test_teal_hematoxylin_nuclei_are_not_ink():
+    """Dense nuclei stained a teal-leaning hematoxylin (G > R, saturated pixel by pixel) on pale stroma,
+    at 1 µm/px: pixel-wise they pass the coloured-ink rule and, dilated, used to mask out all the tissue
+    (a synthetic slide with a drifted stain lost every tile). A blue ink blob beside it stays ink."""
+    rng = np.random.default_rng(3)
+    img = np.empty((400, 400, 3), np.uint8)
+    img[:] = (243, 244, 242)
+    truth = np.zeros((400, 400), bool)
+    rr, cc = ellipse(170, 200, 130, 150, shape=truth.shape)
+    truth[rr, cc] = True
+    img[truth] = (232, 205, 215)  # pale pink stroma
+    for _ in range(4000):  # ~7 µm nuclei, teal, dense (touching)
+        y, x = rng.integers(0, 400, 2)
+        rr, cc = disk((y, x), 3.5, shape=truth.shape)
+        keep = truth[rr, cc]
+        img[rr[keep], cc[keep]] = (95, 125, 140)
+    img[350:390, 260:360] = (125, 140, 197)  # blue ink on the glass
+    tissue, pen = tissue_from_rgb(img, 1.0, TissueParams(min_area_um2=1000))
+    assert (tissue & truth).sum() > 0.9 * truth.sum()
+    assert not pen[truth].any()
+    assert pen[370, 310] and not tissue[350:390, 260:360].any()
