@@ -37,6 +37,20 @@ def test_train_view_caps_reproducibly() -> None:
     assert len(TrainView(ds, None)[0].features) == 50  # no cap
 
 
+def test_train_view_instance_dropout() -> None:
+    ds = BagDataset.from_arrays([np.arange(100, dtype=np.float32).reshape(50, 2),
+                                 np.zeros((1, 2), np.float32)], ["a", "b"])
+    v = TrainView(ds, None, seed=0, instance_dropout=0.3)
+    a = v[0].features[:, 0].numpy()
+    assert len(a) == 35 and (np.diff(a) > 0).all()  # ceil(0.7 * 50) tiles, in order
+    assert len(v[1].features) == 1  # a bag of one keeps its tile
+    assert len(TrainView(ds, 20, seed=0, instance_dropout=0.3)[0].features) == 20  # the cap still applies
+    v.set_epoch(1)
+    assert not np.array_equal(a, v[0].features[:, 0].numpy())
+    with pytest.raises(ValueError):
+        TrainerConfig(instance_dropout=1.0)
+
+
 def _fit(seed: int, val: BagDataset | None, ds: BagDataset, **kw):
     torch.manual_seed(seed)
     model = build_model("abmil", ds.dim, 2, {"hidden": [32], "attn_dim": 16})
@@ -96,3 +110,30 @@ def test_ddp_spawn_two_cpu_processes() -> None:
     assert all(h["train_bags"] == 36 for h in r.history)  # 18 per rank, gathered
     assert r.model is model and r.history[-1]["train_loss"] < r.history[0]["train_loss"]
     assert evaluate_bags(r.model, va)["loss"] == pytest.approx(r.history[r.best_epoch]["val_loss"], rel=1e-4)
+
+
+def test_lr_schedule_warmup_and_cosine() -> None:
+    from histokd.engine.loop import make_scheduler
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    cfg = TrainerConfig(lr=1.0, max_epochs=4, lr_schedule="cosine", warmup_epochs=1, min_lr_ratio=0.1)
+    opt = torch.optim.SGD([p], lr=cfg.lr)
+    sched = make_scheduler(opt, cfg, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1)  # warm-up: step 1 of 10
+    assert lrs[9] == pytest.approx(1.0)  # warm-up done
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # then monotone decay
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)  # the floor at max_epochs
+    assert make_scheduler(opt, TrainerConfig(), 10) is None  # constant, no warm-up: nothing to schedule
+
+
+def test_cosine_schedule_trains() -> None:
+    ds = digit_bags(n_bags=40, seed=1)
+    cfg = TrainerConfig(max_epochs=3, lr=1e-3, lr_schedule="cosine")
+    model = build_model("abmil", ds.dim, 2)
+    res = fit_mil(model, ds, None, cfg, seed=0)
+    assert len(res.history) == 3 and np.isfinite(res.history[-1]["train_loss"])

@@ -37,11 +37,14 @@ log = logging.getLogger("histokd")
 
 
 class TrainView(Dataset):
-    """Training view of a :class:`BagDataset`: bags above ``max_instances`` are randomly subsampled,
+    """Training view of a :class:`BagDataset`: bags above ``max_instances`` are randomly subsampled, and with
+    ``instance_dropout`` p > 0 every bag keeps a random ``ceil((1 - p) * n)`` of its tiles (at least one),
     differently each epoch (:meth:`set_epoch`) but reproducibly (the draw depends on seed, epoch, bag)."""
 
-    def __init__(self, ds: BagDataset, max_instances: int | None, seed: int = 0) -> None:
+    def __init__(self, ds: BagDataset, max_instances: int | None, seed: int = 0,
+                 instance_dropout: float = 0.0) -> None:
         self.ds, self.max_instances, self.seed, self.epoch = ds, max_instances, seed, 0
+        self.instance_dropout = instance_dropout
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -52,10 +55,13 @@ class TrainView(Dataset):
     def __getitem__(self, i: int) -> Bag:
         bag = self.ds[i]
         n = len(bag.features)
-        if self.max_instances is None or n <= self.max_instances:
+        k = n if self.instance_dropout <= 0 else max(1, math.ceil((1.0 - self.instance_dropout) * n))
+        if self.max_instances is not None:
+            k = min(k, self.max_instances)
+        if k >= n:
             return bag
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        keep = np.sort(rng.choice(n, self.max_instances, replace=False))  # sorted: keeps tile order
+        keep = np.sort(rng.choice(n, k, replace=False))  # sorted: keeps tile order
         return Bag(bag.features[torch.from_numpy(keep)], bag.label, bag.slide_id,
                    None if bag.coords is None else bag.coords[keep],
                    None if bag.instance_labels is None else bag.instance_labels[keep], bag.split)
@@ -90,6 +96,28 @@ def make_optimizer(params: Any, cfg: TrainerConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainerConfig,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """Per-step learning-rate multiplier: linear warm-up over ``warmup_epochs``, then constant or a cosine
+    decay that reaches ``min_lr_ratio`` at ``max_epochs`` (early stopping may end the run sooner).
+    ``None`` for a constant rate without warm-up (nothing to schedule)."""
+    if cfg.lr_schedule == "constant" and cfg.warmup_epochs <= 0:
+        return None
+    spe = max(1, steps_per_epoch)
+    warm = cfg.warmup_epochs * spe
+    total = max(1, cfg.max_epochs * spe)
+
+    def factor(step: int) -> float:
+        if warm > 0 and step < warm:
+            return (step + 1) / warm
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        t = min(1.0, (step - warm) / max(1.0, total - warm))
+        return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 class EarlyStopping:
@@ -314,12 +342,14 @@ def _fit_loop(fabric: Any, model: MILModel, train: BagDataset, val: BagDataset |
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     weight = class_weights(train.labels, train.n_classes, cfg.class_weights)
-    view = TrainView(train, cfg.max_instances, seed)
+    view = TrainView(train, cfg.max_instances, seed, cfg.instance_dropout)
     loader = bag_loader(view, cfg.batch_size, shuffle=True, seed=seed, num_workers=cfg.num_workers)
     opt = make_optimizer(model.parameters(), cfg)
+    raw_opt = opt
     module = model
     fmodel, opt = fabric.setup(model, opt)
     loader = fabric.setup_dataloaders(loader, move_to_device=False)
+    sched = make_scheduler(raw_opt, cfg, len(loader))  # after sharding: this rank's steps per epoch
     w = None if weight is None else weight.to(fabric.device)
     use_val = val is not None and len(val) > 0
     stopper = EarlyStopping("min" if cfg.monitor == "loss" else "max", cfg.patience, cfg.min_epochs)
@@ -352,6 +382,8 @@ def _fit_loop(fabric: Any, model: MILModel, train: BagDataset, val: BagDataset |
                 if cfg.grad_clip:
                     fabric.clip_gradients(fmodel, opt, max_norm=cfg.grad_clip)
                 opt.step()
+                if sched is not None:
+                    sched.step()
                 total += float(loss.detach()) * len(batch.y)
                 n += len(batch.y)
             if multi:  # every rank saw its own shard: the epoch's loss is the mean over all of them
