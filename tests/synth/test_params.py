@@ -56,3 +56,19 @@ def test_negative_layout_has_no_lesions_but_has_confounders() -> None:
     lay = make_layout(p, 0.5, False, np.random.default_rng(0))
     assert lay.lesions == [] and lay.tumour_fraction() == 0.0
     assert lay.lymph and lay.pen is not None and lay.fold is not None and lay.blurs
+
+
+def test_lookalike_mimicry_moves_coarse_cues_only() -> None:
+    base = nucleus_types(resolve_params("camelyon", lookalike_mimicry=0.0))
+    full = nucleus_types(resolve_params("camelyon", lookalike_mimicry=1.0))
+    half = nucleus_types(resolve_params("camelyon", lookalike_mimicry=0.5))
+    tum = full["tumour"]
+    assert base["tumour"] == tum  # mimicry never changes the tumour
+    assert full["lookalike"].diameter_um[0] == pytest.approx(tum.diameter_um[0])
+    assert full["lookalike"].darkness == pytest.approx(tum.darkness)
+    assert full["lookalike"].density == pytest.approx(tum.density)
+    assert base["lookalike"].diameter_um[0] < half["lookalike"].diameter_um[0] < tum.diameter_um[0]
+    for k in ("irregularity", "chromatin", "vesicular", "nucleoli", "expression"):  # benign cues stay
+        assert getattr(full["lookalike"], k) == getattr(base["lookalike"], k), k
+    with pytest.raises(InputError):
+        resolve_params("easy", lookalike_mimicry=1.5)

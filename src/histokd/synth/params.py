@@ -62,6 +62,11 @@ class SynthParams:
     """Mean number (Poisson) of benign look-alike regions per slide: crowded, slightly enlarged but
     regular nuclei (hyperplasia-like), the hard negatives for a tumour detector."""
     lookalike_radius_um: tuple[float, float] = (60.0, 200.0)
+    lookalike_mimicry: float = 0.0
+    """0..1. How far look-alikes move toward tumour in what a coarse detector sees: nucleus size,
+    darkness and crowding, and the tumour's smoother, more basophilic cytoplasm around them. Nuclear
+    shape, chromatin texture, nucleoli and the paired tumour marker stay benign, so a tile classifier can
+    still tell them apart; a model that only asks "what stands out in this slide" cannot."""
     pen_prob: float = 0.4
     """Probability of a pen mark (on the background / tissue edge)."""
     blur_prob: float = 0.4
@@ -99,7 +104,7 @@ def _check(p: SynthParams) -> None:
         if lo <= 0 or hi < lo:
             raise bad(name, "must be (low, high) with 0 < low <= high")
     for name in ("atypia", "positive_fraction", "marker_dropout", "pen_prob", "blur_prob", "fold_prob",
-                 "max_tumour_fraction"):
+                 "max_tumour_fraction", "lookalike_mimicry"):
         if not 0.0 <= getattr(p, name) <= 1.0:
             raise bad(name, "must lie in [0, 1]")
     if p.tissue_fraction[1] > 0.8:

@@ -218,10 +218,14 @@ def render(p: SynthParams, lay: SlideLayout, rng: np.random.Generator) -> Render
     # tumour cells push the fibres aside; with weak atypia some stroma shows through, so the lesion is
     # not a texture-free disc that gives it away
     replace = np.float32(0.4 + 0.6 * p.atypia)
-    for (x0, y0, x1, y1), w in lesion_soft:
-        win = eos[y0:y1, x0:x1]
-        wr = w * replace
-        win[:] = win * (1 - wr) + wr * np.float32(0.75 - 0.1 * p.atypia)
+    # look-alikes that mimic tumour (lookalike_mimicry > 0) take a share of the same cytoplasm change
+    mimic_soft = (_soft_regions(lay.lookalikes, s, lay.px(15.0)) if p.lookalike_mimicry > 0 else [])
+    mimic = np.float32(p.lookalike_mimicry)
+    for soft, share in ((lesion_soft, np.float32(1.0)), (mimic_soft, mimic)):
+        for (x0, y0, x1, y1), w in soft:
+            win = eos[y0:y1, x0:x1]
+            wr = w * (replace * share)
+            win[:] = win * (1 - wr) + wr * np.float32(0.75 - 0.1 * p.atypia)
     eos *= np.float32(0.5 * st.e_amount)
     eos *= tissue
     stroma_signal = eos.copy()  # for the paired stroma channel, before nuclei and folds
@@ -232,8 +236,9 @@ def render(p: SynthParams, lay: SlideLayout, rng: np.random.Generator) -> Render
     # --- hematoxylin: nuclei + faint background (more basophilic cytoplasm in tumour) ----------
     hem = hn * np.float32(st.h_amount)
     hem += tissue * np.float32(0.03 * st.h_amount)
-    for (x0, y0, x1, y1), w in lesion_soft:
-        hem[y0:y1, x0:x1] += w * tissue[y0:y1, x0:x1] * np.float32(0.08 * p.atypia * st.h_amount)
+    for soft, share in ((lesion_soft, 1.0), (mimic_soft, p.lookalike_mimicry)):
+        for (x0, y0, x1, y1), w in soft:
+            hem[y0:y1, x0:x1] += w * tissue[y0:y1, x0:x1] * np.float32(0.08 * p.atypia * share * st.h_amount)
 
     fold = _fold_field(lay)
     if fold is not None:  # double thickness: up to ~1.9x the optical density
