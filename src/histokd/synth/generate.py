@@ -193,7 +193,8 @@ def generate_slide(out: str | os.PathLike[str], spec: SlideSpec, params: SynthPa
         "mask_shape": list(mask.shape),
         "tissue_fraction_of_slide": float(tissue.mean()),
         "tumour_fraction": float(mask.sum() / max(1, tissue.sum())),
-        "lesions": [_blob_meta(b, spec.mpp) for b in lay.lesions],
+        "lesions": [{**_blob_meta(b, spec.mpp), "grade": "subtle" if b.kind == "subtle" else "main"}
+                    for b in lay.lesions],
         "lymph_regions": [_blob_meta(b, spec.mpp) for b in lay.lymph],
         "lookalike_regions": [_blob_meta(b, spec.mpp) for b in lay.lookalikes],
         "confounders": {

@@ -345,8 +345,11 @@ def make_layout(p: SynthParams, mpp: float, positive: bool, rng: np.random.Gener
     dist_um = ndi.distance_transform_edt(level > 0) / cells_per_um
 
     if positive:
-        for _ in range(max(1, _count(rng, p.lesion_count))):
-            b = _place(rng, dist_um, step, _log_uniform(rng, p.lesion_radius_um), lay.lesions, mpp, "tumour",
+        for k in range(max(1, _count(rng, p.lesion_count))):
+            kind = "tumour"
+            if k > 0 and p.subtle_fraction > 0 and rng.random() < p.subtle_fraction:
+                kind = "subtle"  # a lesion of low grade (tumour heterogeneity)
+            b = _place(rng, dist_um, step, _log_uniform(rng, p.lesion_radius_um), lay.lesions, mpp, kind,
                        0.5)
             if b is not None:
                 lay.lesions.append(b)

@@ -42,10 +42,36 @@ class NucleusType:
 
 def nucleus_types(p: SynthParams) -> dict[str, NucleusType]:
     """The cell types of a cohort; tumour nuclei go from normal-like to atypical as ``atypia`` goes 0 -> 1."""
-    a = p.atypia
     d_mean, d_sd = p.normal_diameter_um
-    tumour = NucleusType(
-        "tumour",
+    tumour = _tumour_type("tumour", p, p.atypia)
+    m = p.lookalike_mimicry
+
+    def toward(benign: float, malignant: float) -> float:
+        return benign + m * (malignant - benign)
+
+    # benign look-alike: crowded, a bit enlarged, but regular and pale (hyperplasia-like); with mimicry it
+    # takes the tumour's size, darkness and crowding while shape, chromatin and nucleoli stay benign
+    lookalike = NucleusType("lookalike", (toward(d_mean + 1.6, tumour.diameter_um[0]), 0.6), (1.0, 1.35),
+                            toward(0.62, tumour.darkness), 0.08, 0.05, 0.3, 0.1, 0.05,
+                            toward(p.normal_density * 2.2, tumour.density), TUMOUR_MARKER, (0.05, 0.3), 1.5)
+    out = {
+        "normal": NucleusType("normal", (d_mean, d_sd), (1.0, 2.4), 0.55, 0.08, 0.04, 0.3, 0.0, 0.0,
+                              p.normal_density, None, (0.0, 0.0), 1.8),
+        "lymph": NucleusType("lymph", (6.0, 0.5), (1.0, 1.15), 0.95, 0.08, 0.03, 0.15, 0.0, 0.0,
+                             14.0, IMMUNE_MARKER, (0.6, 1.0), 1.3),
+        "lookalike": lookalike,
+        "tumour": tumour,
+    }
+    if p.subtle_fraction > 0:  # only then: the kernel banks of the other presets stay as they were
+        out["subtle"] = _tumour_type("subtle", p, p.subtle_atypia)
+    return out
+
+
+def _tumour_type(name: str, p: SynthParams, a: float) -> NucleusType:
+    """Tumour nuclei at atypia ``a`` (0: normal-like, 1: large, dark, irregular, vesicular, nucleolated)."""
+    d_mean, d_sd = p.normal_diameter_um
+    return NucleusType(
+        name,
         (d_mean + 6.5 * a, d_sd + 1.6 * a),
         (1.0, 1.3 + 0.6 * a),
         0.6 + 0.3 * a,
@@ -59,24 +85,6 @@ def nucleus_types(p: SynthParams) -> dict[str, NucleusType]:
         (0.6, 1.0),
         1.6,
     )
-    m = p.lookalike_mimicry
-
-    def toward(benign: float, malignant: float) -> float:
-        return benign + m * (malignant - benign)
-
-    # benign look-alike: crowded, a bit enlarged, but regular and pale (hyperplasia-like); with mimicry it
-    # takes the tumour's size, darkness and crowding while shape, chromatin and nucleoli stay benign
-    lookalike = NucleusType("lookalike", (toward(d_mean + 1.6, tumour.diameter_um[0]), 0.6), (1.0, 1.35),
-                            toward(0.62, tumour.darkness), 0.08, 0.05, 0.3, 0.1, 0.05,
-                            toward(p.normal_density * 2.2, tumour.density), TUMOUR_MARKER, (0.05, 0.3), 1.5)
-    return {
-        "normal": NucleusType("normal", (d_mean, d_sd), (1.0, 2.4), 0.55, 0.08, 0.04, 0.3, 0.0, 0.0,
-                              p.normal_density, None, (0.0, 0.0), 1.8),
-        "lymph": NucleusType("lymph", (6.0, 0.5), (1.0, 1.15), 0.95, 0.08, 0.03, 0.15, 0.0, 0.0,
-                             14.0, IMMUNE_MARKER, (0.6, 1.0), 1.3),
-        "lookalike": lookalike,
-        "tumour": tumour,
-    }
 
 
 @dataclass

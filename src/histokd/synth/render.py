@@ -32,7 +32,7 @@ PAIRED_CHANNELS = ("nuclear", "tumour_marker", "immune_marker", "stroma")
 """Channel names of the paired modality, in order (DAPI-like, pan-CK-like, CD45-like, stroma)."""
 
 # Normal nuclei are kept inside special regions with these probabilities (stroma within tumour etc.).
-_NORMAL_KEEP = {"tumour": 0.15, "lymph": 0.2, "lookalike": 0.2}
+_NORMAL_KEEP = {"tumour": 0.15, "subtle": 0.15, "lymph": 0.2, "lookalike": 0.2}
 _SCATTERED_LYMPH_DENSITY = 0.35  # lymphocytes per 1000 µm² everywhere in the tissue
 
 
@@ -52,7 +52,8 @@ def _place_nuclei(lay: SlideLayout, types: dict[str, NucleusType], tissue: np.nd
     per_px2 = lay.mpp * lay.mpp / 1000.0  # (nuclei per 1000 µm²) -> nuclei per px²
     s = lay.size
     inside = {
-        "tumour": lay.lesions,
+        "tumour": [b for b in lay.lesions if b.kind != "subtle"],
+        "subtle": [b for b in lay.lesions if b.kind == "subtle"],
         "lymph": lay.lymph,
         "lookalike": lay.lookalikes,
     }
@@ -81,7 +82,7 @@ def _place_nuclei(lay: SlideLayout, types: dict[str, NucleusType], tissue: np.nd
     out["normal"] = (x[keep], y[keep])
 
     # region types: higher-priority regions win where they overlap (tumour > lymph > look-alike)
-    priority = ["tumour", "lymph", "lookalike"]
+    priority = ["tumour", "subtle", "lymph", "lookalike"] if "subtle" in types else ["tumour", "lymph", "lookalike"]
     for i, kind in enumerate(priority):
         xs_, ys_ = [], []
         for b in inside[kind]:
@@ -206,7 +207,7 @@ def render(p: SynthParams, lay: SlideLayout, rng: np.random.Generator) -> Render
         stamp(hn, pad, xs, ys, bank.nucleus, bank.radius, which, dark)
         if t.marker is not None:
             expr = rng.uniform(*t.expression, n).astype(np.float32)
-            if kind == "tumour":
+            if kind in ("tumour", "subtle"):
                 expr[rng.random(n) < p.marker_dropout] = 0.0
             stamp(markers[t.marker], pad, xs, ys, bank.cell, bank.radius, which, expr)
     hn = hn[pad:pad + s, pad:pad + s]
@@ -217,15 +218,16 @@ def render(p: SynthParams, lay: SlideLayout, rng: np.random.Generator) -> Render
     lesion_soft = _soft_regions(lay.lesions, s, lay.px(15.0))
     # tumour cells push the fibres aside; with weak atypia some stroma shows through, so the lesion is
     # not a texture-free disc that gives it away
-    replace = np.float32(0.4 + 0.6 * p.atypia)
+    # each lesion at its own grade (subtle lesions: subtle_atypia)
+    grade = [p.subtle_atypia if b.kind == "subtle" else p.atypia for b in lay.lesions]
     # look-alikes that mimic tumour (lookalike_mimicry > 0) take a share of the same cytoplasm change
     mimic_soft = (_soft_regions(lay.lookalikes, s, lay.px(15.0)) if p.lookalike_mimicry > 0 else [])
-    mimic = np.float32(p.lookalike_mimicry)
-    for soft, share in ((lesion_soft, np.float32(1.0)), (mimic_soft, mimic)):
-        for (x0, y0, x1, y1), w in soft:
-            win = eos[y0:y1, x0:x1]
-            wr = w * (replace * share)
-            win[:] = win * (1 - wr) + wr * np.float32(0.75 - 0.1 * p.atypia)
+    regions = [(r, a, 1.0) for r, a in zip(lesion_soft, grade)] + [(r, p.atypia, p.lookalike_mimicry)
+                                                                   for r in mimic_soft]
+    for ((x0, y0, x1, y1), w), a, share in regions:
+        win = eos[y0:y1, x0:x1]
+        wr = w * (np.float32(0.4 + 0.6 * a) * np.float32(share))
+        win[:] = win * (1 - wr) + wr * np.float32(0.75 - 0.1 * a)
     eos *= np.float32(0.5 * st.e_amount)
     eos *= tissue
     stroma_signal = eos.copy()  # for the paired stroma channel, before nuclei and folds
@@ -236,9 +238,8 @@ def render(p: SynthParams, lay: SlideLayout, rng: np.random.Generator) -> Render
     # --- hematoxylin: nuclei + faint background (more basophilic cytoplasm in tumour) ----------
     hem = hn * np.float32(st.h_amount)
     hem += tissue * np.float32(0.03 * st.h_amount)
-    for soft, share in ((lesion_soft, 1.0), (mimic_soft, p.lookalike_mimicry)):
-        for (x0, y0, x1, y1), w in soft:
-            hem[y0:y1, x0:x1] += w * tissue[y0:y1, x0:x1] * np.float32(0.08 * p.atypia * share * st.h_amount)
+    for ((x0, y0, x1, y1), w), a, share in regions:
+        hem[y0:y1, x0:x1] += w * tissue[y0:y1, x0:x1] * np.float32(0.08 * a * share * st.h_amount)
 
     fold = _fold_field(lay)
     if fold is not None:  # double thickness: up to ~1.9x the optical density
