@@ -36,6 +36,35 @@ def test_minmax_pseudo_labels_per_bag_clamped() -> None:
     assert float(y.min()) > 0 and float(y.max()) < 1
 
 
+def test_minmax_pseudo_labels_anchored_on_negative_bags() -> None:
+    s_pos = torch.tensor([0.0, 2.0, 4.0, 6.0])
+    s_neg = torch.tensor([-5.0, 0.0, 1.0, 2.0])  # quantile 1.0 of the negatives = their max = 2
+    y_pos, y_neg = minmax_pseudo_labels([s_pos, s_neg], [True, False], norm="negative", neg_quantile=1.0)
+    # evidence no higher than the negative bags reach -> (clamped) 0; the global max -> 1
+    assert torch.allclose(y_pos, torch.tensor([1e-5, 1e-5, 0.5, 1 - 1e-5]))
+    assert torch.equal(y_neg, torch.zeros(4))
+    y_q = minmax_pseudo_labels([s_pos, s_neg], [True, False], norm="negative", neg_quantile=0.5)[0]
+    lo = float(torch.quantile(s_neg, 0.5))  # 0.5
+    assert torch.allclose(y_q, ((s_pos - lo) / (6.0 - lo)).clamp(1e-5, 1 - 1e-5))
+    # no negative bag: the global rule
+    (y_g,) = minmax_pseudo_labels([s_pos], [True], norm="negative")
+    assert torch.allclose(y_g, minmax_pseudo_labels([s_pos], [True], norm="global")[0])
+
+
+def test_mining_uses_calibrated_student_probabilities() -> None:
+    from histokd.methods.weno import _student_probs, student_logit_offset
+
+    enc, head = torch.nn.Identity(), torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(2))
+    x = torch.tensor([[0.0, 1.0], [0.0, 3.0]])  # logit gaps 1 and 3
+    off = torch.as_tensor(student_logit_offset(torch.tensor([0.1, 0.9]), neg=0))  # log 9 ~ 2.2
+    raw = _student_probs(enc, head, x)[:, 1]
+    cal = _student_probs(enc, head, x, off)[:, 1]
+    assert (raw > 0.5).all()  # uncalibrated, both tiles would be mined at 0.5
+    assert hard_positive_keep(cal, 0.5).tolist() == [True, False]  # calibrated: only the confident one
+
+
 def test_soft_targets_and_weighted_ce() -> None:
     t = soft_targets(torch.tensor([0.25, 1.0]), bag_class=1, neg=0, n_classes=2)
     assert torch.allclose(t, torch.tensor([[0.75, 0.25], [0.0, 1.0]]))
