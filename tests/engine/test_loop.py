@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -126,7 +128,7 @@ def test_lr_schedule_warmup_and_cosine() -> None:
         sched.step()
     assert lrs[0] == pytest.approx(0.1)  # warm-up: step 1 of 10
     assert lrs[9] == pytest.approx(1.0)  # warm-up done
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # then monotone decay
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))  # then monotone decay
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)  # the floor at max_epochs
     assert make_scheduler(opt, TrainerConfig(), 10) is None  # constant, no warm-up: nothing to schedule
 
