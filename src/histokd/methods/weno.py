@@ -13,9 +13,11 @@ What we implement (``histokd train --method weno``):
 - **Student**: :class:`~histokd.models.student.InstanceHead` on ``f(x)``; it labels a tile on its own.
 - **Pseudo-labels** (:func:`minmax_pseudo_labels`): the teacher's instance evidence ``s`` (pre-softmax
   attention logit for ABMIL, the bag class's instance-classifier logit for DSMIL), min-max scaled and
-  clamped to ``[1e-5, 1 - 1e-5]`` in positive bags, 0 in negative bags. ``pseudo_norm=global`` (the
-  authors' code) takes min and max over every training instance of the last teacher pass,
-  ``pseudo_norm=bag`` per bag. Targets are computed once per epoch, after the teacher step, with the
+  clamped to ``[1e-5, 1 - 1e-5]`` in positive bags, 0 in negative bags. ``pseudo_norm=negative``
+  (default) takes max over every training instance of the last teacher pass and min = the
+  ``pseudo_neg_quantile`` (0.95) quantile of the negative bags' evidence, so a tile the teacher scores
+  like negative-bag tiles gets target 0 in a positive bag too; ``pseudo_norm=global`` (the authors'
+  code) takes min and max over every training instance, ``pseudo_norm=bag`` per bag. Targets are computed once per epoch, after the teacher step, with the
   teacher and encoder in eval mode (the authors recompute them per minibatch with dropout on; ours
   are deterministic).
 - **Student loss** (:func:`weighted_soft_ce`): class-weighted soft cross-entropy. ``class_weights=
@@ -27,7 +29,8 @@ What we implement (``histokd train --method weno``):
   passes update ``f``.
 - **Hard positive mining** (:func:`hard_positive_keep`): from epoch ``hpm_warmup`` on, in every positive
   training bag the instances with student probability ``> hpm_threshold`` are dropped before the
-  teacher sees the bag (the argmax is kept when nothing remains): hard pseudo-bags.
+  teacher sees the bag (the argmax is kept when nothing remains): hard pseudo-bags. With ``calibrate``
+  the threshold applies to the calibrated probabilities (as at prediction).
 - **Validation, never test**: the checkpoint is the epoch with the best validation score (mean of the
   teacher's bag AUC and the student's max-tile bag AUC, minus 0.1 x the teacher's validation
   cross-entropy, :func:`selection_score`), with early
@@ -563,7 +566,7 @@ class WenoConfig(BaseConfig):
     max_bag_size: int | None = None  # random subset of a larger bag per teacher step (prediction uses all)
     class_weights: Literal["authors", "balanced", "none"] = "authors"
     neg_weight: float = 0.1  # authors' weights: neg_weight / (1 - neg_weight)
-    pseudo_norm: Literal["global", "bag", "negative"] = "global"
+    pseudo_norm: Literal["global", "bag", "negative"] = "negative"
     pseudo_neg_quantile: float = 0.95  # pseudo_norm=negative: quantile of negative-bag evidence that maps to 0
     hpm: bool = True
     hpm_warmup: int = 10
