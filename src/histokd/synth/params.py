@@ -143,14 +143,15 @@ PRESETS.register("camelyon")(
 # hard: the slide label is learnable but the tile labels are not given away. One to three lesions
 # (100-300 µm radius, at most 20 % of the tissue), weak atypia (tumour nuclei ~10 µm, slightly darker),
 # and on average three benign look-alike regions per slide *in both classes* that mimic tumour in what
-# stands out at low power (lookalike_mimicry 0.7: nuclear size, darkness, crowding, smoother cytoplasm),
-# while nuclear shape, chromatin and nucleoli stay benign; lymphocyte aggregates, pens, blur and folds.
-# Calibrated with ABMIL (docs/mil.md, docs/distill.md): ABMIL learns the slides, but its attention ranks
-# look-alikes with tumour, so the attention instance AUC stays below 0.90 and an instance labeller that
-# learns from negative slides has room to do better. History: the first hard preset (lesions 20-120 µm,
-# <= 5 % tumour, stain spread 0.12, no mimicry) left every MIL teacher at chance on 24-72 training
-# slides, so no method could be compared on it; a stain spread of 0.14 does the same with the
-# colour-heavy handcrafted features, so the spread stays at 0.08.
+# stands out at low power (lookalike_mimicry 0.85: nuclear size, darkness, crowding, smoother
+# cytoplasm) while nuclear shape, chromatin and nucleoli stay benign; lymphocyte aggregates, pens, blur
+# and folds. Calibrated with ABMIL (docs/distill.md): on a 96-slide cohort ABMIL learns the slides, but
+# its attention ranks look-alikes with tumour (test attention instance AUC 0.893 on the split, 0.796 in
+# 4-fold CV), so an instance labeller that learns from negative slides has room to do better.
+# History: the first hard preset (lesions 20-120 µm, <= 5 % tumour, stain spread 0.12, no mimicry)
+# left every MIL teacher at chance on 24-72 training slides, so no method could be compared on it; a
+# stain spread of 0.14 does the same with the colour-heavy handcrafted features, so it stays at 0.08;
+# mimicry 0.7 left ABMIL's attention at 0.93 on a 48-training-slide split.
 PRESETS.register("hard")(
     SynthParams(
         lesion_count=(1, 3),
@@ -159,7 +160,7 @@ PRESETS.register("hard")(
         atypia=0.5,
         lymph_regions=(2, 4),
         lookalike_rate=3.0,
-        lookalike_mimicry=0.7,
+        lookalike_mimicry=0.85,
         stain_spread=0.08,
         pen_prob=0.6,
         blur_prob=0.6,
