@@ -58,3 +58,23 @@ def test_mil_student_alternative_saves_and_loads(tmp_path) -> None:
 def test_unknown_option_is_refused() -> None:
     with pytest.raises(InputError):
         DistillToLabel(seed=0).fit(planted_bags(4, 0), None, {"no_such_key": 1})
+
+
+def test_singleton_targets_anchored_on_negative_bags() -> None:
+    from histokd.methods.distill_to_label import D2LConfig, _anchor_on_negatives
+    from histokd.methods.weno import Bags, soft_targets
+
+    # teacher singleton P(tumour): negative bag tiles 0.1..0.3, positive bag tiles 0.2, 0.3, 0.6, 0.9
+    neg_p, pos_p = torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.2, 0.3, 0.6, 0.9])
+    singles = [torch.stack([1 - neg_p, neg_p], 1), torch.stack([1 - pos_p, pos_p], 1)]
+    tr = Bags([torch.zeros(3, 2), torch.zeros(4, 2)], np.array([0, 1]), classes=["normal", "tumour"])
+    cfg = D2LConfig(singleton_neg_quantile=1.0)  # q = max over negative-bag tiles = 0.3
+    ts = [torch.tensor([[1.0, 0.0]] * 3), singles[1]]
+    out = _anchor_on_negatives(ts, singles, tr, cfg, neg=0)
+    assert torch.equal(out[0], ts[0])  # negative bags keep their targets
+    expect = ((pos_p - 0.3) / (0.9 - 0.3)).clamp(0, 1)  # 0, 0, 0.5, 1
+    assert torch.allclose(out[1], soft_targets(expect, 1, 0, 2), atol=1e-6)
+    assert torch.allclose(out[1].sum(1), torch.ones(4))
+    # no negative bag: nothing to anchor on
+    tr_pos = Bags([torch.zeros(4, 2)], np.array([1]), classes=["normal", "tumour"])
+    assert torch.equal(_anchor_on_negatives([singles[1]], [singles[1]], tr_pos, cfg, neg=0)[0], singles[1])

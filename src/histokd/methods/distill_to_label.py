@@ -99,6 +99,8 @@ class D2LConfig(BaseConfig):
     student_dropout: float = 0.0
     singleton_target: Literal["teacher", "attention", "none"] = "teacher"
     negatives: Literal["hard", "teacher"] = "hard"
+    singleton_norm: Literal["none", "negative"] = "none"  # negative: rescale positive-bag singleton targets
+    singleton_neg_quantile: float = 0.95  # ... so that this quantile of negative-bag tiles' output maps to 0
     subbag_sizes: list[int] = [2, 4, 8, 16]
     subbags_per_bag: int = 4
     full_bags: bool = True
@@ -203,11 +205,12 @@ class DistillToLabel(Method):
 def singleton_targets(teacher: MILModel, tr: Bags, cfg: D2LConfig, neg: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets [M, C] for every training instance and a weight [M] (0 = no target), bags in order."""
     C = len(tr.classes)
-    ts, ws = [], []
+    ts, ws, singles = [], [], []
     for x, y in zip(tr.features, tr.labels):
         y = int(y)
         xb = x.unsqueeze(0)
         single = torch.softmax(teacher.instance_logits(xb)[0] / cfg.tau, -1)
+        singles.append(single)
         if y == neg:
             t = F.one_hot(torch.full((len(x),), neg), C).float() if cfg.negatives == "hard" else single
             w = torch.ones(len(x))
@@ -223,7 +226,32 @@ def singleton_targets(teacher: MILModel, tr: Bags, cfg: D2LConfig, neg: int) -> 
             t, w = torch.zeros(len(x), C), torch.zeros(len(x))
         ts.append(t)
         ws.append(w)
+    if cfg.singleton_norm == "negative" and cfg.singleton_target == "teacher":
+        ts = _anchor_on_negatives(ts, singles, tr, cfg, neg)
     return torch.cat(ts), torch.cat(ws)
+
+
+def _anchor_on_negatives(ts: list[torch.Tensor], singles: list[torch.Tensor], tr: Bags, cfg: D2LConfig,
+                         neg: int) -> list[torch.Tensor]:
+    """Rescale the positive bags' singleton targets of class c: ``(p - q) / (max - q)`` clamped to [0, 1],
+    with ``q`` the ``singleton_neg_quantile`` of the class-c output on the *negative* bags' tiles (the
+    teacher's own output there, whatever ``negatives`` says) and ``max`` over the positive bags' tiles.
+    A tile the teacher scores like negative-bag tiles then gets the same target 0 (see WENO's
+    ``pseudo_norm=negative``). No negative bag: unchanged."""
+    C = len(tr.classes)
+    neg_idx = [i for i, y in enumerate(tr.labels) if int(y) == neg]
+    if not neg_idx:
+        return ts
+    out = list(ts)
+    for c in {int(y) for y in tr.labels if int(y) != neg}:
+        pos_idx = [i for i, y in enumerate(tr.labels) if int(y) == c]
+        neg_p = torch.cat([singles[i][:, c] for i in neg_idx])
+        q = torch.quantile(neg_p.float(), cfg.singleton_neg_quantile)
+        hi = max(float(ts[i][:, c].max()) for i in pos_idx)
+        for i in pos_idx:
+            y = ((ts[i][:, c] - q) / max(hi - float(q), 1e-12)).clamp(0.0, 1.0)
+            out[i] = soft_targets(y, c, neg, C)
+    return out
 
 
 @torch.no_grad()
