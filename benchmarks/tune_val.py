@@ -29,7 +29,7 @@ from histokd.evaluate.protocols import Fold, split_fold
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", required=True, help="workspace:RUN:ENC (needs a train/val/test split column)")
+    ap.add_argument("--dataset", required=True, help="workspace:RUN:ENC (with a train/val/test split column)")
     ap.add_argument("--method", default="abmil")
     ap.add_argument("--candidates", required=True, help="JSON file: name -> config overrides")
     ap.add_argument("--seeds", default="0", help="comma-separated training seeds, averaged")

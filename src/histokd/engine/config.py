@@ -19,12 +19,14 @@ class TrainerConfig(BaseConfig):
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = 0.9  # SGD only
-    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: per-step decay to min_lr_ratio * lr at max_epochs
+    # cosine: per-step decay to min_lr_ratio * lr at max_epochs
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs (either schedule)
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
     batch_size: int = 1  # bags per optimisation step (padded + masked)
     max_instances: int | None = 8192  # training-time cap: bigger bags are randomly subsampled each epoch
-    instance_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # training only: each bag keeps a random (1 - p) of its tiles
+    # training only: each bag keeps a random (1 - p) of its tiles, redrawn every epoch
+    instance_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     class_weights: Literal["balanced", "none"] | list[float] = "balanced"
     grad_clip: float | None = None
     accelerator: str = "auto"  # cpu | cuda | mps | auto

@@ -64,6 +64,7 @@ from histokd.methods.weno import (
     _val_instance_threshold,
     bag_auc,
     build_modules,
+    minmax_pseudo_labels,
     negative_class_index,
     pad_bags,
     prepare_bags,
@@ -233,24 +234,22 @@ def singleton_targets(teacher: MILModel, tr: Bags, cfg: D2LConfig, neg: int) -> 
 
 def _anchor_on_negatives(ts: list[torch.Tensor], singles: list[torch.Tensor], tr: Bags, cfg: D2LConfig,
                          neg: int) -> list[torch.Tensor]:
-    """Rescale the positive bags' singleton targets of class c: ``(p - q) / (max - q)`` clamped to [0, 1],
-    with ``q`` the ``singleton_neg_quantile`` of the class-c output on the *negative* bags' tiles (the
-    teacher's own output there, whatever ``negatives`` says) and ``max`` over the positive bags' tiles.
-    A tile the teacher scores like negative-bag tiles then gets the same target 0 (see WENO's
-    ``pseudo_norm=negative``). No negative bag: unchanged."""
+    """Rescale the positive bags' singleton targets of class c with WENO's negative-anchored min-max
+    (:func:`~histokd.methods.weno.minmax_pseudo_labels`, ``norm="negative"``, no clamp margin): 0 at the
+    ``singleton_neg_quantile`` of the teacher's class-c output on the *negative* bags' tiles (its own
+    output there, whatever ``negatives`` says), 1 at the highest. A tile the teacher scores like
+    negative-bag tiles then gets the same target 0. No negative bag: unchanged."""
     C = len(tr.classes)
-    neg_idx = [i for i, y in enumerate(tr.labels) if int(y) == neg]
-    if not neg_idx:
+    if not any(int(y) == neg for y in tr.labels):
         return ts
     out = list(ts)
     for c in {int(y) for y in tr.labels if int(y) != neg}:
-        pos_idx = [i for i, y in enumerate(tr.labels) if int(y) == c]
-        neg_p = torch.cat([singles[i][:, c] for i in neg_idx])
-        q = torch.quantile(neg_p.float(), cfg.singleton_neg_quantile)
-        hi = max(float(ts[i][:, c].max()) for i in pos_idx)
-        for i in pos_idx:
-            y = ((ts[i][:, c] - q) / max(hi - float(q), 1e-12)).clamp(0.0, 1.0)
-            out[i] = soft_targets(y, c, neg, C)
+        idx = [i for i, y in enumerate(tr.labels) if int(y) in (c, neg)]
+        ys = minmax_pseudo_labels([singles[i][:, c] for i in idx], [int(tr.labels[i]) == c for i in idx],
+                                  "negative", clamp=0.0, neg_quantile=cfg.singleton_neg_quantile)
+        for i, y in zip(idx, ys):
+            if int(tr.labels[i]) == c:
+                out[i] = soft_targets(y, c, neg, C)
     return out
 
 

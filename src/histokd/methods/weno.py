@@ -17,9 +17,9 @@ What we implement (``histokd train --method weno``):
   (default) takes max over every training instance of the last teacher pass and min = the
   ``pseudo_neg_quantile`` (0.95) quantile of the negative bags' evidence, so a tile the teacher scores
   like negative-bag tiles gets target 0 in a positive bag too; ``pseudo_norm=global`` (the authors'
-  code) takes min and max over every training instance, ``pseudo_norm=bag`` per bag. Targets are computed once per epoch, after the teacher step, with the
-  teacher and encoder in eval mode (the authors recompute them per minibatch with dropout on; ours
-  are deterministic).
+  code) takes min and max over every training instance, ``pseudo_norm=bag`` per bag. Targets are
+  computed once per epoch, after the teacher step, with the teacher and encoder in eval mode (the
+  authors recompute them per minibatch with dropout on; ours are deterministic).
 - **Student loss** (:func:`weighted_soft_ce`): class-weighted soft cross-entropy. ``class_weights=
   authors`` is the authors' 0.1 (negative) / 0.9 (positive); ``balanced`` weights each class by the
   inverse of its total target mass in the epoch; ``none`` is plain soft CE.
@@ -567,7 +567,7 @@ class WenoConfig(BaseConfig):
     class_weights: Literal["authors", "balanced", "none"] = "authors"
     neg_weight: float = 0.1  # authors' weights: neg_weight / (1 - neg_weight)
     pseudo_norm: Literal["global", "bag", "negative"] = "negative"
-    pseudo_neg_quantile: float = 0.95  # pseudo_norm=negative: quantile of negative-bag evidence that maps to 0
+    pseudo_neg_quantile: float = 0.95  # pseudo_norm=negative: negative-bag evidence quantile mapped to 0
     hpm: bool = True
     hpm_warmup: int = 10
     hpm_threshold: float = 0.5
@@ -819,8 +819,8 @@ def _fit_weno(tr: Bags, va: Bags, cfg: WenoConfig, seed: int) -> _Fitted:
         mine = cfg.hpm and epoch >= cfg.hpm_warmup
         # the threshold applies to calibrated probabilities, as at prediction: with the authors' 0.1/0.9
         # weights a raw probability of 0.5 means a target of only 0.1, and mining would empty the bags
-        mine_offset = (torch.as_tensor(student_logit_offset(w, neg)) if mine and cfg.calibrate and w is not None
-                       else None)
+        calibrated = mine and cfg.calibrate and w is not None
+        mine_offset = torch.as_tensor(student_logit_offset(w, neg)) if calibrated else None
         order = rng.permutation(len(tr))
         t_loss = 0.0
         for s in range(0, len(order), cfg.bag_batch):

@@ -82,7 +82,7 @@ def _place_nuclei(lay: SlideLayout, types: dict[str, NucleusType], tissue: np.nd
     out["normal"] = (x[keep], y[keep])
 
     # region types: higher-priority regions win where they overlap (tumour > lymph > look-alike)
-    priority = ["tumour", "subtle", "lymph", "lookalike"] if "subtle" in types else ["tumour", "lymph", "lookalike"]
+    priority = [k for k in ("tumour", "subtle", "lymph", "lookalike") if k in types]
     for i, kind in enumerate(priority):
         xs_, ys_ = [], []
         for b in inside[kind]:
