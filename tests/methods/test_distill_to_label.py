@@ -26,9 +26,12 @@ def test_losses_and_max_rule() -> None:
     assert torch.allclose(max_rule_batched(probs, mask, neg=0), torch.tensor([[0.2, 0.8]]))
 
 
-def test_student_recovers_planted_instances(tmp_path) -> None:
-    tr, va, te = planted_bags(60, 0), planted_bags(20, 1), planted_bags(30, 2)
-    lab = DistillToLabel(seed=0).fit(tr, va, FAST)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_student_recovers_planted_instances(tmp_path, seed: int) -> None:
+    # 20 student epochs: with 5 (FAST) the student is still near its initialisation on most seeds
+    # (tile AUC 0.52-0.55 on seeds 1 and 2; its teacher's singleton output is already at 0.90 there)
+    tr, va, te = planted_bags(60, 10 * seed), planted_bags(20, 10 * seed + 1), planted_bags(30, 10 * seed + 2)
+    lab = DistillToLabel(seed=seed).fit(tr, va, {**FAST, "epochs": 20})
     probs, y = [], []
     for x, il in zip(te.features, te.instance_labels):
         pred = lab.predict(x.numpy())
