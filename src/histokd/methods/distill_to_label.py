@@ -19,6 +19,9 @@ Stage 2 -- the student, trained to reproduce the (frozen) teacher:
 - **singleton targets** (``singleton_target``), for instances of positive bags: ``teacher`` = the
   teacher's output on the singleton bag {x}, softened at temperature ``tau``; ``attention`` = the
   bag's teacher probability times the instance's min-max-scaled attention within the bag (WENO-like);
+  ``fused`` = the geometric mean of the two views of the teacher, ``sqrt(p_single · a)``, the singleton
+  output (after ``singleton_norm``) times the min-max-scaled attention within the bag: a tile gets a high
+  target only where the teacher both attends to it and scores it positive on its own;
   ``none`` = positive-bag instances get no singleton target (only sub-bags and full bags teach them).
 - **negatives** (``negatives``): instances of negative bags are certain negatives under the MIL
   assumption: ``hard`` one-hot targets (default) or ``teacher`` (their softened singleton output).
@@ -98,7 +101,7 @@ class D2LConfig(BaseConfig):
     student_init: Literal["teacher", "scratch"] = "teacher"
     student_hidden: list[int] = [256]
     student_dropout: float = 0.0
-    singleton_target: Literal["teacher", "attention", "none"] = "teacher"
+    singleton_target: Literal["teacher", "attention", "fused", "none"] = "teacher"
     negatives: Literal["hard", "teacher"] = "hard"
     singleton_norm: Literal["none", "negative"] = "none"  # negative: rescale positive-bag singleton targets
     singleton_neg_quantile: float = 0.95  # ... so that this quantile of negative-bag tiles' output maps to 0
@@ -206,29 +209,36 @@ class DistillToLabel(Method):
 def singleton_targets(teacher: MILModel, tr: Bags, cfg: D2LConfig, neg: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets [M, C] for every training instance and a weight [M] (0 = no target), bags in order."""
     C = len(tr.classes)
-    ts, ws, singles = [], [], []
+    ts, ws, singles, attn = [], [], [], []
     for x, y in zip(tr.features, tr.labels):
         y = int(y)
         xb = x.unsqueeze(0)
         single = torch.softmax(teacher.instance_logits(xb)[0] / cfg.tau, -1)
         singles.append(single)
-        if y == neg:
-            t = F.one_hot(torch.full((len(x),), neg), C).float() if cfg.negatives == "hard" else single
-            w = torch.ones(len(x))
-        elif cfg.singleton_target == "teacher":
-            t, w = single, torch.ones(len(x))
-        elif cfg.singleton_target == "attention":
+        a = None
+        if y != neg and cfg.singleton_target in ("attention", "fused"):
             out = teacher(xb)
             s = teacher_evidence(out.instance_scores, y)[0]
             a = (s - s.min()) / (s.max() - s.min()).clamp_min(1e-12)
+        attn.append(a)
+        if y == neg:
+            t = F.one_hot(torch.full((len(x),), neg), C).float() if cfg.negatives == "hard" else single
+            w = torch.ones(len(x))
+        elif cfg.singleton_target in ("teacher", "fused"):
+            t, w = single, torch.ones(len(x))
+        elif cfg.singleton_target == "attention":
             p_bag = torch.softmax(out.bag_logits[0] / cfg.tau, -1)[y]
             t, w = soft_targets(p_bag * a, y, neg, C), torch.ones(len(x))
         else:
             t, w = torch.zeros(len(x), C), torch.zeros(len(x))
         ts.append(t)
         ws.append(w)
-    if cfg.singleton_norm == "negative" and cfg.singleton_target == "teacher":
+    if cfg.singleton_norm == "negative" and cfg.singleton_target in ("teacher", "fused"):
         ts = _anchor_on_negatives(ts, singles, tr, cfg, neg)
+    if cfg.singleton_target == "fused":
+        for i, (y, a) in enumerate(zip(tr.labels, attn)):
+            if int(y) != neg:
+                ts[i] = soft_targets((ts[i][:, int(y)] * a).clamp_min(0).sqrt(), int(y), neg, C)
     return torch.cat(ts), torch.cat(ws)
 
 
