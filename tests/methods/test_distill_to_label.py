@@ -81,3 +81,25 @@ def test_singleton_targets_anchored_on_negative_bags() -> None:
     # no negative bag: nothing to anchor on
     tr_pos = Bags([torch.zeros(4, 2)], np.array([1]), classes=["normal", "tumour"])
     assert torch.equal(_anchor_on_negatives([singles[1]], [singles[1]], tr_pos, cfg, neg=0)[0], singles[1])
+
+
+def test_fused_singleton_targets_are_geometric_mean_of_singleton_and_attention() -> None:
+    from histokd.methods.distill_to_label import D2LConfig, singleton_targets
+    from histokd.methods.weno import Bags
+    from histokd.models import build_model
+
+    torch.manual_seed(0)
+    teacher = build_model("abmil", 4, 2, {"hidden": [8], "attn_dim": 4}).eval()
+    xs = [torch.randn(5, 4), torch.randn(6, 4)]
+    tr = Bags(xs, np.array([0, 1]), classes=["normal", "tumour"])
+    cfg = D2LConfig(singleton_target="fused", tau=2.0)
+    ts, ws = singleton_targets(teacher, tr, cfg, neg=0)
+    assert ts.shape == (11, 2) and torch.equal(ws, torch.ones(11))
+    assert torch.equal(ts[:5], torch.tensor([[1.0, 0.0]] * 5))  # negative bag: hard negatives
+    with torch.no_grad():
+        p = torch.softmax(teacher.instance_logits(xs[1].unsqueeze(0))[0] / 2.0, -1)[:, 1]
+        s = teacher(xs[1].unsqueeze(0)).instance_scores[0]
+    a = (s - s.min()) / (s.max() - s.min())
+    assert torch.allclose(ts[5:, 1], (p * a).sqrt(), atol=1e-6)
+    assert torch.allclose(ts.sum(1), torch.ones(11))
+    assert ts[5:, 1][a.argmin()] == 0  # the bag's least-attended tile gets target 0
