@@ -105,3 +105,21 @@ def test_fused_singleton_targets_are_geometric_mean_of_singleton_and_attention()
     assert torch.allclose(ts[5:, 1], (p * a).sqrt(), atol=1e-6)
     assert torch.allclose(ts.sum(1), torch.ones(11))
     assert ts[5:, 1][a.argmin()] == 0  # the bag's least-attended tile gets target 0
+
+
+def test_teacher_singleton_view_is_reported_by_bench(tmp_path) -> None:
+    import histokd
+
+    tr, va = planted_bags(16, 0), planted_bags(8, 1)
+    lab = DistillToLabel(seed=0).fit(tr, va, {**FAST, "train": {"max_epochs": 2}, "epochs": 1})
+    x = va.features[0].numpy()
+    single = lab.teacher_singleton_probs(x)
+    assert single.shape == (len(x), 2) and np.allclose(single.sum(1), 1, atol=1e-5)
+    with torch.no_grad():  # each tile alone, as a bag of one, through the teacher
+        t, z = lab.modules["teacher"], lab.transform(torch.from_numpy(x))
+        one = torch.stack([t(z[i : i + 1].unsqueeze(0)).bag_logits[0] for i in range(len(x))])
+    assert np.allclose(single, torch.softmax(one, -1).numpy(), atol=1e-5)
+    res = histokd.bench("digit-bags:n_bags=24,bag_size=6,witness_rate=0.3", "distill-to-label,abmil", "cv:2x1",
+                        overrides=["train.max_epochs=2"], method_overrides={"distill-to-label": {"epochs": 1}})
+    assert "auc" in res["methods"]["distill-to-label"]["instance_from_teacher_singleton"]
+    assert "instance_from_teacher_singleton" not in res["methods"]["abmil"]

@@ -60,6 +60,9 @@ def run_fold(method: str, ds: BagDataset, fold: Fold, overrides: dict[str, Any],
         rec["instance_from_probs"] = instance_metrics(y, np.concatenate([p.instance_probs[:, pos] for p in preds]))
         if all(p.instance_scores is not None for p in preds):
             rec["instance_from_scores"] = instance_metrics(y, np.concatenate([p.instance_scores for p in preds]))
+        if hasattr(labeler, "teacher_singleton_probs"):  # Distill-to-Label: the teacher on bags of one
+            single = [labeler.teacher_singleton_probs(te[i].features.numpy())[:, pos] for i in range(len(te))]
+            rec["instance_from_teacher_singleton"] = instance_metrics(y, np.concatenate(single))
     return rec
 
 
@@ -68,7 +71,7 @@ def summarise(folds: list[dict[str, Any]]) -> dict[str, Any]:
                            "fit_seconds": mean_ci(np.array([f["fit_seconds"] for f in folds]))}
     if folds and all("bag_teacher" in f for f in folds):
         out["bag_teacher"] = {m: mean_ci(np.array([f["bag_teacher"][m] for f in folds])) for m in BAG_METRICS}
-    for src in ("instance_from_probs", "instance_from_scores"):
+    for src in ("instance_from_probs", "instance_from_scores", "instance_from_teacher_singleton"):
         if all(src in f for f in folds) and folds:
             out[src] = {m: mean_ci(np.array([f[src][m] for f in folds])) for m in ("auc", "ap")}
     return out

@@ -131,6 +131,17 @@ class D2LConfig(BaseConfig):
 class D2LLabeler(InstanceLabeler):
     method = "distill-to-label"
 
+    @torch.no_grad()
+    def teacher_singleton_probs(self, features: np.ndarray, chunk: int = 8192) -> np.ndarray:
+        """The teacher's own output on each tile seen as a bag of one, [N, C] probabilities: the naive
+        instance labeller that distillation is meant to improve on (``histokd bench`` reports its tile
+        AUC as ``instance_from_teacher_singleton``)."""
+        x = self._input(features)
+        teacher: MILModel = self.modules["teacher"]  # type: ignore[assignment]
+        logits = torch.cat([teacher.instance_logits(x[i : i + chunk].unsqueeze(0))[0]
+                            for i in range(0, len(x), chunk)])
+        return torch.softmax(logits.float(), -1).numpy().astype(np.float32)
+
 
 def _bags_to_dataset(b: Bags) -> Any:
     from histokd.data.bags import BagDataset
