@@ -28,8 +28,8 @@ Stage 2 -- the student, trained to reproduce the (frozen) teacher:
   teacher's output on the *negative* bags' tiles maps to 0 and the highest output to 1 (clipped at 0):
   a positive-bag tile the teacher scores no higher than negative-bag tiles gets the same target as
   they do, so the student cannot learn which slide a tile came from. ``none`` = the raw softened
-  outputs (chosen on tuning cohorts: +0.029 / +0.018 student tile AUC in 3 x 4-fold CV on two fresh
-  ``hard`` cohorts, bag AUC +0.021 / -0.001; docs/distill.md).
+  outputs (``negative`` was chosen on two fresh ``hard`` tuning cohorts, ``histokd bench`` 3 x 4-fold CV:
+  student tile AUC +0.038 / +0.014, bag AUC +0.030 / +0.015; docs/distill.md).
 - **negatives** (``negatives``): instances of negative bags are certain negatives under the MIL
   assumption: ``hard`` one-hot targets (default) or ``teacher`` (their softened singleton output).
 - **sub-bags** (``subbag_sizes``, ``subbags_per_bag``): each epoch, ``subbags_per_bag`` random
