@@ -119,7 +119,8 @@ def test_teacher_singleton_view_is_reported_by_bench(tmp_path) -> None:
         t, z = lab.modules["teacher"], lab.transform(torch.from_numpy(x))
         one = torch.stack([t(z[i : i + 1].unsqueeze(0)).bag_logits[0] for i in range(len(x))])
     assert np.allclose(single, torch.softmax(one, -1).numpy(), atol=1e-5)
-    res = histokd.bench("digit-bags:n_bags=24,bag_size=6,witness_rate=0.3", "distill-to-label,abmil", "cv:2x1",
-                        overrides=["train.max_epochs=2"], method_overrides={"distill-to-label": {"epochs": 1}})
+    res = histokd.bench("digit-bags:n_bags=24,bag_size=6,witness_rate=0.3", "distill-to-label,abmil",
+                        "cv:2x1", overrides=["train.max_epochs=2"],
+                        method_overrides={"distill-to-label": {"epochs": 1}})
     assert "auc" in res["methods"]["distill-to-label"]["instance_from_teacher_singleton"]
     assert "instance_from_teacher_singleton" not in res["methods"]["abmil"]
