@@ -37,12 +37,16 @@ def validate_config(cls: type[C], data: dict[str, Any] | None, source: str = "co
     except ValidationError:  # required fields: no defaults to merge into
         defaults = {}
     try:
-        return cls.model_validate(deep_merge(defaults, data or {}))
+        obj = cls.model_validate(deep_merge(defaults, data or {}))
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in e.errors()
         )
         raise InputError(f"{source}: invalid {cls.__name__} ({problems}); fix the key or value") from None
+    # ``model_fields_set`` = the keys the caller gave, not every key merged in from the defaults above
+    # (end-to-end WENO fills in its own defaults only for the keys left unset)
+    object.__setattr__(obj, "__pydantic_fields_set__", {k for k in (data or {}) if k in cls.model_fields})
+    return obj
 
 
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:

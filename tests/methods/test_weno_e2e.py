@@ -120,3 +120,18 @@ def test_weno_end_to_end_trains_and_labels_from_pixels(pixel_workspace: Path) ->
     assert np.allclose(direct, probs, atol=1e-5)
     assert roc_auc_score(np.asarray(Image.open(run.parent / "data" / "s13_mask.png"))[::PATCH0, ::PATCH0].ravel() > 0,
                          probs[:, 1]) > 0.9
+
+
+def test_end_to_end_defaults_fill_only_the_keys_left_unset() -> None:
+    """Through the CLI / API path (``validate_config`` merges the method defaults in), the end-to-end
+    defaults still apply to every key the user did not give, and never override one they did."""
+    from histokd.config import validate_config
+    from histokd.methods.train import build_config
+    from histokd.methods.weno import Weno, WenoConfig, e2e_config
+
+    cfg = build_config(Weno, None, ["encoder=cnn", "epochs=7"])
+    assert cfg.model_fields_set == {"encoder", "epochs"}
+    e2e = e2e_config(cfg)
+    assert e2e.epochs == 7  # given
+    assert (e2e.encoder_dim, e2e.patience, e2e.max_bag_size, e2e.standardize) == (128, 8, 256, False)
+    assert e2e_config(validate_config(WenoConfig, {"encoder": "cnn"})).epochs == 25
