@@ -133,5 +133,6 @@ def test_end_to_end_defaults_fill_only_the_keys_left_unset() -> None:
     assert cfg.model_fields_set == {"encoder", "epochs"}
     e2e = e2e_config(cfg)
     assert e2e.epochs == 7  # given
-    assert (e2e.encoder_dim, e2e.patience, e2e.max_bag_size, e2e.standardize) == (128, 8, 256, False)
-    assert e2e_config(validate_config(WenoConfig, {"encoder": "cnn"})).epochs == 25
+    assert (e2e.encoder_dim, e2e.max_bag_size, e2e.min_student_steps, e2e.standardize) == (128, 256, 0, False)
+    e2e = e2e_config(validate_config(WenoConfig, {"encoder": "cnn", "encoder_dim": 32}))
+    assert (e2e.encoder_dim, e2e.student_hidden) == (32, [128])
