@@ -62,7 +62,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from histokd.config import BaseConfig, validate_config
 from histokd.engine import TrainerConfig, fit_mil
@@ -132,14 +131,12 @@ class D2LLabeler(InstanceLabeler):
     method = "distill-to-label"
 
     @torch.no_grad()
-    def teacher_singleton_probs(self, features: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    def teacher_singleton_probs(self, features: np.ndarray) -> np.ndarray:
         """The teacher's own output on each tile seen as a bag of one, [N, C] probabilities: the naive
         instance labeller that distillation is meant to improve on (``histokd bench`` reports its tile
         AUC as ``instance_from_teacher_singleton``)."""
-        x = self._input(features)
         teacher: MILModel = self.modules["teacher"]  # type: ignore[assignment]
-        logits = torch.cat([teacher.instance_logits(x[i : i + chunk].unsqueeze(0))[0]
-                            for i in range(0, len(x), chunk)])
+        logits = teacher.instance_logits(self._input(features).unsqueeze(0))[0]  # chunked inside
         return torch.softmax(logits.float(), -1).numpy().astype(np.float32)
 
 
@@ -227,36 +224,29 @@ class DistillToLabel(Method):
 def singleton_targets(teacher: MILModel, tr: Bags, cfg: D2LConfig, neg: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets [M, C] for every training instance and a weight [M] (0 = no target), bags in order."""
     C = len(tr.classes)
-    ts, ws, singles, attn = [], [], [], []
-    for x, y in zip(tr.features, tr.labels):
-        y = int(y)
-        xb = x.unsqueeze(0)
-        single = torch.softmax(teacher.instance_logits(xb)[0] / cfg.tau, -1)
-        singles.append(single)
-        a = None
-        if y != neg and cfg.singleton_target in ("attention", "fused"):
-            out = teacher(xb)
+    singles = [torch.softmax(teacher.instance_logits(x.unsqueeze(0))[0] / cfg.tau, -1) for x in tr.features]
+    views = singles  # the teacher's singleton view of each bag, anchored on the negative bags if asked
+    if cfg.singleton_norm == "negative" and cfg.singleton_target in ("teacher", "fused"):
+        views = _anchor_on_negatives(singles, singles, tr, cfg, neg)
+    ts, ws = [], []
+    for x, y, single, t in zip(tr.features, tr.labels, singles, views):
+        y, n = int(y), len(x)
+        w = torch.ones(n)
+        if y == neg:
+            t = F.one_hot(torch.full((n,), neg), C).float() if cfg.negatives == "hard" else single
+        elif cfg.singleton_target == "none":
+            t, w = torch.zeros(n, C), torch.zeros(n)
+        elif cfg.singleton_target in ("attention", "fused"):
+            out = teacher(x.unsqueeze(0))
             s = teacher_evidence(out.instance_scores, y)[0]
             a = (s - s.min()) / (s.max() - s.min()).clamp_min(1e-12)
-        attn.append(a)
-        if y == neg:
-            t = F.one_hot(torch.full((len(x),), neg), C).float() if cfg.negatives == "hard" else single
-            w = torch.ones(len(x))
-        elif cfg.singleton_target in ("teacher", "fused"):
-            t, w = single, torch.ones(len(x))
-        elif cfg.singleton_target == "attention":
-            p_bag = torch.softmax(out.bag_logits[0] / cfg.tau, -1)[y]
-            t, w = soft_targets(p_bag * a, y, neg, C), torch.ones(len(x))
-        else:
-            t, w = torch.zeros(len(x), C), torch.zeros(len(x))
+            if cfg.singleton_target == "attention":
+                v = torch.softmax(out.bag_logits[0] / cfg.tau, -1)[y] * a
+            else:
+                v = (t[:, y] * a).clamp_min(0).sqrt()
+            t = soft_targets(v, y, neg, C)
         ts.append(t)
         ws.append(w)
-    if cfg.singleton_norm == "negative" and cfg.singleton_target in ("teacher", "fused"):
-        ts = _anchor_on_negatives(ts, singles, tr, cfg, neg)
-    if cfg.singleton_target == "fused":
-        for i, (y, a) in enumerate(zip(tr.labels, attn)):
-            if int(y) != neg:
-                ts[i] = soft_targets((ts[i][:, int(y)] * a).clamp_min(0).sqrt(), int(y), neg, C)
     return torch.cat(ts), torch.cat(ws)
 
 
