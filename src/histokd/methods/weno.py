@@ -956,7 +956,7 @@ def mods_train(mods: dict[str, nn.Module]) -> None:
 
 @torch.no_grad()
 def _pseudo_targets(tr: Bags, enc: nn.Module, teacher: MILModel, norm: str, neg: int, C: int,
-                    neg_quantile: float = 0.95) -> torch.Tensor:
+                    neg_quantile: float) -> torch.Tensor:
     """Soft targets [M, C] for every training instance (bags concatenated in order)."""
     enc.eval(), teacher.eval()
     scores = []
