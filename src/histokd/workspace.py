@@ -3,20 +3,31 @@
 Every file a run writes goes through :func:`atomic_path`: it is written under a temporary name in the
 same folder and renamed into place, so a killed run never leaves a half-written artefact behind.
 The layout is documented in ``docs/artifacts.md``.
+
+Every CSV histokd writes goes through :func:`write_csv` / :func:`write_frame_csv`: cells are quoted by the
+``csv`` module (a label ``tumour, grade 2`` stays one cell) and text cells a spreadsheet would run as a
+formula (starting with ``=``, ``+``, ``-``, ``@``, tab or CR) get a leading ``'``
+(:func:`spreadsheet_safe`); numbers, including ``-0.5``, are written as numbers. :func:`read_csv`
+undoes the escape, so what was written is what is read back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from histokd.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 
@@ -76,6 +87,79 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ------------------------------------------------------------------------------------------------------
+# CSV: quoted, and safe to open in a spreadsheet
+# ------------------------------------------------------------------------------------------------------
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _is_formula_like(text: str) -> bool:
+    # leading quotes are looked through, so that a text that already starts with ' round-trips too
+    head = text.lstrip("'")
+    return head.startswith(_FORMULA_START) and not _NUMBER.match(head)
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """``value`` as a CSV cell a spreadsheet shows as text: a text starting with ``= + - @`` (or tab, CR)
+    that is not a number gets a leading ``'`` (``=2+3`` -> ``'=2+3``); numbers and other values are kept.
+    :func:`restore_cell` undoes it."""
+    if isinstance(value, str) and _is_formula_like(value):
+        return "'" + value
+    return value
+
+
+def restore_cell(value: Any) -> Any:
+    """The value :func:`spreadsheet_safe` was given (``'=2+3`` -> ``=2+3``); other values unchanged."""
+    if isinstance(value, str) and value.startswith("'") and _is_formula_like(value[1:]):
+        return value[1:]
+    return value
+
+
+def write_csv(path: str | os.PathLike[str], header: Sequence[str], rows: Iterable[Sequence[Any]],
+              float_format: str | None = None) -> Path:
+    """Write a CSV atomically with the ``csv`` module: every cell quoted as needed and spreadsheet-safe.
+
+    ``float_format`` (e.g. ``"%.6f"``) formats float cells; other cells are written with ``str``.
+    """
+    def cell(v: Any) -> Any:
+        if float_format is not None and isinstance(v, float):
+            return float_format % v
+        return spreadsheet_safe(v)
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([spreadsheet_safe(h) for h in header])
+    for r in rows:
+        w.writerow([cell(v) for v in r])
+    return write_text(path, buf.getvalue())
+
+
+def write_frame_csv(path: str | os.PathLike[str], df: pd.DataFrame, float_format: str | None = None) -> Path:
+    """Write a DataFrame as CSV atomically (no index): quoted by pandas, text cells spreadsheet-safe."""
+    out = df.copy()
+    out.columns = [spreadsheet_safe(str(c)) for c in out.columns]
+    for c in out.columns:
+        if out[c].dtype == object or str(out[c].dtype) in ("string", "str"):
+            out[c] = out[c].map(spreadsheet_safe).astype(object)
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, index=False, float_format=float_format, lineterminator="\n")
+    return Path(path)
+
+
+def read_csv(path: str | os.PathLike[str], **kwargs: Any) -> pd.DataFrame:
+    """Read a CSV histokd wrote (every cell a string, blanks kept as ``""``), undoing :func:`spreadsheet_safe`."""
+    import pandas as pd
+
+    kwargs = {"dtype": str, "keep_default_na": False, "index_col": False, **kwargs}
+    df = pd.read_csv(path, **kwargs)
+    df.columns = [restore_cell(str(c)) for c in df.columns]
+    for c in df.columns:
+        if df[c].dtype == object or str(df[c].dtype) in ("string", "str"):
+            df[c] = df[c].map(restore_cell)
+    return df
 
 
 def clean_stale_temps(folder: str | os.PathLike[str]) -> int:

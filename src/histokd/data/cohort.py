@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from histokd.errors import HistokdError, InputError
-from histokd.workspace import Workspace, atomic_path, check_id
+from histokd.workspace import Workspace, check_id, restore_cell, write_frame_csv
 
 REQUIRED = ("slide_id", "path", "label")
 OPTIONAL = ("split", "patch_id", "patient_id", "mask_path", "paired_path", "paired_affine", "tissue_mask_path")
@@ -70,10 +70,9 @@ class Cohort:
         return Cohort(self.df[self.df["split"].isin(names)].copy(), self.source)
 
     def write(self, path: str | os.PathLike[str]) -> Path:
-        """Write the cohort CSV (absolute paths) atomically."""
-        with atomic_path(path) as tmp:
-            self.df.to_csv(tmp, index=False)
-        return Path(path)
+        """Write the cohort CSV (absolute paths) atomically; quoted and spreadsheet-safe
+        (:func:`~histokd.workspace.write_frame_csv`), read back unchanged by :func:`read_cohort`."""
+        return write_frame_csv(path, self.df)
 
 
 def _blank(v: object) -> bool:
@@ -99,7 +98,7 @@ def read_cohort(path: str | os.PathLike[str], drop_invalid: bool = False) -> Coh
     if df.empty:
         raise InputError(f"{path}: the cohort has no rows; add one row per slide")
     for c in df.columns:  # object columns with None for blanks (pandas' string dtype would turn None into NaN)
-        df[c] = _obj([None if _blank(v) else str(v).strip() for v in df[c]], df.index)
+        df[c] = _obj([None if _blank(v) else restore_cell(str(v).strip()) for v in df[c]], df.index)
     ids = df["slide_id"].fillna("")
     dup = sorted(set(ids[ids.duplicated(keep=False) & (ids != "")]))
     if dup:

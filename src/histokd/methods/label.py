@@ -23,9 +23,9 @@ import h5py
 import numpy as np
 
 from histokd.data.bags import BagDataset, ensure_instance_labels, positive_class
-from histokd.errors import HistokdError
+from histokd.errors import HistokdError, ModelError
 from histokd.progress import progress
-from histokd.workspace import Workspace, atomic_path, write_json, write_text
+from histokd.workspace import Workspace, atomic_path, read_csv, write_csv, write_json
 
 log = logging.getLogger("histokd")
 
@@ -126,7 +126,7 @@ def label(
                 inst.append((split, np.asarray(inst_labels), np.asarray(probs)[:, pos],
                              None if scores is None else np.asarray(scores).reshape(-1)))
             bar.advance(task)
-    write_text(out / "bags.csv", _bags_csv(rows, classes))
+    _write_bags_csv(out / "bags.csv", rows, classes)
     metrics = evaluate_predictions(rows, inst, classes, n_boot, seed)
     if hasattr(labeler, "predict_slide"):  # pixel masks: PNGs + Dice/IoU/AUC/Hausdorff/FROC per split
         from histokd.methods.ifkd_label import finish_pixel_outputs
@@ -156,19 +156,21 @@ def _model_splits(mdir: Path) -> dict[str, str]:
     p = mdir / "splits.csv"
     if not p.exists():
         return {}
-    import pandas as pd
+    try:
+        df = read_csv(p)
+    except (OSError, ValueError) as e:  # pandas' ParserError is a ValueError
+        raise ModelError(f"{p}: unreadable ({str(e)[:120]}); retrain the model with `histokd train`") from None
+    if not {"slide_id", "split"} <= set(df.columns):
+        raise ModelError(f"{p}: needs columns slide_id,split; retrain the model with `histokd train`")
+    return dict(zip(df["slide_id"], df["split"]))
 
-    df = pd.read_csv(p, dtype=str)
-    return dict(zip(df["slide_id"], df["split"].fillna("")))
 
-
-def _bags_csv(rows: list[tuple[str, str, int, np.ndarray]], classes: list[str]) -> str:
-    head = "slide_id,split,label,pred," + ",".join(f"prob_{c}" for c in classes) + "\n"
-    lines = [
-        f"{s},{sp},{classes[y] if y >= 0 else ''},{classes[int(p.argmax())]}," + ",".join(f"{v:.6f}" for v in p) + "\n"
-        for s, sp, y, p in rows
-    ]
-    return head + "".join(lines)
+def _write_bags_csv(path: Path, rows: list[tuple[str, str, int, np.ndarray]], classes: list[str]) -> Path:
+    """``slide_id,split,label,pred,prob_<class>...`` (label empty when unknown; probabilities to 6 decimals)."""
+    header = ["slide_id", "split", "label", "pred", *(f"prob_{c}" for c in classes)]
+    body = ([s, sp, classes[y] if y >= 0 else "", classes[int(p.argmax())], *(float(v) for v in p)]
+            for s, sp, y, p in rows)
+    return write_csv(path, header, body, float_format="%.6f")
 
 
 def evaluate_predictions(rows: list[tuple[str, str, int, np.ndarray]], inst: list[tuple], classes: list[str],

@@ -20,7 +20,7 @@ import numpy as np
 from histokd.config import deep_merge, parse_overrides, read_yaml, validate_config, write_yaml
 from histokd.data.bags import BagDataset
 from histokd.errors import FeatureError, InputError, ModelError
-from histokd.workspace import Workspace, encoder_dirname, write_json, write_text
+from histokd.workspace import Workspace, encoder_dirname, write_csv, write_json
 
 log = logging.getLogger("histokd")
 
@@ -121,8 +121,8 @@ def train(
     meta = read_yaml(out / "config.yaml")
     meta.update({"features": features, "seed": seed, "model_id": model_id})
     write_yaml(out / "config.yaml", meta)
-    write_text(out / "splits.csv", "slide_id,split,label\n" + "".join(
-        f"{s},{sp},{ds.classes[y]}\n" for s, sp, y in zip(ds.slide_ids, ds.splits, ds.labels)))
+    write_csv(out / "splits.csv", ["slide_id", "split", "label"],
+              ([s, sp, ds.classes[y]] for s, sp, y in zip(ds.slide_ids, ds.splits, ds.labels)))
     metrics: dict[str, Any] = {"method": method, "features": features, "seed": seed, "fit_seconds": seconds,
                                "n_bags": {k: len(ds.split(k)) for k in ("train", "val", "test")},
                                "skipped": ds.skipped,

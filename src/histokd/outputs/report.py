@@ -34,7 +34,7 @@ from histokd.outputs.heatmaps import Overlay, render_heatmap, write_bytes
 from histokd.outputs.plots import plot_calibration, plot_confusion, plot_pr, plot_roc
 from histokd.outputs.tables import MetricRow, binary_metrics, confusion_matrix, flatten_metrics, tiles_frame, write_csv
 from histokd.progress import progress
-from histokd.workspace import Workspace, write_text
+from histokd.workspace import Workspace, read_csv, write_text
 
 log = logging.getLogger("histokd")
 
@@ -364,7 +364,7 @@ def _bags_frame(pred_dir: Path, sections: list[dict], cohort: pd.DataFrame) -> p
     path = pred_dir / "bags.csv"
     if path.is_file():
         try:
-            df = pd.read_csv(path, dtype={"slide_id": str, "label": str, "pred": str, "split": str})
+            df = read_csv(path, dtype={"slide_id": str, "label": str, "pred": str, "split": str})
         except (OSError, ValueError, pd.errors.ParserError) as e:
             raise InputError(f"{path}: unreadable ({e}); run `histokd label` again") from None
     else:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from histokd.workspace import atomic_path
+from histokd.workspace import write_frame_csv
 
 
 @dataclass
@@ -228,7 +228,6 @@ def tiles_frame(
 
 
 def write_csv(path: str | os.PathLike[str], df: pd.DataFrame) -> Path:
-    """Write a DataFrame as CSV atomically (no index; floats with 6 significant digits)."""
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6g")
-    return Path(path)
+    """Write a DataFrame as CSV atomically (no index; floats with 6 significant digits; quoted and
+    spreadsheet-safe, see :func:`histokd.workspace.write_frame_csv`)."""
+    return write_frame_csv(path, df, float_format="%.6g")

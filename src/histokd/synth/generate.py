@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import csv
 import hashlib
-import io
 import json
 import logging
 import math
@@ -35,7 +33,7 @@ import numpy as np
 
 from histokd.errors import HistokdError, InputError
 from histokd.synth.params import SynthParams, resolve_params
-from histokd.workspace import atomic_path, check_id, write_json
+from histokd.workspace import check_id, write_csv, write_json
 
 log = logging.getLogger("histokd")
 
@@ -223,13 +221,7 @@ def _blob_meta(b: Any, mpp: float) -> dict[str, Any]:
 
 
 def _write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    with atomic_path(path) as tmp:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-    return path
+    return write_csv(path, list(CSV_COLUMNS), ([r.get(c, "") for c in CSV_COLUMNS] for r in rows))
 
 
 def generate_cohort(
