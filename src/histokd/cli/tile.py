@@ -29,13 +29,16 @@ def register(app: typer.Typer) -> None:
                  "(a tissue_mask_path cohort column wins)."),
         backend: str = typer.Option("auto", "--backend", help="Slide reader: auto, openslide or tiffslide."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Re-tile slides that are already up to date."),
+        label_map: Optional[list[str]] = typer.Option(
+            None, "--label-map",
+            help='Rename labels as the cohort is read, FROM=TO pairs: "tumor=tumour,Tumour=tumour" (repeatable).'),
     ) -> None:
         """Detect tissue and write a tile grid per slide (RUN/tiles/<slide>.h5 + QC PNG). Resumable."""
         from histokd.slides.tiling import tile as tile_api
 
         res = tile_api(cohort, workspace, mpp=mpp, size=size, overlap=overlap, min_tissue=min_tissue,
                        workers=workers, overwrite=overwrite, slide_mpp=slide_mpp,
-                       tissue_mask_dir=tissue_mask_dir, backend=backend)
+                       tissue_mask_dir=tissue_mask_dir, backend=backend, label_map=label_map or None)
         n_new = sum(res.tiled.values())
         rate = n_new / res.seconds if res.seconds > 0 else 0.0
         typer.echo(

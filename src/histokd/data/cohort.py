@@ -9,7 +9,12 @@ Relative paths are relative to the CSV's folder; :attr:`Cohort.df` holds absolut
 read as a string (labels included: ``"0"``/``"1"`` or ``"normal"``/``"tumour"``); empty optional cells
 are ``None``. The DataFrame index is the slide id (unnamed, so ``slide_id`` stays an ordinary column).
 
-Structural problems (missing file or columns, duplicate IDs, an empty cohort) raise
+Labels are compared as written. Labels that differ only by case or spaces, or are known synonyms
+(:data:`LABEL_SYNONYMS`: ``tumor`` / ``tumour`` only), would silently become separate classes, so they
+are refused with the list of distinct labels; ``label_map`` (``histokd tile --label-map
+"Tumour=tumour,tumor=tumour"``) renames labels as the cohort is read, before that check.
+
+Structural problems (missing file or columns, duplicate IDs, an empty cohort, label spellings) raise
 :class:`~histokd.errors.InputError`. Row problems (unsafe slide ID, empty path or label, unknown split,
 malformed affine) raise too, unless ``drop_invalid=True``: then the row is left out and its message
 kept in :attr:`Cohort.invalid`, so that a batch command can process the other slides.
@@ -17,8 +22,11 @@ kept in :attr:`Cohort.invalid`, so that a batch command can process the other sl
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +39,13 @@ REQUIRED = ("slide_id", "path", "label")
 OPTIONAL = ("split", "patch_id", "patient_id", "mask_path", "paired_path", "paired_affine", "tissue_mask_path")
 PATH_COLUMNS = ("path", "mask_path", "paired_path", "tissue_mask_path")
 SPLITS = ("train", "val", "test")
+# spellings of one class that are not a case / spacing difference; kept small on purpose: a synonym here
+# merges what a user may mean as two classes (normal / benign are *not* synonyms)
+LABEL_SYNONYMS = {"tumor": "tumour"}
+LabelMap = str | Mapping[str, str] | Sequence[str] | None
+_LABEL_MAP_HELP = 'give FROM=TO pairs separated by commas, e.g. --label-map "tumor=tumour,Tumour=tumour"'
+
+log = logging.getLogger("histokd")
 
 
 @dataclass
@@ -69,6 +84,13 @@ class Cohort:
             return self
         return Cohort(self.df[self.df["split"].isin(names)].copy(), self.source)
 
+    def with_label_map(self, label_map: LabelMap) -> Cohort:
+        """A copy with labels renamed by ``label_map`` (see :func:`parse_label_map`), spellings re-checked."""
+        df = self.df.copy()
+        df["label"] = _map_labels(df["label"], parse_label_map(label_map))
+        check_label_spelling(df["label"], self.source)
+        return Cohort(df, self.source, dict(self.invalid))
+
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the cohort CSV (absolute paths) atomically; quoted and spreadsheet-safe
         (:func:`~histokd.workspace.write_frame_csv`), read back unchanged by :func:`read_cohort`."""
@@ -79,8 +101,80 @@ def _blank(v: object) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v.strip() == "")
 
 
-def read_cohort(path: str | os.PathLike[str], drop_invalid: bool = False) -> Cohort:
-    """Read and validate a cohort CSV (see the module docstring)."""
+def parse_label_map(spec: LabelMap) -> dict[str, str]:
+    """``"tumor=tumour,Tumour=tumour"`` (or a list of such strings, or a dict) -> ``{"tumor": "tumour", ...}``."""
+    if spec is None:
+        return {}
+    if isinstance(spec, Mapping):
+        pairs = [(str(k).strip(), str(v).strip()) for k, v in spec.items()]
+    else:
+        parts = [p for s in ([spec] if isinstance(spec, str) else spec) for p in str(s).split(",") if p.strip()]
+        pairs = []
+        for p in parts:
+            src, eq, dst = p.partition("=")
+            if not eq:
+                raise InputError(f"--label-map: {p.strip()!r} is not FROM=TO; {_LABEL_MAP_HELP}")
+            pairs.append((src.strip(), dst.strip()))
+    for src, dst in pairs:
+        if not src or not dst:
+            raise InputError(f"--label-map: {src}={dst} has an empty side; {_LABEL_MAP_HELP}")
+    return dict(pairs)
+
+
+def _map_labels(labels: pd.Series, mapping: dict[str, str]) -> pd.Series:
+    if not mapping:
+        return labels
+    present = set(labels.dropna())
+    unused = sorted(set(mapping) - present)
+    if unused:
+        log.warning("--label-map: no label %s in the cohort (labels: %s)", ", ".join(map(repr, unused)),
+                    ", ".join(map(repr, sorted(present))))
+    return _obj([mapping.get(v, v) if v is not None else None for v in labels], labels.index)
+
+
+def label_key(label: str) -> str:
+    """What two spellings of one class share: case-folded, spaces collapsed, synonyms resolved."""
+    key = " ".join(str(label).split()).casefold()
+    return LABEL_SYNONYMS.get(key, key)
+
+
+def _preferred_spelling(spellings: list[str], counts: Counter) -> str:
+    """The spelling to suggest: the most frequent; ties go to the canonical synonym, then lower case."""
+    canonical = set(LABEL_SYNONYMS.values())
+    return min(spellings, key=lambda s: (-counts[s], s not in canonical, s != s.lower(), s))
+
+
+def check_label_spelling(labels: pd.Series, source: Path | str | None) -> None:
+    """Refuse labels that are one class spelt differently (``tumour`` / ``Tumour`` / ``tumor`` / ``NORMAL``)."""
+    counts = Counter(v for v in labels if v is not None)
+    groups: dict[str, list[str]] = {}
+    for lab in sorted(counts):
+        groups.setdefault(label_key(lab), []).append(lab)
+    clashes = [g for g in groups.values() if len(g) > 1]
+    if not clashes:
+        return
+    renames = []
+    for g in clashes:
+        keep = _preferred_spelling(g, counts)
+        renames += [f"{s}={keep}" for s in g if s != keep]
+    distinct = ", ".join(f"{lab!r} ({counts[lab]})" for lab in sorted(counts))
+    same = "; ".join(" / ".join(repr(s) for s in g) for g in clashes)
+    fix = (f'pass --label-map "{",".join(renames)}" to `histokd tile` or fix the label column'
+           if not any("," in r or r.count("=") != 1 for r in renames) else "fix the label column")
+    where = source if source is not None else "cohort"
+    raise InputError(
+        f"{where}: labels {same} differ only by case, spaces or spelling (tumour/tumor) and would become "
+        f"separate classes; distinct labels: {distinct}; {fix}"
+    )
+
+
+def read_cohort(path: str | os.PathLike[str], drop_invalid: bool = False, label_map: LabelMap = None) -> Cohort:
+    """Read and validate a cohort CSV (see the module docstring).
+
+    ``label_map``: labels renamed as the file is read (``"tumor=tumour,Tumour=tumour"``, a list of such
+    strings, or a dict), before the check that refuses one class spelt several ways.
+    """
+    mapping = parse_label_map(label_map)
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"{path}: cohort CSV not found; give the path of a CSV with columns slide_id,path,label")
@@ -99,6 +193,7 @@ def read_cohort(path: str | os.PathLike[str], drop_invalid: bool = False) -> Coh
         raise InputError(f"{path}: the cohort has no rows; add one row per slide")
     for c in df.columns:  # object columns with None for blanks (pandas' string dtype would turn None into NaN)
         df[c] = _obj([None if _blank(v) else restore_cell(str(v).strip()) for v in df[c]], df.index)
+    df["label"] = _map_labels(df["label"], mapping)
     ids = df["slide_id"].fillna("")
     dup = sorted(set(ids[ids.duplicated(keep=False) & (ids != "")]))
     if dup:
@@ -125,6 +220,7 @@ def read_cohort(path: str | os.PathLike[str], drop_invalid: bool = False) -> Coh
     df = df.loc[keep].reset_index(drop=True)
     if df.empty:
         raise InputError(f"{path}: no valid row left ({len(invalid)} invalid); fix the cohort CSV")
+    check_label_spelling(df["label"], path)
     df.index = pd.Index(df["slide_id"].tolist())
     return Cohort(df=df, source=path, invalid=invalid)
 

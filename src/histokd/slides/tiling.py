@@ -25,7 +25,7 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -35,6 +35,9 @@ from histokd.slides.masks import tile_fractions
 from histokd.slides.reader import open_slide
 from histokd.slides.tissue import TissueMask, TissueParams, detect_tissue
 from histokd.workspace import Workspace, atomic_path, clean_stale_temps
+
+if TYPE_CHECKING:
+    from histokd.data.cohort import LabelMap
 
 log = logging.getLogger("histokd")
 
@@ -328,6 +331,7 @@ def tile(
     backend: str = "auto",
     tissue_params: TissueParams | None = None,
     show_progress: bool | None = None,
+    label_map: LabelMap = None,
 ) -> TilingResult:
     """Tile every slide of ``cohort`` into ``workspace/tiles/`` (see the module docstring).
 
@@ -344,6 +348,9 @@ def tile(
         tissue_mask_dir: folder of user tissue masks ``<slide_id>.png|.geojson|.json|.xml`` (a
             ``tissue_mask_path`` cohort column takes precedence).
         backend: slide reader, "auto" | "openslide" | "tiffslide".
+        label_map: labels renamed as the cohort is read, ``"tumor=tumour,Tumour=tumour"`` (or a list of
+            such strings, or a dict); the workspace's ``cohort.csv`` keeps the renamed labels. Labels that
+            are one class spelt differently (case, spaces, tumour/tumor) are refused without it.
 
     Returns a :class:`TilingResult`; per-slide failures are in ``result.failures`` (no exception), the
     cohort-level ones (bad CSV, bad options) raise :class:`InputError` before any work.
@@ -355,7 +362,10 @@ def tile(
     cfg = TilingConfig(target_mpp=float(mpp), patch_size=int(size), overlap=int(overlap), min_tissue=float(min_tissue),
                        slide_mpp=slide_mpp, backend=backend, tissue=tissue_params or TissueParams())
     cfg.validate()
-    co = cohort if isinstance(cohort, Cohort) else read_cohort(cohort, drop_invalid=True)
+    if isinstance(cohort, Cohort):
+        co = cohort.with_label_map(label_map)
+    else:
+        co = read_cohort(cohort, drop_invalid=True, label_map=label_map)
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     mask_dir = Path(tissue_mask_dir) if tissue_mask_dir is not None else None
     if mask_dir is not None and not mask_dir.is_dir():
