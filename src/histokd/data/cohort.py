@@ -22,6 +22,7 @@ kept in :attr:`Cohort.invalid`, so that a batch command can process the other sl
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import os
@@ -178,11 +179,7 @@ def read_cohort(path: str | os.PathLike[str], drop_invalid: bool = False, label_
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"{path}: cohort CSV not found; give the path of a CSV with columns slide_id,path,label")
-    try:
-        df = pd.read_csv(path, dtype=object, keep_default_na=False, skipinitialspace=True)
-    except Exception as e:  # noqa: BLE001 - pandas raises many types for bad CSV
-        raise InputError(f"{path}: cannot parse the cohort CSV ({e}); fix it to a comma-separated table") from e
-    df.columns = [str(c).strip() for c in df.columns]
+    df = _read_table(path)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise InputError(
@@ -223,6 +220,43 @@ def read_cohort(path: str | os.PathLike[str], drop_invalid: bool = False, label_
     check_label_spelling(df["label"], path)
     df.index = pd.Index(df["slide_id"].tolist())
     return Cohort(df=df, source=path, invalid=invalid)
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """The CSV's cells as strings, one column per header cell.
+
+    Empty cells beyond the header (a trailing comma on every row) and columns with neither a name nor a
+    value (``slide_id,path,label,``) are dropped; a row longer than the header with values in the extra
+    cells (usually an unquoted comma in a label) and a column name given twice are refused, never cut or
+    renamed silently. A column with values but no name is kept as ``Unnamed: <k>``.
+    """
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f, skipinitialspace=True) if any(c.strip() for c in r)]
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the cohort as a UTF-8 CSV") from None
+    except (OSError, csv.Error) as e:
+        raise InputError(f"{path}: cannot parse the cohort CSV ({e}); fix it to a comma-separated table") from None
+    if not rows:
+        raise InputError(f"{path}: the file is empty; give a header slide_id,path,label and one row per slide")
+    header = [c.strip() for c in rows[0]]
+    body = rows[1:]
+    n = len(header)
+    table = []
+    for line, r in enumerate(body, start=2):
+        extra = r[n:]
+        if any(c.strip() for c in extra):
+            raise InputError(
+                f"{path}: line {line} has {len(r)} cells but the header has {n} ({','.join(header)}); quote cells "
+                f'that contain a comma ("tumour, grade 2") or add the missing column name to the header'
+            )
+        table.append(r[:n] + [""] * (n - len(r)))
+    keep = [k for k, name in enumerate(header) if name or any(row[k].strip() for row in table)]
+    names = [header[k] or f"Unnamed: {k}" for k in keep]
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise InputError(f"{path}: column(s) {', '.join(map(repr, dup))} appear more than once in the header; keep one")
+    return pd.DataFrame([[row[k] for k in keep] for row in table], columns=names, dtype=object)
 
 
 def _obj(values: list, index: pd.Index) -> pd.Series:
