@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
+from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
@@ -52,12 +52,18 @@ def progress(disable: bool | None = None) -> Progress:
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Log ``histokd.*`` to stderr (stdout stays free for machine-readable output): INFO, or DEBUG when verbose.
+
+    Called once per CLI command; a second call changes the level of the handler already installed.
+    """
     level = logging.DEBUG if verbose else logging.INFO
     root = logging.getLogger("histokd")
     root.setLevel(level)
-    if not any(isinstance(h, RichHandler) for h in root.handlers):
-        h = RichHandler(show_path=False, show_time=False, markup=False, console=None)
-        h.setLevel(level)
+    handlers = [h for h in root.handlers if isinstance(h, RichHandler)]
+    if not handlers:
+        h = RichHandler(show_path=False, show_time=False, markup=False, console=Console(stderr=True))
         root.addHandler(h)
+        handlers = [h]
+    for h in handlers:
+        h.setLevel(level)
     root.propagate = False
-    _ = sys  # stdout stays free for machine-readable output

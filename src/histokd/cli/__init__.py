@@ -11,7 +11,7 @@ import logging
 
 import typer
 
-from histokd.cli._common import run_command  # noqa: F401  (re-exported for command modules)
+from histokd.cli._common import run_command, set_verbose  # noqa: F401  (run_command re-exported for command modules)
 
 app = typer.Typer(
     name="histokd",
@@ -24,11 +24,10 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging; tracebacks of unexpected errors."),
 ) -> None:
     """histokd: MIL on slide labels, distilled into tile / pixel labellers."""
-    if verbose:
-        logging.getLogger("histokd").setLevel(logging.DEBUG)
+    set_verbose(verbose)  # applied by the command's handler (run_command), which sets up logging
 
 
 # One module per command (or group of commands). Order is the order of `histokd --help`.

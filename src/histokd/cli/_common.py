@@ -1,39 +1,115 @@
-"""Shared CLI plumbing: logging, one-line errors without tracebacks, exit codes."""
+"""Shared CLI plumbing: logging, one-line errors without tracebacks, exit codes.
+
+Every command is wrapped by :func:`run_command`, the CLI's top-level handler:
+
+* a :class:`~histokd.errors.HistokdError` (a bad input we know about) -> its own one-line message, exit 2;
+* Ctrl-C -> one line, exit 130 (finished outputs are kept);
+* any other exception (a bug, or an input we did not foresee) -> one line
+  ``error: <type>: <message>; rerun with -v for the traceback``, exit 1. The traceback is appended to
+  ``<workspace>/logs/histokd.log`` when the command has a ``-w`` workspace that exists, and printed with
+  ``-v``.
+
+``-v`` / ``--verbose`` works before the command (``histokd -v tile ...``) and after it (``histokd tile ... -v``):
+debug logging, and tracebacks on stderr.
+"""
 
 from __future__ import annotations
 
+import datetime
 import functools
+import inspect
 import logging
-import sys
+import os
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
+from typer.exceptions import TyperException
 
 from histokd.errors import HistokdError
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("histokd")
 
+LOG_FILE = Path("logs") / "histokd.log"  # relative to the workspace
+_MAX_MESSAGE = 300
+_state = {"verbose": False}
+
+
+def set_verbose(verbose: bool) -> None:
+    """Record the root ``histokd -v`` flag for the command that follows (called by the app callback)."""
+    _state["verbose"] = bool(verbose)
+
 
 def run_command(fn: F) -> F:
-    """Decorator for CLI commands: sets up logging and turns a :class:`HistokdError` into one line + exit 2."""
+    """Decorator for CLI commands: logging set-up, a ``-v`` option, and the top-level error handler."""
+    own_verbose = "verbose" in inspect.signature(fn).parameters
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from histokd.progress import setup_logging
 
-        setup_logging(verbose=bool(kwargs.get("verbose", False)))
+        flag = kwargs.get("verbose", False) if own_verbose else kwargs.pop("verbose", False)
+        verbose = bool(flag) or _state["verbose"]
+        setup_logging(verbose=verbose)
         try:
             return fn(*args, **kwargs)
         except HistokdError as e:
+            log.debug("%s", type(e).__name__, exc_info=verbose)
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted; completed outputs are kept, re-run the same command to resume", err=True)
             raise typer.Exit(code=130) from None
+        except (typer.Exit, typer.Abort, TyperException, SystemExit):  # typer's own exits and usage errors
+            raise
+        except Exception as e:  # noqa: BLE001 - the top-level handler: one line instead of a traceback
+            _unexpected(e, fn.__name__, kwargs, verbose)
+            raise typer.Exit(code=1) from None
 
+    if not own_verbose:  # every command takes -v, not only the root
+        sig = inspect.signature(fn, eval_str=True)
+        extra = inspect.Parameter(
+            "verbose", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+            default=typer.Option(False, "--verbose", "-v", help="Debug logging; tracebacks of unexpected errors."),
+        )
+        wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), extra])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {**fn.__annotations__, "verbose": bool}
     return wrapper  # type: ignore[return-value]
+
+
+def _unexpected(e: Exception, command: str, params: dict[str, Any], verbose: bool) -> None:
+    """Report an unexpected exception: the traceback to the workspace log (and stderr with -v), one line."""
+    tb = traceback.format_exc()
+    log_path = _append_workspace_log(params.get("workspace"), command, params, tb)
+    if verbose:
+        typer.echo(tb.rstrip(), err=True)
+    message = " ".join(str(e).split()) or "(no message)"
+    if len(message) > _MAX_MESSAGE:
+        message = message[: _MAX_MESSAGE - 3] + "..."
+    where = f" (traceback in {log_path})" if log_path is not None else ""
+    hint = "the traceback is above" if verbose else "rerun with -v for the traceback"
+    typer.echo(f"error: {type(e).__name__}: {message}; {hint}{where}", err=True)
+
+
+def _append_workspace_log(workspace: Any, command: str, params: dict[str, Any], tb: str) -> Path | None:
+    """Append ``tb`` to ``<workspace>/logs/histokd.log``; None when there is no workspace or it is not writable."""
+    if not isinstance(workspace, (str, os.PathLike)) or not Path(workspace).is_dir():
+        return None
+    import histokd
+
+    path = Path(workspace) / LOG_FILE
+    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    args = " ".join(f"{k}={v}" for k, v in params.items() if v not in (None, False, [], ()))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(f"--- {when} histokd {histokd.__version__} pid {os.getpid()}: {command} {args}\n{tb}\n")
+    except OSError:
+        return None
+    return path
 
 
 def fail_summary(failures: dict[str, str], total: int, what: str = "slides") -> None:
@@ -43,6 +119,3 @@ def fail_summary(failures: dict[str, str], total: int, what: str = "slides") -> 
         for k, msg in failures.items():
             typer.echo(f"  {k}: {msg}", err=True)
         raise typer.Exit(code=1)
-
-
-_ = sys
