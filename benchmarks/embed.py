@@ -2,9 +2,11 @@
 of a 100,000-tile slide.
 
     .venv/bin/python benchmarks/embed.py [--workspace RUN] [--encoders handcrafted efficientnet_lite0]
-        [--batch-size 64] [--workers 1] [--threads 2] [--device auto] [--skip-memory]
+        [--batch-size 64] [--workers 1] [--threads 2] [--device auto] [--runtimes torch onnx] [--skip-memory]
 
-- forward-only: the encoder alone on tiles already in memory (uint8 -> transform -> forward), after warm-up;
+- forward-only: the encoder alone on tiles already in memory (uint8 -> transform -> forward), after warm-up,
+  once per runtime (``--runtimes torch onnx``: PyTorch eager and ONNX Runtime), with the lowest per-tile
+  cosine of the runtime's features to PyTorch's on 16 random tiles;
 - pipeline: :func:`histokd.features.extract.embed` on the cohort (tiles read from the slides by DataLoader
   workers, features written to h5), into a scratch copy of the workspace (the user's features are untouched);
 - memory: a fresh process embeds one slide whose grid has 100,000 tiles (coordinates repeat over a small
@@ -33,8 +35,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from histokd.errors import InputError
 from histokd.features.encoders import build_encoder
 from histokd.features.extract import embed, make_jobs, resolve_device
+from histokd.features.runtime import agreement, build_runner
 from histokd.synth.tiff import write_pyramid_tiff
 from histokd.workspace import Workspace
 
@@ -80,20 +84,23 @@ def scratch_copy(ws: Workspace, root: Path) -> Workspace:
     return out
 
 
-def forward_only(enc, ws: Workspace, batch_size: int, device: str, max_tiles: int = 512) -> float:
-    """tiles/s of the encoder alone on real tiles of the cohort held in memory."""
+def forward_only(enc, runner, ws: Workspace, batch_size: int, device: str, max_tiles: int = 512) -> float:
+    """tiles/s of the encoder alone (transform + ``runner``) on real tiles of the cohort held in memory;
+    the best of 3 passes after a warm-up."""
     from histokd.features.extract import TileBatches
 
     jobs, _ = make_jobs(ws, enc.name)
     ds = TileBatches(jobs, batch_size, enc.input_size)
     batches = [ds[i][2] for i in range(min(len(ds), max(1, max_tiles // batch_size)))]
     with torch.inference_mode():
-        enc(enc.transform(batches[0].to(device)))  # warm-up
-        t0 = time.perf_counter()
-        for b in batches:
-            enc(enc.transform(b.to(device))).float().cpu()
-        dt = time.perf_counter() - t0
-    return sum(len(b) for b in batches) / dt
+        runner(batches[0])  # warm-up
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for b in batches:
+                runner(b)
+            best = min(best, time.perf_counter() - t0)
+    return sum(len(b) for b in batches) / best
 
 
 def pipeline(ws: Workspace, encoder: str, **kw) -> float:
@@ -146,6 +153,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--runtimes", nargs="*", default=["torch", "onnx"], help="encoder runtimes to compare")
     ap.add_argument("--memory-tiles", type=int, default=100_000)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--_memory-child", dest="memory_child", type=Path, help=argparse.SUPPRESS)
@@ -164,14 +172,29 @@ def main() -> None:
         n = sum(len(j.coords) for j in make_jobs(ws, "x")[0])
         print(f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch_size}, "
               f"workers {args.workers}, {n} tiles in {ws.root}")
-        print(f"{'encoder':<22}{'forward tiles/s':>17}{'pipeline tiles/s':>18}{'ratio':>8}")
+        print(f"{'encoder':<22}{'runtime':>8}{'forward tiles/s':>17}{'pipeline tiles/s':>18}{'ratio':>8}"
+              f"{'vs torch':>10}{'min cosine':>12}")
         for name in args.encoders:
             enc = build_encoder(name, device=device)
-            fwd = forward_only(enc, ws, args.batch_size, device)
-            scratch = scratch_copy(ws, tmp / name)
-            pipe = pipeline(scratch, name, batch_size=args.batch_size, workers=args.workers, device=device,
-                            precision=args.precision, threads=args.threads)
-            print(f"{name:<22}{fwd:>17.1f}{pipe:>18.1f}{pipe / fwd:>8.0%}")
+            torch_fwd = None
+            for runtime in args.runtimes:
+                try:
+                    runner, used, export_s = build_runner(enc, runtime, device, args.precision, args.threads)
+                except InputError as e:
+                    print(f"{name:<22}{runtime:>8}  skipped: {e}")
+                    continue
+                if used != runtime:
+                    print(f"{name:<22}{runtime:>8}  skipped: fell back to {used}")
+                    continue
+                fwd = forward_only(enc, runner, ws, args.batch_size, device)
+                torch_fwd = fwd if runtime == "torch" else torch_fwd
+                cos = agreement(enc, runner, n=16) if runtime != "torch" else 1.0
+                scratch = scratch_copy(ws, tmp / f"{name}-{runtime}")
+                pipe = pipeline(scratch, name, batch_size=args.batch_size, workers=args.workers, device=device,
+                                precision=args.precision, threads=args.threads, runtime=runtime)
+                vs = f"{fwd / torch_fwd:.1f}x" if torch_fwd else "-"
+                print(f"{name:<22}{runtime:>8}{fwd:>17.1f}{pipe:>18.1f}{pipe / fwd:>8.0%}{vs:>10}{cos:>12.7f}"
+                      + (f"   (first ONNX export {export_s:.1f} s, not counted)" if export_s else ""))
         if not args.skip_memory:
             child = subprocess.run(
                 [sys.executable, __file__, "--_memory-child", str(tmp), "--memory-tiles", str(args.memory_tiles),

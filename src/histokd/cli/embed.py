@@ -21,26 +21,33 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(64, "--batch-size", "-b", help="Tiles per forward pass."),
         workers: int = typer.Option(2, "--workers", "-j", help="Tile-reading worker processes (0: read in the main process)."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
-        precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (autocast; fp16 needs a GPU)."),
+        precision: str = typer.Option(
+            "fp32", "--precision", help="fp32 | bf16 | fp16 (PyTorch autocast; fp16 needs a GPU; ONNX Runtime: fp32).",
+        ),
+        runtime: str = typer.Option(
+            "auto", "--runtime",
+            help="auto (ONNX Runtime on CPU where the encoder exports, else PyTorch) | torch | onnx.",
+        ),
         dtype: str = typer.Option("float32", "--dtype", help="Stored feature dtype: float32 | float16."),
         engine: str = typer.Option("local", "--engine", help="local | ray (spread slides over a Ray cluster)."),
         address: str = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Redo slides whose features already exist."),
         weights: str = typer.Option(None, "--weights", help="Weights file (state dict) overriding the encoder's own."),
         stain_norm: str = typer.Option("none", "--stain-norm", help="none | reinhard | macenko."),
-        threads: int = typer.Option(None, "--threads", help="torch CPU threads for the encoder (default: torch's)."),
+        threads: int = typer.Option(None, "--threads", help="CPU threads for the encoder, PyTorch or ONNX Runtime (default: torch's)."),
     ) -> None:
         """Extract tile features for every tiled slide -> RUN/features/<encoder>/<slide>.h5."""
         from histokd.features.extract import embed as run
 
         res = run(
             workspace, encoder, weights=weights, batch_size=batch_size, workers=workers, device=device,
-            precision=precision, dtype=dtype, engine=engine, address=address, overwrite=overwrite,
+            precision=precision, runtime=runtime, dtype=dtype, engine=engine, address=address, overwrite=overwrite,
             stain_norm=None if stain_norm == "none" else stain_norm, threads=threads,
         )
         typer.echo(
             f"{res.out_dir}: {len(res.written)} written, {len(res.skipped)} skipped (done before), "
-            f"{len(res.failed)} failed; {res.n_tiles} tiles at {res.tiles_per_s:.1f} tiles/s"
+            f"{len(res.failed)} failed; {res.n_tiles} tiles at {res.tiles_per_s:.1f} tiles/s ({res.runtime})"
+            + (f"; ONNX export {res.export_seconds:.1f} s (cached for later runs)" if res.export_seconds else "")
         )
         fail_summary(res.failed, len(res.written) + len(res.skipped) + len(res.failed))
 

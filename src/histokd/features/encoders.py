@@ -56,8 +56,11 @@ class Encoder(nn.Module, ABC):
 
     Attributes: ``name`` (the spec string), ``dim`` (D), ``input_size`` (px, square), ``mpp`` (µm/px the
     tiles are read at), ``mean``/``std`` (per-channel normalisation of [0, 1] RGB), ``weights_hash``
-    (sha256 of the weights file, or of the configuration for weight-free encoders).
+    (sha256 of the weights file, or of the configuration for weight-free encoders). ``exportable``: whether
+    ``forward`` is a pure torch graph that ONNX export can trace (see :mod:`histokd.features.runtime`).
     """
+
+    exportable: bool = True
 
     def __init__(
         self,

@@ -28,15 +28,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from histokd.errors import FeatureError, HistokdError, InputError
 from histokd.features.encoders import DEFAULT_ENCODER, Encoder, build_encoder
+from histokd.features.runtime import Runner, build_runner, resolve_runtime
 from histokd.features.stain import StainNormalizer, build_stain_normalizer
 from histokd.features.store import FeatureWriter, feature_file_info
 from histokd.progress import progress
 from histokd.workspace import Workspace, clean_stale_temps
 
 log = logging.getLogger("histokd")
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 @dataclass
 class SlideJob:
@@ -61,6 +59,8 @@ class EmbedResult:
     failed: dict[str, str] = field(default_factory=dict)
     n_tiles: int = 0
     seconds: float = 0.0
+    runtime: str = "torch"  # what ran the encoder: torch | onnx
+    export_seconds: float = 0.0  # exporting the ONNX graph (0 when cached); not part of ``seconds``
 
     @property
     def tiles_per_s(self) -> float:
@@ -219,7 +219,8 @@ def make_jobs(ws: Workspace, encoder: str, slides: list[str] | None = None) -> t
 # --------------------------------------------------------------------------- provenance / resume
 
 
-def _attrs_for(job: SlideJob, enc: Encoder, stain_norm: str | None) -> dict[str, Any]:
+def _attrs_for(job: SlideJob, enc: Encoder, stain_norm: str | None, precision: str = "fp32",
+               runtime: str = "torch") -> dict[str, Any]:
     import histokd
 
     return {
@@ -233,17 +234,23 @@ def _attrs_for(job: SlideJob, enc: Encoder, stain_norm: str | None) -> dict[str,
         "encoder_input_size": enc.input_size,
         "encoder_mpp": enc.mpp,
         "stain_norm": stain_norm or "none",
+        "precision": precision,
+        "runtime": runtime,
     }
 
 
-def is_done(job: SlideJob, enc: Encoder, dtype: str, stain_norm: str | None) -> bool:
-    """True when ``job.out_path`` holds this slide's features from the same encoder, weights and grid."""
+def is_done(job: SlideJob, enc: Encoder, dtype: str, stain_norm: str | None, precision: str = "fp32") -> bool:
+    """True when ``job.out_path`` holds this slide's features from the same encoder, weights, grid and
+    precision. The runtime is not part of the key: at fp32, ONNX Runtime and PyTorch give the same
+    features (cosine >= 0.9999, checked whenever a graph is loaded)."""
     info = feature_file_info(job.out_path)
     if info is None:
         return False
     shape, ds_dtype, attrs = info
-    want = _attrs_for(job, enc, stain_norm)
+    want = _attrs_for(job, enc, stain_norm, precision)
     if shape != (len(job.coords), enc.dim) or ds_dtype != dtype:
+        return False
+    if str(attrs.get("precision", "fp32")) != precision:  # files from before the attribute are fp32
         return False
     for k in ("encoder", "weights_hash", "patch_size", "patch_size_level0", "stain_norm"):
         if str(attrs.get(k)) != str(want[k]):
@@ -265,34 +272,23 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
-    if precision not in PRECISIONS:
-        raise InputError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    dt = PRECISIONS[precision]
-    if dt is None:
-        return contextlib.nullcontext()
-    kind = "cuda" if device.startswith("cuda") else "cpu"
-    if kind == "cpu" and dt is torch.float16:
-        raise InputError("--precision fp16 needs a GPU; use bf16 or fp32 on CPU")
-    return torch.autocast(kind, dtype=dt)
-
-
 def run_jobs(
     jobs: list[SlideJob],
     enc: Encoder,
+    runner: Runner,
     *,
     batch_size: int = 64,
     workers: int = 2,
     device: str = "cpu",
     precision: str = "fp32",
+    runtime: str = "torch",
     dtype: str = "float32",
     stain_norm: str | None = None,
     on_tiles: Callable[[int], None] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
-    """Embed every job's tiles with ``enc`` (already on ``device``). Returns (written, failed)."""
+    """Embed every job's tiles with ``runner`` (``enc`` run by PyTorch on ``device`` or by ONNX Runtime, see
+    :mod:`histokd.features.runtime`; ``runtime`` / ``precision`` name it in the files). Returns (written, failed)."""
     cuda = device.startswith("cuda")
-    if cuda:
-        enc = enc.to(memory_format=torch.channels_last)
     stain = build_stain_normalizer(stain_norm)
     ds = TileBatches(jobs, batch_size, enc.input_size, stain)
     loader = DataLoader(
@@ -313,7 +309,8 @@ def run_jobs(
     def writer(j: int) -> FeatureWriter:
         if j not in writers:
             job = jobs[j]
-            writers[j] = FeatureWriter(job.out_path, job.coords, enc.dim, _attrs_for(job, enc, stain_norm), dtype)
+            attrs = _attrs_for(job, enc, stain_norm, precision, runtime)
+            writers[j] = FeatureWriter(job.out_path, job.coords, enc.dim, attrs, dtype)
         return writers[j]
 
     trim = _malloc_trimmer()
@@ -322,7 +319,7 @@ def run_jobs(
             writer(j).close()
             written.append(job.slide_id)
     try:
-        with torch.inference_mode(), _autocast(device, precision):
+        with torch.inference_mode():
             for step, (j, start, imgs, err) in enumerate(loader):
                 if step % 16 == 15:
                     trim()
@@ -336,10 +333,7 @@ def run_jobs(
                     if on_tiles:
                         on_tiles(len(jobs[j].coords) - start)
                     continue
-                x = imgs.to(device, non_blocking=cuda)
-                if cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                feats = enc(enc.transform(x)).float().cpu().numpy()
+                feats = runner(imgs)
                 try:
                     w = writer(j)
                     w.write(start, feats)
@@ -367,6 +361,7 @@ def embed(
     workers: int = 2,
     device: str = "auto",
     precision: str = "fp32",
+    runtime: str = "auto",
     dtype: str = "float32",
     engine: str = "local",
     address: str | None = None,
@@ -379,7 +374,8 @@ def embed(
 
     ``engine="ray"`` spreads slides over a Ray cluster (``address``; a local one when ``None``). Slides
     whose file exists and matches are skipped unless ``overwrite``. Failed slides are listed in
-    ``EmbedResult.failed``; the others are written.
+    ``EmbedResult.failed``; the others are written. ``runtime``: ``auto`` (ONNX Runtime on CPU where the
+    encoder exports, else PyTorch), ``torch`` or ``onnx`` (see :mod:`histokd.features.runtime`).
     """
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     if batch_size < 1 or workers < 0:
@@ -390,7 +386,6 @@ def embed(
         raise InputError(f"--engine {engine!r}: choose local or ray")
     build_stain_normalizer(stain_norm)  # validate the name early
     device = resolve_device(device)
-    _autocast(device, precision)  # validate early
     if threads:
         torch.set_num_threads(threads)
     enc = build_encoder(encoder, weights=weights, device=device)
@@ -399,13 +394,19 @@ def embed(
     jobs, result.failed = make_jobs(ws, encoder, slides)
     todo = []
     for job in jobs:
-        if not overwrite and is_done(job, enc, dtype, stain_norm):
+        if not overwrite and is_done(job, enc, dtype, stain_norm, precision):
             result.skipped.append(job.slide_id)
         else:
             todo.append(job)
     if result.skipped:
         log.info("%d slide(s) already embedded with %s; skipped (use --overwrite to redo)", len(result.skipped), encoder)
     n_tiles = sum(len(j.coords) for j in todo)
+    runner = None
+    if todo and engine == "local":
+        runner, result.runtime, result.export_seconds = build_runner(enc, runtime, device, precision, threads)
+        log.info("encoder %s runs on %s through %s (%s)", encoder, device, result.runtime, precision)
+    else:
+        result.runtime = resolve_runtime(runtime, enc, device, precision)
     t0 = time.perf_counter()
     with progress() as bar:
         task = bar.add_task(f"embed {encoder}", total=n_tiles, unit="tiles")
@@ -418,9 +419,10 @@ def embed(
             from histokd.features.ray_engine import run_ray
 
             written, failed = run_ray(todo, encoder, weights=weights, device=device, address=address,
-                                      on_tiles=advance, **opts)
+                                      on_tiles=advance, runtime=runtime, threads=threads, **opts)
         else:
-            written, failed = run_jobs(todo, enc, device=device, on_tiles=advance, **opts)
+            written, failed = run_jobs(todo, enc, runner, device=device, runtime=result.runtime,
+                                       on_tiles=advance, **opts)
     result.seconds = time.perf_counter() - t0
     result.written, result.n_tiles = written, sum(len(j.coords) for j in todo if j.slide_id in set(written))
     result.failed.update(failed)

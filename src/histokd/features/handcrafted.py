@@ -120,6 +120,8 @@ def _blob_stats(h: np.ndarray, gray: np.ndarray) -> np.ndarray:
 class HandcraftedEncoder(Encoder):
     """55-d colour/texture/nuclei statistics; input: RGB in [0, 1] (no normalisation), 224 px at 0.5 µm/px."""
 
+    exportable = False  # nuclear blobs are labelled by scipy.ndimage, outside the torch graph
+
     def __init__(self, input_size: int = 224, mpp: float = 0.5) -> None:
         cfg = f"{_VERSION}:{input_size}:{mpp}:{_GLCM_LEVELS}:{_H_THRESHOLD}:{_MIN_BLOB_PX}"
         super().__init__(

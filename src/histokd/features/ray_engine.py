@@ -27,15 +27,20 @@ class _EmbedActor:
 
         if device == "cuda" and not torch.cuda.is_available():
             device = "cpu"
+        from histokd.features.runtime import build_runner
+
         self.device = device
         self.enc = build_encoder(spec, weights=weights, device=device)
+        runtime, threads = opts.pop("runtime", "auto"), opts.pop("threads", None)
+        self.runner, self.runtime, _ = build_runner(self.enc, runtime, device, opts.get("precision", "fp32"), threads)
         self.opts = opts
 
     def embed(self, job: SlideJob) -> tuple[str, int, str]:
         from histokd.features.extract import run_jobs
 
         try:
-            written, failed = run_jobs([job], self.enc, device=self.device, **self.opts)
+            written, failed = run_jobs([job], self.enc, self.runner, device=self.device, runtime=self.runtime,
+                                       **self.opts)
         except Exception as e:  # noqa: BLE001 - report, let the other slides go on
             return job.slide_id, len(job.coords), f"{type(e).__name__}: {e}"
         return job.slide_id, len(job.coords), failed.get(job.slide_id, "" if written else "not written")
@@ -50,7 +55,7 @@ def run_ray(
     address: str | None,
     on_tiles: Callable[[int], None] | None = None,
     actors: int | None = None,
-    **opts,  # noqa: ANN003 - batch_size, workers, precision, dtype, stain_norm (as run_jobs)
+    **opts,  # noqa: ANN003 - batch_size, workers, precision, dtype, stain_norm (as run_jobs), runtime, threads
 ) -> tuple[list[str], dict[str, str]]:
     """Embed ``jobs`` on a Ray cluster. Returns (written slide IDs, failures)."""
     try:

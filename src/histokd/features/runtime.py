@@ -1,0 +1,278 @@
+"""How an encoder's network is run: PyTorch, or ONNX Runtime on CPU.
+
+On a CPU the same network with the same weights runs several times faster through ONNX Runtime than
+through PyTorch eager (``benchmarks/embed.py`` prints both side by side), so ``runtime="auto"`` picks ONNX
+Runtime on CPU for every encoder that exports, and PyTorch on GPU and for encoders that do not export
+(``handcrafted`` mixes torch with ``scipy.ndimage``).
+
+The exported graph (opset :data:`OPSET`, dynamic batch axis) is cached as
+``<cache dir>/onnx/<key>.onnx``; the key hashes the encoder's weights, its class, input size, the opset,
+the torch and onnxruntime versions and the precision, so a cached graph is never used for other weights
+or another runtime. The cache folder is ``$HISTOKD_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/histokd``,
+else ``~/.cache/histokd``. At export, PyTorch's features of a few fixed random tiles are stored beside the
+graph (``<key>.probe.npz``); every time the graph is loaded its own features of those tiles are compared
+with them (cosine >= :data:`MIN_COSINE` per tile). A graph that disagrees, or an encoder that cannot be
+exported, falls back to PyTorch with one warning (or one error line for an explicit ``--runtime onnx``).
+
+A runner maps uint8 tiles ``[B, 3, S, S]`` at the encoder's input size to ``float32 [B, D]`` numpy
+features: the ONNX graph holds the encoder's normalisation (``Encoder.transform``) as well as its network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from histokd.errors import InputError
+from histokd.features.encoders import Encoder
+
+log = logging.getLogger("histokd")
+
+RUNTIMES = ("auto", "torch", "onnx")
+OPSET = 17
+MIN_COSINE = 0.9999
+#: precision -> autocast dtype of the PyTorch runtime (None: no autocast)
+TORCH_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+ONNX_PRECISIONS = ("fp32",)
+
+Runner = Callable[[torch.Tensor], np.ndarray]
+
+
+def cache_dir() -> Path:
+    """The documented cache folder (exported graphs live in its ``onnx/``)."""
+    if os.environ.get("HISTOKD_CACHE_DIR"):
+        return Path(os.environ["HISTOKD_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "histokd"
+
+
+def onnxruntime_version() -> str | None:
+    """The installed onnxruntime version, or None when it cannot be imported."""
+    try:
+        import onnxruntime
+    except Exception:  # noqa: BLE001 - missing, or a broken build
+        return None
+    return str(onnxruntime.__version__)
+
+
+def resolve_runtime(runtime: str, enc: Encoder, device: str, precision: str) -> str:
+    """``auto`` -> ``onnx`` on CPU for an exportable encoder at a precision ONNX Runtime runs, else ``torch``.
+
+    An explicit ``onnx`` that cannot work here (GPU device, onnxruntime missing, encoder not exportable,
+    unsupported precision) is refused with one line.
+    """
+    if runtime not in RUNTIMES:
+        raise InputError(f"--runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    on_cpu = device == "cpu"
+    if runtime == "auto":
+        ok = on_cpu and enc.exportable and precision in ONNX_PRECISIONS and onnxruntime_version() is not None
+        return "onnx" if ok else "torch"
+    if runtime == "onnx":
+        if not on_cpu:
+            raise InputError(f"--runtime onnx runs on the CPU; use --runtime torch with --device {device}")
+        if not enc.exportable:
+            raise InputError(f"encoder {enc.name!r} does not export to ONNX; use --runtime torch (or auto)")
+        if precision not in ONNX_PRECISIONS:
+            raise InputError(
+                f"--precision {precision} is a PyTorch autocast precision; use --runtime torch, "
+                f"or --precision {'/'.join(ONNX_PRECISIONS)} with --runtime onnx"
+            )
+        if onnxruntime_version() is None:
+            raise InputError("--runtime onnx: onnxruntime is not installed; pip install onnxruntime, or use --runtime torch")
+    return runtime
+
+
+# --------------------------------------------------------------------------- PyTorch
+
+
+def torch_runner(enc: Encoder, device: str, precision: str) -> Runner:
+    """PyTorch eager (channels-last on GPU), under autocast for ``bf16`` / ``fp16``."""
+    if precision not in TORCH_PRECISIONS:
+        raise InputError(f"--precision {precision!r}: choose one of {', '.join(TORCH_PRECISIONS)}")
+    dt = TORCH_PRECISIONS[precision]
+    cuda = device.startswith("cuda")
+    if dt is torch.float16 and not cuda:
+        raise InputError("--precision fp16 needs a GPU; use bf16 or fp32 on CPU")
+    if cuda:
+        enc = enc.to(memory_format=torch.channels_last)
+
+    def run(images: torch.Tensor) -> np.ndarray:
+        x = enc.transform(images.to(device, non_blocking=cuda))
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        autocast = torch.autocast("cuda" if cuda else "cpu", dtype=dt) if dt is not None else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            return enc(x).float().cpu().numpy()
+
+    return run
+
+
+# --------------------------------------------------------------------------- ONNX Runtime
+
+
+def weights_digest(enc: Encoder) -> str:
+    """sha256 over every parameter and buffer of ``enc`` (names, shapes, bytes): the graph's identity."""
+    h = hashlib.sha256(type(enc).__qualname__.encode())
+    for name, t in sorted(enc.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def graph_key(enc: Encoder, precision: str) -> str:
+    """Cache key of ``enc``'s exported graph (see the module docstring)."""
+    doc = {
+        "weights": weights_digest(enc),
+        "encoder_class": type(enc).__qualname__,
+        "input_size": enc.input_size,
+        "dim": enc.dim,
+        "opset": OPSET,
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime_version(),
+        "precision": precision,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class _Encode(torch.nn.Module):
+    """uint8 tiles at the input size -> features (``transform`` then ``forward``): the graph to export."""
+
+    def __init__(self, enc: Encoder) -> None:
+        super().__init__()
+        self.enc = enc
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.enc(self.enc.transform(images)).float()
+
+
+def probe_tiles(size: int, n: int = 4, seed: int = 0) -> torch.Tensor:
+    """``n`` fixed random uint8 tiles ``[n, 3, size, size]``: the inputs of the agreement checks."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+
+
+def export_onnx(enc: Encoder, path: Path) -> float:
+    """Export ``enc`` (uint8 tiles -> features) to ``path`` and PyTorch's features of :func:`probe_tiles` to
+    ``<path>.probe.npz`` (both atomically, the graph last); returns the seconds it took."""
+    from histokd.workspace import atomic_path
+
+    t0 = time.perf_counter()
+    enc = enc.cpu().eval()
+    x = probe_tiles(enc.input_size)
+    with torch.inference_mode():
+        ref = enc(enc.transform(x)).float().numpy()
+    with atomic_path(_probe_path(path)) as tmp, open(tmp, "wb") as f:
+        np.savez(f, features=ref)
+    with atomic_path(path) as tmp, torch.no_grad(), warnings_silenced():
+        # traced first, so that TorchScript encoders (scripted submodules) export too; the wrapper is put
+        # in eval mode as well, since exporting restores the top module's training flag recursively
+        traced = torch.jit.trace(_Encode(enc).eval(), (x[:2],))
+        torch.onnx.export(
+            traced, (x[:2],), str(tmp), opset_version=OPSET, dynamo=False,
+            input_names=["images"], output_names=["features"],
+            dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+        )
+    return time.perf_counter() - t0
+
+
+def _probe_path(path: Path) -> Path:
+    return path.with_suffix(".probe.npz")
+
+
+@contextlib.contextmanager
+def warnings_silenced():  # noqa: ANN201 - a context manager
+    """The exporter's tracer warnings say nothing a user can act on."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+class OnnxRunner:
+    """An encoder's forward through an ONNX Runtime CPU session (the graph exported once, then cached)."""
+
+    def __init__(self, enc: Encoder, threads: int | None = None, precision: str = "fp32") -> None:
+        import onnxruntime as ort
+
+        self.key = graph_key(enc, precision)
+        self.path = cache_dir() / "onnx" / f"{self.key}.onnx"
+        self.export_seconds = 0.0
+        if not self.path.is_file():
+            self.export_seconds = export_onnx(enc, self.path)
+            log.info("exported %s to ONNX in %.1f s -> %s", enc.name, self.export_seconds, self.path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.size = enc.input_size
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, self.size, self.size):
+            raise ValueError(f"ONNX runner wants uint8 [B, 3, {self.size}, {self.size}], got {images.dtype} "
+                             f"{tuple(images.shape)}")
+        feats = self.session.run(None, {self.input_name: images.detach().cpu().contiguous().numpy()})[0]
+        return np.asarray(feats, np.float32)
+
+    def cached_agreement(self) -> float:
+        """Lowest per-tile cosine between this graph and the PyTorch features stored at export."""
+        with np.load(_probe_path(self.path)) as z:
+            ref = z["features"]
+        return min_cosine(ref, self(probe_tiles(self.size, len(ref))))
+
+
+def min_cosine(ref: np.ndarray, got: np.ndarray) -> float:
+    """Lowest per-row cosine similarity of two ``[B, D]`` arrays (rows that are both ~0 count as equal)."""
+    num = (ref * got).sum(1)
+    den = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
+    cos = np.where(den > 0, num / np.maximum(den, 1e-30), np.where(np.abs(ref - got).max(1) < 1e-6, 1.0, 0.0))
+    return float(cos.min())
+
+
+def agreement(enc: Encoder, runner: Runner, n: int = 16) -> float:
+    """Lowest per-tile cosine between ``runner`` and PyTorch fp32 on ``n`` fixed random uint8 tiles."""
+    imgs = probe_tiles(enc.input_size, n, seed=1)
+    dev = next(iter(enc.buffers())).device
+    with torch.inference_mode():
+        ref = enc(enc.transform(imgs.to(dev))).float().cpu().numpy()
+    return min_cosine(ref, runner(imgs))
+
+
+def build_runner(
+    enc: Encoder, runtime: str, device: str, precision: str = "fp32", threads: int | None = None
+) -> tuple[Runner, str, float]:
+    """``(runner, runtime actually used, export seconds)`` for ``enc``; ``runtime`` is resolved first.
+
+    ONNX Runtime falls back to PyTorch (with a warning) when the export fails or the graph's features
+    disagree with PyTorch's.
+    """
+    chosen = resolve_runtime(runtime, enc, device, precision)
+    if chosen == "onnx":
+        try:
+            runner = OnnxRunner(enc, threads=threads, precision=precision)
+            cos = runner.cached_agreement()
+            if cos < MIN_COSINE:
+                raise RuntimeError(f"its features differ from PyTorch's (cosine {cos:.6f} < {MIN_COSINE})")
+            return runner, "onnx", runner.export_seconds
+        except Exception as e:  # noqa: BLE001 - any exporter / runtime failure: PyTorch still works
+            if runtime == "onnx":
+                raise InputError(
+                    f"encoder {enc.name!r}: ONNX Runtime cannot run it ({type(e).__name__}: {str(e)[:160]}); "
+                    f"use --runtime torch"
+                ) from e
+            log.warning("encoder %s: ONNX Runtime unavailable (%s: %s); using PyTorch", enc.name,
+                        type(e).__name__, str(e)[:160])
+    return torch_runner(enc, device, precision), "torch", 0.0
