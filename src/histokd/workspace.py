@@ -30,14 +30,24 @@ if TYPE_CHECKING:
     import pandas as pd
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
+# ids become file names (``<id>.h5`` and its temporary ``.<id>.h5.<random>.tmp``); most file systems cap a
+# name at 255 bytes, so 200 leaves room for the longest suffix histokd adds
+MAX_ID_LENGTH = 200
 
 
 def check_id(value: str, what: str = "slide_id") -> str:
-    """Refuse identifiers that could escape the workspace (path separators, ``..``, empty)."""
+    """Refuse identifiers that could escape the workspace (path separators, ``..``, empty) or that are too
+    long to be a file name (more than :data:`MAX_ID_LENGTH` characters)."""
+    fix = "rename it in the cohort CSV" if what == "slide_id" else f"choose another {what}"
+    if isinstance(value, str) and len(value) > MAX_ID_LENGTH:
+        raise InputError(
+            f"{what} {value[:40]!r}... is {len(value)} characters long, too long for a file name (at most "
+            f"{MAX_ID_LENGTH}); {fix}"
+        )
     if not isinstance(value, str) or not value or not _SAFE_ID.match(value) or ".." in value:
         raise InputError(
             f"{what} {value!r}: only letters, digits, '.', '_' and '-' are allowed (no path separators or "
-            f"'..'); rename it in the cohort CSV"
+            f"'..'); {fix}"
         )
     return value
 

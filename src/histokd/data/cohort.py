@@ -34,7 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from histokd.errors import HistokdError, InputError
-from histokd.workspace import Workspace, check_id, restore_cell, write_frame_csv
+from histokd.workspace import MAX_ID_LENGTH, Workspace, check_id, restore_cell, write_frame_csv
 
 REQUIRED = ("slide_id", "path", "label")
 OPTIONAL = ("split", "patch_id", "patient_id", "mask_path", "paired_path", "paired_affine", "tissue_mask_path")
@@ -206,6 +206,8 @@ def read_cohort(path: str | os.PathLike[str], drop_invalid: bool = False, label_
     # records, not iterrows(): pandas 3's iterrows turns None into NaN
     for i, row in zip(df.index, df.to_dict("records")):
         key = row["slide_id"] if row["slide_id"] else f"row {i + 2}"
+        if len(key) > MAX_ID_LENGTH:  # the failure list shows the start of an over-long id
+            key = f"{key[:40]}... (line {i + 2})"
         try:
             _check_row(row, path, i)
         except HistokdError as e:
