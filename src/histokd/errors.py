@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def one_line(text: object, limit: int = 120) -> str:
+    """``text`` on one line (whitespace runs, newlines included, become one space), cut to ``limit`` characters:
+    for quoting a library's message inside a one-line error."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 class HistokdError(Exception):
     """Base class for every error histokd raises on purpose.
 

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import typer
 from typer.exceptions import TyperException
 
-from histokd.errors import HistokdError
+from histokd.errors import HistokdError, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("histokd")
@@ -86,9 +86,7 @@ def _unexpected(e: Exception, command: str, params: dict[str, Any], verbose: boo
     log_path = _append_workspace_log(params.get("workspace"), command, params, tb)
     if verbose:
         typer.echo(tb.rstrip(), err=True)
-    message = " ".join(str(e).split()) or "(no message)"
-    if len(message) > _MAX_MESSAGE:
-        message = message[: _MAX_MESSAGE - 3] + "..."
+    message = one_line(e, _MAX_MESSAGE) or "(no message)"
     where = f" (traceback in {log_path})" if log_path is not None else ""
     hint = "the traceback is above" if verbose else "rerun with -v for the traceback"
     typer.echo(f"error: {type(e).__name__}: {message}; {hint}{where}", err=True)

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from histokd.config import BaseConfig, read_yaml, write_yaml
-from histokd.errors import ModelError
+from histokd.errors import ModelError, one_line
 from histokd.registry import Registry
 from histokd.workspace import write_json
 
@@ -96,6 +96,33 @@ def read_model_meta(directory: str | Path) -> dict[str, Any]:
     if "classes" not in meta and cpath.exists():
         meta["classes"] = json.loads(cpath.read_text())
     return meta
+
+
+def load_model_state(directory: str | Path, retrain: str = "`histokd train ... --overwrite`") -> dict[str, Any]:
+    """``directory/model.pt`` loaded with ``torch.load(weights_only=True)``: a dict of tensors / state dicts.
+
+    A missing, damaged or tampered file (not a torch archive, a pickle that is more than weights, a
+    truncated archive) raises a one-line :class:`ModelError` naming the file and the fix (retrain with
+    ``retrain``) instead of torch's ``UnpicklingError`` / ``RuntimeError``. Nothing in the file is run.
+    """
+    import torch
+
+    path = Path(directory) / "model.pt"
+    if not path.is_file():
+        raise ModelError(f"{path}: model file missing; retrain with {retrain}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
+        first = one_line((str(e).strip().splitlines() or [""])[0])
+        raise ModelError(
+            f"{path}: not a valid histokd model file ({type(e).__name__}: {first}); it was damaged or changed "
+            f"after `histokd train` wrote it: retrain with {retrain}, or restore the file from a backup"
+        ) from None
+    if not isinstance(state, dict):
+        raise ModelError(
+            f"{path}: holds a {type(state).__name__}, not the state dicts `histokd train` writes; retrain with {retrain}"
+        )
+    return state
 
 
 def load_labeler(directory: str | Path) -> Labeler:

@@ -44,9 +44,17 @@ import torch
 from pydantic import Field
 
 from histokd.config import BaseConfig, read_yaml, validate_config, write_yaml
-from histokd.errors import HistokdError, InputError, ModelError
+from histokd.errors import HistokdError, InputError, ModelError, one_line
 from histokd.evaluate.pixel import detect_lesions, froc, summarise_slides
-from histokd.methods.base import Labeler, Method, Prediction, read_model_meta, register_method, write_model_meta
+from histokd.methods.base import (
+    Labeler,
+    Method,
+    Prediction,
+    load_model_state,
+    read_model_meta,
+    register_method,
+    write_model_meta,
+)
 from histokd.methods.ifkd_core import LoopSettings, calibrate, run_ifkd
 from histokd.models.segnet import build_segnet
 from histokd.progress import progress
@@ -300,13 +308,11 @@ class IFKDLabeler(Labeler):
         meta = read_model_meta(directory)
         validate_config(IFKDConfig, meta.get("config"), str(directory / "config.yaml"))
         net = build_segnet(meta["net"], meta["widths"], meta.get("side_weights"))
+        state = load_model_state(directory, retrain="`histokd train --method ifkd ... --overwrite`")
         try:
-            state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
             net.load_state_dict(state["net"])
-        except FileNotFoundError:
-            raise ModelError(f"{directory}: model.pt missing; retrain with `histokd train --method ifkd`") from None
-        except (RuntimeError, KeyError) as e:
-            raise ModelError(f"{directory}/model.pt does not match config.yaml ({str(e)[:120]}); retrain") from None
+        except (RuntimeError, KeyError, TypeError, AttributeError) as e:
+            raise ModelError(f"{directory}/model.pt does not match config.yaml ({one_line(e)}); retrain") from None
         pm = directory / "pixel_metrics.json"
         if pm.exists():
             meta["pixel_metrics"] = json.loads(pm.read_text())

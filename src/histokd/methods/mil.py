@@ -24,8 +24,16 @@ from pydantic import create_model
 from histokd.config import BaseConfig, validate_config
 from histokd.data.bags import BagDataset, positive_class
 from histokd.engine import TrainerConfig, fit_mil, predict_bag
-from histokd.errors import ModelError
-from histokd.methods.base import Labeler, Method, Prediction, read_model_meta, register_method, write_model_meta
+from histokd.errors import ModelError, one_line
+from histokd.methods.base import (
+    Labeler,
+    Method,
+    Prediction,
+    load_model_state,
+    read_model_meta,
+    register_method,
+    write_model_meta,
+)
 from histokd.models import MODELS, MILModel, build_model
 
 
@@ -93,13 +101,11 @@ class MILLabeler(Labeler):
         cfg = validate_config(mcls.config_cls, meta.get("config"), source=str(directory / "config.yaml"))
         classes = list(meta["classes"])
         model = build_model(meta.get("model", mcls.model_name), int(meta["in_dim"]), len(classes), cfg.model)
+        state = load_model_state(directory)
         try:
-            state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
             model.load_state_dict(state["model"])
-        except FileNotFoundError:
-            raise ModelError(f"{directory}: model.pt missing; retrain with `histokd train`") from None
-        except (RuntimeError, KeyError) as e:
-            raise ModelError(f"{directory}/model.pt does not match config.yaml ({str(e)[:120]}); retrain") from None
+        except (RuntimeError, KeyError, TypeError, AttributeError) as e:
+            raise ModelError(f"{directory}/model.pt does not match config.yaml ({one_line(e)}); retrain") from None
         mean = state["mean"].numpy() if "mean" in state else None
         std = state["std"].numpy() if "std" in state else None
         return cls(model.eval(), meta.get("model", mcls.model_name), classes, meta["method"], cfg, mean, std)

@@ -70,8 +70,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from histokd.config import BaseConfig, read_yaml, validate_config
-from histokd.errors import InputError, ModelError
-from histokd.methods.base import Labeler, Method, Prediction, read_model_meta, register_method, write_model_meta
+from histokd.errors import InputError, ModelError, one_line
+from histokd.methods.base import (
+    Labeler,
+    Method,
+    Prediction,
+    load_model_state,
+    read_model_meta,
+    register_method,
+    write_model_meta,
+)
 from histokd.models.base import MILModel, build_model
 from histokd.models.student import InstanceHead, ProjectionEncoder
 from histokd.workspace import atomic_path
@@ -473,15 +481,13 @@ class InstanceLabeler(Labeler):
         meta = dict(info.get("labeler") or {})
         meta.update(classes=list(info["classes"]), config=info.get("config", {}))
         path = directory / "model.pt"
-        if not path.exists():
-            raise ModelError(f"{path}: no model file; retrain with `histokd train`")
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = load_model_state(directory)
         modules = build_modules(meta)
         try:
             for k, m in modules.items():
                 m.load_state_dict({n[len(k) + 1 :]: v for n, v in blob.items() if n.startswith(k + ".")})
-        except RuntimeError as e:
-            raise ModelError(f"{path} does not match config.yaml ({str(e)[:120]}); retrain") from None
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise ModelError(f"{path} does not match config.yaml ({one_line(e)}); retrain") from None
         return cls.class_for(meta)(modules, meta, blob.get("feature_mean"), blob.get("feature_std"))
 
     @classmethod
