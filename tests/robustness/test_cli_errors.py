@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from badinput import cli
 from typer.testing import CliRunner
 
 from histokd.cli import app

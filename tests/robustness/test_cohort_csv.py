@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import TILE_ARGS, cli
+from badinput import TILE_ARGS, cli
 
 from histokd.data.cohort import read_cohort
 from histokd.errors import InputError

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import TILE_ARGS, cli, cohort_rows, write_cohort
+from badinput import TILE_ARGS, cli, cohort_rows, write_cohort
 
 from histokd.workspace import read_csv, restore_cell, spreadsheet_safe, write_csv, write_frame_csv
 

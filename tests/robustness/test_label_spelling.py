@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TILE_ARGS, cli, write_cohort
+from badinput import TILE_ARGS, cli, write_cohort
 
 import histokd
 from histokd.data.cohort import read_cohort

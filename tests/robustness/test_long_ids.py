@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import TILE_ARGS, cli, write_cohort
+from badinput import TILE_ARGS, cli, write_cohort
 
 from histokd.errors import InputError
 from histokd.workspace import MAX_ID_LENGTH, check_id

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TILE_ARGS, cli, cohort_rows, write_cohort
+from badinput import TILE_ARGS, cli, cohort_rows, write_cohort
 
 from histokd.errors import ModelError
 from histokd.methods.base import load_model_state
