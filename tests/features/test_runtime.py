@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from histokd.cli import app
 from histokd.errors import InputError
 from histokd.features.encoders import build_encoder
-from histokd.features.extract import TileBatches, embed, make_jobs
+from histokd import embed
+from histokd.features.extract import TileBatches, make_jobs
 from histokd.features.mfl_encoder import MFLEncoder
 from histokd.features.runtime import (
     OnnxRunner,
@@ -166,3 +167,25 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_dir() == tmp_path / "xdg" / "histokd"
     assert os.fspath(cache_dir()).endswith("histokd") and isinstance(cache_dir(), Path)
+
+
+def test_int8_is_an_onnx_precision(tmp_path, workspace):
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU6(),
+        torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.ReLU6(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+    ).eval()
+    ts = tmp_path / "enc.pt"
+    torch.jit.save(torch.jit.script(net), str(ts), _extra_files={"histokd.json": json.dumps({"input_size": 32})})
+    enc = build_encoder(f"torchscript:{ts}")
+    runner, used, export_s = build_runner(enc, "auto", "cpu", "int8")
+    assert used == "onnx" and runner.precision == "int8" and export_s > 0
+    assert graph_key(enc, "int8") in runner.path.name
+    assert agreement(enc, runner) >= 0.95  # quantised: close to PyTorch fp32, not equal
+    with pytest.raises(InputError, match="int8 runs through ONNX Runtime"):
+        build_runner(enc, "torch", "cpu", "int8")
+    with pytest.raises(InputError, match="does not export to ONNX"):
+        build_runner(build_encoder("handcrafted"), "auto", "cpu", "int8")
+    res = embed(workspace, f"torchscript:{ts}", workers=0, slides=["s2"], precision="int8")
+    ff = read_features(workspace.features_h5(f"torchscript:{ts}", "s2"))
+    assert res.runtime == "onnx" and ff.attrs["precision"] == "int8" and np.isfinite(ff.features).all()
