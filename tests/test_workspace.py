@@ -1,9 +1,22 @@
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from histokd.errors import InputError
-from histokd.workspace import Workspace, atomic_path, check_id, clean_stale_temps, encoder_dirname, write_json
+from histokd.workspace import (
+    Workspace,
+    WorkspaceBusy,
+    atomic_path,
+    check_id,
+    clean_stale_temps,
+    encoder_dirname,
+    write_json,
+    writer_lock,
+)
 
 
 @pytest.mark.parametrize("bad", ["", "../x", "a/b", "a\\b", "..", ".hidden", "a..b", "<script>"])
@@ -36,28 +49,65 @@ def test_atomic_path_replaces_on_success(tmp_path: Path):
     assert [p.name for p in target.parent.iterdir()] == ["out.json"]
 
 
-def test_clean_stale_temps(tmp_path: Path):
-    (tmp_path / ".x.h5.abc.tmp").write_text("stale")
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_clean_stale_temps_removes_only_dead_histokd_temps(tmp_path: Path):
+    (tmp_path / f".x.h5.histokd-{_dead_pid()}-abc.tmp").write_text("stale: its run is gone")
+    (tmp_path / f".y.h5.histokd-{os.getpid()}-abc.tmp").write_text("a live run's")
+    (tmp_path / ".mine.tmp").write_text("the user's own hidden temp file")
+    (tmp_path / ".z.h5.abc.tmp").write_text("not a histokd name")
     (tmp_path / "keep.h5").write_text("ok")
     assert clean_stale_temps(tmp_path) == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["keep.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f".y.h5.histokd-{os.getpid()}-abc.tmp", ".mine.tmp", ".z.h5.abc.tmp", "keep.h5"])
 
 
-def test_workspace_paths(tmp_path: Path):
-    ws = Workspace(tmp_path)
-    assert ws.tiles_h5("s1") == tmp_path / "tiles" / "s1.h5"
-    assert ws.features_h5("timm:vit_small", "s1").parent.name == "timm_vit_small"
-    assert encoder_dirname("mfl:/a/b/c") == "mfl_a_b_c"
-    with pytest.raises(InputError):
-        ws.model_dir("../escape")
+def test_atomic_temp_names_carry_the_tag_and_pid(tmp_path: Path):
+    with atomic_path(tmp_path / "a.h5") as tmp:
+        assert tmp.name.startswith(f".a.h5.histokd-{os.getpid()}-") and tmp.name.endswith(".tmp")
+        tmp.write_text("x")
 
 
-def test_atomic_files_follow_umask(tmp_path: Path):
-    import os
+_HOLDER = """
+import sys, time
+from histokd.workspace import writer_lock
+with writer_lock(sys.argv[1], command="histokd embed -w RUN"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
 
-    old = os.umask(0o022)
+
+def test_writer_lock_refuses_a_second_writer_and_survives_kill_9(tmp_path: Path):
+    folder = tmp_path / "features" / "enc"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder)], stdout=subprocess.PIPE, text=True)
     try:
-        p = write_json(tmp_path / "a.json", {})
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(WorkspaceBusy, match=rf"being written by pid {holder.pid} on .*histokd embed -w RUN.*--wait"):
+            with writer_lock(folder):
+                pass
+        with writer_lock(tmp_path / "features" / "other"):  # another folder: no conflict
+            pass
     finally:
-        os.umask(old)
-    assert (p.stat().st_mode & 0o777) == 0o644
+        holder.kill()  # SIGKILL: no clean-up ran
+        holder.wait()
+    with writer_lock(folder, command="second"):  # the system released the dead holder's lock
+        assert json.loads((folder / ".histokd.lock.json").read_text())["command"] == "second"
+    assert not (folder / ".histokd.lock.json").exists()
+
+
+def test_writer_lock_wait_blocks_until_free(tmp_path: Path):
+    import time
+
+    folder = tmp_path / "models" / "m"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER.replace("time.sleep(60)", "time.sleep(1.5)"), str(folder)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    t0 = time.monotonic()
+    with writer_lock(folder, wait=True):
+        waited = time.monotonic() - t0
+    holder.wait()
+    assert waited > 0.5  # it waited for the holder's 1.5 s instead of being refused

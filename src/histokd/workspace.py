@@ -57,7 +57,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{TEMP_TAG}{os.getpid()}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -172,16 +172,84 @@ def read_csv(path: str | os.PathLike[str], **kwargs: Any) -> pd.DataFrame:
     return df
 
 
+#: every temporary file histokd writes is ``.<name>.histokd-<pid>-<random>.tmp``: a name no one else makes
+TEMP_TAG = "histokd-"
+_TEMP_NAME = re.compile(r"^\..+\." + re.escape(TEMP_TAG) + r"(\d+)-[^/]*\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 def clean_stale_temps(folder: str | os.PathLike[str]) -> int:
-    """Delete temporary files left by a killed run (``.<name>.*.tmp``). Returns how many."""
+    """Delete temporary files that a killed histokd run left in ``folder``: only histokd's own names
+    (:data:`TEMP_TAG`), and only those whose process is gone, so a concurrent run's temp files and the
+    user's own ``.*.tmp`` files are never touched. Returns how many were removed."""
     n = 0
     folder = Path(folder)
     if folder.is_dir():
-        for p in folder.glob(".*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
+        for p in folder.glob(f".*.{TEMP_TAG}*.tmp"):
+            m = _TEMP_NAME.match(p.name)
+            if m is None or _pid_alive(int(m.group(1))):
+                continue
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                 p.unlink()
                 n += 1
     return n
+
+
+class WorkspaceBusy(InputError):
+    """Another histokd process is writing the same artefact folder."""
+
+
+@contextlib.contextmanager
+def writer_lock(folder: str | os.PathLike[str], command: str = "", wait: bool = False) -> Iterator[None]:
+    """Hold the one-writer lock of an artefact folder (``tiles/``, ``features/<enc>/``, ``models/<id>/``, ...)
+    while the block runs.
+
+    An advisory lock (``filelock``, ``fcntl.flock`` on POSIX) on ``<folder>/.histokd.lock``: the operating
+    system releases it when its process dies, so a killed run never leaves a stale lock. A second writer
+    is refused with one line naming the holder (pid, host, command, start time, from
+    ``.histokd.lock.json``), or with ``wait`` blocks until the holder is done. Different folders (two
+    models, two encoders) are written concurrently.
+    """
+    import datetime
+    import socket
+
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / ".histokd.lock"), timeout=-1 if wait else 0)
+    info_path = folder / ".histokd.lock.json"
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = "another histokd process"
+        with contextlib.suppress(Exception):
+            h = json.loads(info_path.read_text(encoding="utf-8"))
+            holder = f"pid {h['pid']} on {h['host']} ({h['command']}, since {h['started']})"
+        raise WorkspaceBusy(
+            f"{folder}: being written by {holder}; wait for it to finish or rerun with --wait "
+            f"(a lock held by a dead process is released by the system)"
+        ) from None
+    try:
+        with contextlib.suppress(OSError):
+            write_json(info_path, {"pid": os.getpid(), "host": socket.gethostname(), "command": command or "histokd",
+                                   "started": datetime.datetime.now().isoformat(timespec="seconds")})
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            info_path.unlink()
+        lock.release()
 
 
 class Workspace:
