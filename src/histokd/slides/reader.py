@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from histokd.errors import SlideError
+from histokd.errors import SlideError, one_line
+from histokd.slides.integrity import is_tiff, quiet_tifffile, tiff_damage
 
 log = logging.getLogger("histokd")
 
@@ -38,6 +39,9 @@ _MPP_RANGE = (0.01, 200.0)
 _LEVEL_TOLERANCE = 0.02
 # output chunk (px) for whole-slide reads, to bound memory on large slides
 _CHUNK = 2048
+# side (px) of each probe read of the open-time tile check, and the fractions of a level it samples
+_PROBE = 32
+_SPREAD = (0.0, 0.5, 1.0)
 
 _TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".ndpi", ".scn", ".bif", ".qptiff"}
 
@@ -382,11 +386,8 @@ def _tiff_samples_per_pixel(path: Path) -> int | None:
     """Samples per pixel of the first TIFF page, or None when not a TIFF (cheap: reads the header)."""
     import tifffile
 
-    tlog = logging.getLogger("tifffile")
-    level = tlog.level
-    tlog.setLevel(logging.CRITICAL)  # a corrupt file is reported by us, once, as a SlideError
     try:
-        with tifffile.TiffFile(str(path)) as tf:
+        with quiet_tifffile(), tifffile.TiffFile(str(path)) as tf:
             page = tf.pages.first
             spp = int(page.samplesperpixel)
             photometric = int(page.photometric)
@@ -396,8 +397,6 @@ def _tiff_samples_per_pixel(path: Path) -> int | None:
             return spp if photometric in (0, 1) else 3
     except Exception:  # noqa: BLE001 - not a TIFF or unreadable: let the backends decide
         return None
-    finally:
-        tlog.setLevel(level)
 
 
 def _check_openslide_levels(b: _OpenSlideBackend, path: Path) -> None:
@@ -433,11 +432,44 @@ def _tiffslide_level_count(path: Path) -> int:
         return 0
 
 
-def _check_last_tile(b: _Backend) -> None:
-    """Read the bottom-right corner of every level: the part a truncated copy loses first."""
+class _DamagedPixels(Exception):
+    """A backend opens the file but cannot decode some of its tiles: the file is damaged or cut short."""
+
+
+# (path, size, mtime_ns, backend) of slides whose tile spread decoded once in this process
+_TILES_CHECKED: set[tuple[str, int, int, str]] = set()
+
+
+def _probe_boxes(lw: int, lh: int, spread: bool) -> list[tuple[int, int, int, int]]:
+    """(x, y, w, h) boxes of at most ``_PROBE`` px in a level of (lw, lh): a 3 x 3 grid (corners, edges,
+    centre) with ``spread``, else the bottom-right corner only (the part a truncated copy loses first)."""
+    w, h = min(lw, _PROBE), min(lh, _PROBE)
+    fractions = _SPREAD if spread else (1.0,)
+    boxes = {(int(fx * (lw - w)), int(fy * (lh - h)), w, h) for fy in fractions for fx in fractions}
+    return sorted(boxes)
+
+
+def _check_tiles(b: _Backend, path: Path) -> None:
+    """Decode probe boxes at every level; raise :class:`_DamagedPixels` on a decoder error.
+
+    TIFFs, whose tile extents :func:`~histokd.slides.integrity.tiff_damage` has checked without
+    decoding, get the bottom-right corner only; other formats (MIRAX, DICOM, VMS, ...) a 3 x 3 spread
+    per level, once per (path, size, mtime, backend) in a process.
+    """
+    spread = not is_tiff(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, b.name)
+    if spread and key in _TILES_CHECKED:
+        return
     for lvl, (lw, lh) in enumerate(b.level_dimensions):
-        w, h = min(lw, 32), min(lh, 32)
-        b.read(lvl, lw - w, lh - h, w, h)
+        for x, y, w, h in _probe_boxes(lw, lh, spread):
+            try:
+                b.read(lvl, x, y, w, h)
+            except Exception as e:  # noqa: BLE001 - every decoder raises its own types
+                raise _DamagedPixels(f"{b.name} cannot decode level {lvl} at ({x}, {y}): "
+                                     f"{type(e).__name__}: {one_line(e, 80)}") from e
+    if spread:
+        _TILES_CHECKED.add(key)
 
 
 def _open_backend(name: str, path: Path) -> _Backend:
@@ -445,7 +477,7 @@ def _open_backend(name: str, path: Path) -> _Backend:
     try:
         if isinstance(b, _OpenSlideBackend):
             _check_openslide_levels(b, path)
-        _check_last_tile(b)
+        _check_tiles(b, path)
     except BaseException:
         b.close()
         raise
@@ -474,6 +506,9 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None, backend: 
         raise SlideError(f"{path}: not a file (a folder?); point the cohort at the slide file itself")
     if path.stat().st_size == 0:
         raise SlideError(f"{path}: the file is empty (0 bytes); {_fix_hint(path)}")
+    damage = tiff_damage(path)
+    if damage:
+        raise SlideError(_damaged_message(path, damage))
 
     if backend == "auto":
         spp = _tiff_samples_per_pixel(path)
@@ -482,6 +517,7 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None, backend: 
         order = [backend]
 
     errors: list[str] = []
+    damaged: list[str] = []
     b: _Backend | None = None
     for name in order:
         try:
@@ -492,10 +528,15 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None, backend: 
             errors.append(f"openslide: {e}")
             if backend != "auto":  # forced OpenSlide on a file it reads wrong: still usable, but say so
                 raise SlideError(f"{path}: OpenSlide reads this pyramid wrongly ({e}); use backend='tiffslide'") from e
+        except _DamagedPixels as e:
+            log.debug("%s: %s", path, e)
+            damaged.append(str(e))
         except Exception as e:  # noqa: BLE001 - each backend raises its own types
             msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
             errors.append(f"{name}: {type(e).__name__}: {msg}")
     if b is None:
+        if damaged:  # a backend opened it but could not decode its tiles
+            raise SlideError(_damaged_message(path, damaged[0]))
         raise SlideError(_open_failure_message(path, errors))
 
     native = b.mpp()
@@ -515,10 +556,14 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None, backend: 
     return Slide(path, b, native)
 
 
+def _damaged_message(path: Path, why: str) -> str:
+    return (f"{path}: slide file is corrupt or truncated: {why}; re-copy it (an interrupted copy or download "
+            f"cuts a file short) or re-export it from the scanner software, or drop it from the cohort")
+
+
 def _open_failure_message(path: Path, errors: list[str]) -> str:
-    head = path.read_bytes()[:4] if path.stat().st_size >= 4 else b""
     detail = "; ".join(errors)[:300]
-    if head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+    if is_tiff(path):
         return (f"{path}: TIFF is corrupt or truncated and no reader can open it ({detail}); "
                 f"{_fix_hint(path)}")
     return (f"{path}: unsupported or unreadable slide format ({detail}); convert it to a pyramidal TIFF "
