@@ -74,3 +74,12 @@ def test_plots_render_and_ece():
     p = rng.random(5000)
     assert expected_calibration_error((rng.random(5000) < p).astype(int), p) < 0.03
     assert expected_calibration_error(np.zeros(100), np.full(100, 0.9)) == pytest.approx(0.9)
+
+
+def test_render_heatmap_never_parses_user_text_as_mathtext():
+    thumb = np.full((60, 80, 3), 230, np.uint8)
+    coords = np.array([[0, 0], [100, 0]])
+    # invalid mathtext: matplotlib raised a ValueError when it parsed these
+    png = render_heatmap(thumb, (800, 600), coords, 100, np.array([0.1, 0.9]), title=r"slide $\frac{$ tumour $x",
+                         label=r"p($\notacommand$)")
+    assert Image.open(io.BytesIO(png)).format == "PNG"

@@ -89,6 +89,8 @@ def render_heatmap(
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
+    from histokd.outputs.plots import text_safe
+
     h, w = thumbnail.shape[:2]
     scale = (slide_dimensions[0] / w, slide_dimensions[1] / h)
     grid = tile_value_grid(coords, patch_size_level0, values, (h, w), scale)
@@ -103,7 +105,7 @@ def render_heatmap(
     ax = axes[0]
     ax.imshow(thumbnail, interpolation="bilinear")
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0.0, vmax=1.0, alpha=alpha, interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=label)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=text_safe(label))
     ax.set_title("tile predictions", fontsize=10)
     handles = []
     if gt is not None and gt.any():
@@ -128,7 +130,7 @@ def render_heatmap(
     for a in axes:
         a.set_axis_off()
     if title:
-        fig.suptitle(title, fontsize=11)
+        fig.suptitle(text_safe(title), fontsize=11)  # labels and slide ids are user text, never mathtext
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
