@@ -40,7 +40,8 @@ def main() -> None:
 
     from histokd.data.cohort import read_cohort
     from histokd.slides.reader import open_slide
-    from histokd.slides.tiling import read_tiles, tile
+    from histokd.pipeline.tile import tile
+    from histokd.slides.tiling import read_tiles
 
     work = args.out or Path(tempfile.mkdtemp(prefix="histokd_bench_"))
     cohort = args.cohort

@@ -21,7 +21,7 @@ from sklearn.model_selection import StratifiedKFold
 
 import histokd.methods  # noqa: F401  (registers methods)
 from histokd.data.benchmarks import load_benchmark
-from histokd.evaluate.bench import run_fold
+from histokd.pipeline.bench import run_fold
 from histokd.evaluate.protocols import Fold, cv_folds
 
 

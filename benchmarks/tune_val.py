@@ -23,7 +23,7 @@ import numpy as np
 
 import histokd.methods  # noqa: F401  (registers methods)
 from histokd.data.benchmarks import load_benchmark
-from histokd.evaluate.bench import run_fold
+from histokd.pipeline.bench import run_fold
 from histokd.evaluate.protocols import Fold, split_fold
 
 

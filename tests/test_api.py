@@ -9,4 +9,4 @@ def test_public_verbs_are_functions_even_after_submodule_imports():
         importlib.import_module(spec.split(":")[0])
     for verb in histokd._API:
         assert callable(getattr(histokd, verb)), verb
-    assert histokd.demo.__module__ == "histokd._demo"
+    assert histokd.demo.__module__ == "histokd.pipeline.demo"

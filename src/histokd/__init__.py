@@ -2,7 +2,9 @@
 
 The public API mirrors the CLI verbs: ``histokd.synth``, ``histokd.tile``, ``histokd.embed``,
 ``histokd.train``, ``histokd.label``, ``histokd.report``, ``histokd.bench``, ``histokd.demo``.
-They are imported lazily so that ``import histokd`` stays cheap.
+They are imported lazily so that ``import histokd`` stays cheap. The verbs live in
+:mod:`histokd.pipeline` (``synth``, ``import_features``, ``train_encoder`` and ``open_slide`` in their
+library packages); this facade is the one module outside the pipeline that may name them.
 """
 
 from __future__ import annotations
@@ -15,15 +17,15 @@ __version__ = "0.1.0"
 # verb -> "module:function"
 _API = {
     "synth": "histokd.synth.generate:synth",
-    "tile": "histokd.slides.tiling:tile",
-    "embed": "histokd.features.extract:embed",
+    "tile": "histokd.pipeline.tile:tile",
+    "embed": "histokd.pipeline.embed:embed",
     "import_features": "histokd.features.importer:import_features",
-    "train": "histokd.methods.train:train",
-    "label": "histokd.methods.label:label",
-    "report": "histokd.outputs.report:report",
-    "bench": "histokd.evaluate.bench:bench",
+    "train": "histokd.pipeline.train:train",
+    "label": "histokd.pipeline.label:label",
+    "report": "histokd.pipeline.report:report",
+    "bench": "histokd.pipeline.bench:bench",
     "train_encoder": "histokd.methods.more_from_less:train_encoder",
-    "demo": "histokd._demo:demo",
+    "demo": "histokd.pipeline.demo:demo",
     "open_slide": "histokd.slides.reader:open_slide",
 }
 

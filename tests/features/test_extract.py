@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from histokd.errors import InputError
-from histokd.features.extract import embed
+from histokd.pipeline.embed import embed
 from histokd.features.store import read_features
 
 

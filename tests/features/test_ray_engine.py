@@ -6,7 +6,7 @@ import tempfile
 import numpy as np
 import pytest
 
-from histokd.features.extract import embed
+from histokd.pipeline.embed import embed
 from histokd.features.store import read_features
 
 ray = pytest.importorskip("ray")

@@ -16,8 +16,9 @@ from histokd.cli import app
 from histokd.errors import InputError
 from histokd.features.encoders import build_encoder
 from histokd import embed
-from histokd.features.extract import TileBatches, make_jobs
+from histokd.features.extract import TileBatches
 from histokd.features.mfl_encoder import MFLEncoder
+from histokd.pipeline.embed import make_jobs
 from histokd.features.runtime import (
     OnnxRunner,
     agreement,

@@ -79,7 +79,7 @@ def test_histokd_label_writes_pixel_outputs(tiny_workspace):
     """`histokd label` on an IFKD model: predict_slide hook, mask + PNG, pixel metrics in metrics.json."""
     import h5py
 
-    from histokd.methods.label import label
+    from histokd.pipeline.label import label
     from histokd.workspace import Workspace
 
     ws = tiny_workspace

@@ -126,7 +126,7 @@ def test_end_to_end_defaults_fill_only_the_keys_left_unset() -> None:
     """Through the CLI / API path (``validate_config`` merges the method defaults in), the end-to-end
     defaults still apply to every key the user did not give, and never override one they did."""
     from histokd.config import validate_config
-    from histokd.methods.train import build_config
+    from histokd.pipeline.train import build_config
     from histokd.methods.weno import Weno, WenoConfig, e2e_config
 
     cfg = build_config(Weno, None, ["encoder=cnn", "epochs=7"])

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from histokd.evaluate.probe import linear_probe, markdown_table, probe_path
+from histokd.evaluate.probe import markdown_table
+from histokd.pipeline.probe import linear_probe, probe_path
 from histokd.features.store import write_features
 from histokd.slides.tiling import read_tiles
 from histokd.workspace import Workspace

@@ -11,7 +11,7 @@ import yaml
 
 from histokd.data.paired import load_paired_tiles, sample_locations
 from histokd.errors import InputError
-from histokd.evaluate.probe import compare_encoders
+from histokd.pipeline.probe import compare_encoders
 from histokd.features.encoders import build_encoder
 from histokd.methods.more_from_less import train_encoder
 from histokd.workspace import Workspace

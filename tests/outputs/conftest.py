@@ -144,7 +144,7 @@ def run_dir(tmp_path_factory) -> Run:
 @pytest.fixture(scope="module")
 def built_report(run_dir):
     """The report of the standard workspace, built once per module: (Run, index.html path)."""
-    from histokd.outputs.report import report
+    from histokd.pipeline.report import report
 
     index = report(run_dir.root, run_dir.model_id, top_k=3, n_boot=200)
     return run_dir, index

@@ -64,7 +64,7 @@ def test_report_loads_in_chromium_without_errors(built_report, tmp_path):
 
 def test_malicious_label_shows_as_text_in_chromium(make_workspace, tmp_path):
     _require_browser()
-    from histokd.outputs.report import report
+    from histokd.pipeline.report import report
 
     evil = "<script>alert(1)</script>"
     run = make_workspace(tmp_path / "ws", classes=["normal", evil], tumour_label=evil)

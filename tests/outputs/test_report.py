@@ -14,7 +14,8 @@ from shapely.geometry import shape
 from typer.testing import CliRunner
 
 from histokd.errors import InputError
-from histokd.outputs.report import read_prediction, render_report_html, report
+from histokd.outputs.report import read_prediction, render_report_html
+from histokd.pipeline.report import report
 
 
 

@@ -28,7 +28,7 @@ def _error_lines(output: str) -> list[str]:
 
 
 def test_unexpected_error_is_one_line_and_logged(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr("histokd.methods.train.train", _raise(ValueError("operands could not be broadcast\ntogether")))
+    monkeypatch.setattr("histokd.pipeline.train.train", _raise(ValueError("operands could not be broadcast\ntogether")))
     ws = tmp_path / "run"
     ws.mkdir()
     r = cli("train", "-w", ws, "-m", "abmil")
@@ -45,7 +45,7 @@ def test_unexpected_error_is_one_line_and_logged(tmp_path: Path, monkeypatch):
 
 
 def test_unexpected_error_without_a_workspace_writes_nothing(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr("histokd.methods.train.train", _raise(KeyError("features")))
+    monkeypatch.setattr("histokd.pipeline.train.train", _raise(KeyError("features")))
     r = cli("train", "-w", tmp_path / "not-there")
     assert r.exit_code == 1
     assert _error_lines(r.output) == ["error: KeyError: 'features'; rerun with -v for the traceback"]
@@ -54,7 +54,7 @@ def test_unexpected_error_without_a_workspace_writes_nothing(tmp_path: Path, mon
 
 @pytest.mark.parametrize("where", ["after", "before"])
 def test_verbose_shows_the_traceback(tmp_path: Path, monkeypatch, where: str):
-    monkeypatch.setattr("histokd.methods.train.train", _raise(RuntimeError("boom")))
+    monkeypatch.setattr("histokd.pipeline.train.train", _raise(RuntimeError("boom")))
     args = ["train", "-w", str(tmp_path)]
     args = [*args, "-v"] if where == "after" else ["-v", *args]
     r = CliRunner().invoke(app, args)
@@ -65,14 +65,14 @@ def test_verbose_shows_the_traceback(tmp_path: Path, monkeypatch, where: str):
 
 def test_project_errors_keep_their_line_and_exit_2(tmp_path: Path, monkeypatch):
     msg = f"{tmp_path}/cohort.csv: slide 'a': empty label; give the slide-level label"
-    monkeypatch.setattr("histokd.methods.train.train", _raise(InputError(msg)))
+    monkeypatch.setattr("histokd.pipeline.train.train", _raise(InputError(msg)))
     r = cli("train", "-w", tmp_path)
     assert r.exit_code == 2 and r.output.strip() == f"error: {msg}"
     assert not (tmp_path / "logs").exists()
 
 
 def test_interrupt_exits_130(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr("histokd.methods.train.train", _raise(KeyboardInterrupt()))
+    monkeypatch.setattr("histokd.pipeline.train.train", _raise(KeyboardInterrupt()))
     r = cli("train", "-w", tmp_path)
     assert r.exit_code == 130 and "re-run the same command to resume" in r.output
 
@@ -83,7 +83,7 @@ def test_verbose_turns_on_debug_logging_everywhere(tmp_path: Path, monkeypatch):
         log.debug("debug-marker-1234")
         return tmp_path
 
-    monkeypatch.setattr("histokd.methods.train.train", fake_train)
+    monkeypatch.setattr("histokd.pipeline.train.train", fake_train)
     assert "debug-marker-1234" not in cli("train", "-w", tmp_path).output
     assert "debug-marker-1234" in cli("train", "-w", tmp_path, "-v").output
     assert "debug-marker-1234" in cli("-v", "train", "-w", tmp_path).output

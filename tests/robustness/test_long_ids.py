@@ -40,7 +40,7 @@ def test_id_length_limit():
 
 
 def test_overlong_model_id_is_one_line(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr("histokd.methods.train.pick_features", lambda ws, features: "handcrafted")
+    monkeypatch.setattr("histokd.pipeline.train.pick_features", lambda ws, features: "handcrafted")
     r = cli("train", "-w", tmp_path, "--model-id", "m" * 250)
     assert r.exit_code == 2, r.output
     assert "model id 'mmm" in r.output and "250 characters long" in r.output and "choose another model id" in r.output

@@ -10,7 +10,8 @@ import pytest
 from histokd.data.cohort import read_cohort
 from histokd.slides.masks import load_mask, tile_fractions
 from histokd.slides.reader import open_slide
-from histokd.slides.tiling import read_tiles, tile
+from histokd.pipeline.tile import tile
+from histokd.slides.tiling import read_tiles
 
 import histokd.synth.generate as synth_mod
 

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from histokd.cli import app
 from histokd.slides.masks import load_mask, tile_fractions
 from histokd.slides.reader import open_slide
-from histokd.slides.tiling import grid_coords, read_tiles, tile
+from histokd.pipeline.tile import tile
+from histokd.slides.tiling import grid_coords, read_tiles
 from histokd.workspace import Workspace
 from slide_scene import BLUE_SIZE_UM, BLUE_UM, RED_SIZE_UM, RED_UM, in_blob
 

@@ -24,8 +24,8 @@ def register(app: typer.Typer) -> None:
                                            help="Part of each training fold held out for early stopping (0: fixed epochs)."),
     ) -> None:
         """Cross-validate METHODS on DATASET; print a table (mean ± std over folds) and write JSON."""
-        from histokd.evaluate.bench import bench as bench_fn
-        from histokd.evaluate.bench import format_table
+        from histokd.pipeline.bench import bench as bench_fn
+        from histokd.pipeline.bench import format_table
 
         res = bench_fn(dataset, method, protocol, seed=seed, overrides=list(set_ or []), val_fraction=val_fraction,
                        json_out=json_out)

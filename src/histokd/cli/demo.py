@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(2, help="Worker processes."),
     ) -> None:
         """Synthesise a cohort, tile, embed, train a distilled labeller, label every tile, write the report."""
-        from histokd._demo import demo as run_demo
+        from histokd.pipeline.demo import demo as run_demo
 
         res = run_demo(out, slides=slides, seed=seed, preset=preset, encoder=encoder, method=method, workers=workers)
         total = sum(res.timings.values())

@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(None, "--threads", help="CPU threads for the encoder, PyTorch or ONNX Runtime (default: torch's)."),
     ) -> None:
         """Extract tile features for every tiled slide -> RUN/features/<encoder>/<slide>.h5."""
-        from histokd.features.extract import embed as run
+        from histokd.pipeline.embed import embed as run
 
         res = run(
             workspace, encoder, weights=weights, batch_size=batch_size, workers=workers, device=device,

@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
     ) -> None:
         """Linear probe on tile labels (train split -> test split) -> RUN/probes/<encoder>.json."""
-        from histokd.evaluate.probe import linear_probe
+        from histokd.pipeline.probe import linear_probe
 
         r = linear_probe(workspace, features, threshold=threshold, seed=seed, C=c)
         typer.echo(
@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(0, "--workers", "-j", help="Tile-reading workers for embed."),
     ) -> None:
         """Probe (and MIL) every encoder; print the table and write RUN/probes/comparison.{json,md}."""
-        from histokd.evaluate.probe import compare_encoders as run
+        from histokd.pipeline.probe import compare_encoders as run
 
         _, table = run(workspace, encoders, mil_method=None if mil == "none" else mil, seed=seed,
                        embed_kwargs={"workers": workers})

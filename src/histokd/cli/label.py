@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
     ) -> None:
         """Write RUN/predictions/ID/<slide>.h5, bags.csv and metrics.json; print the metrics per split."""
-        from histokd.methods.label import label as label_fn
+        from histokd.pipeline.label import label as label_fn
 
         res = label_fn(workspace, model, features=features, overwrite=overwrite, n_boot=n_boot, seed=seed,
                        tumour_threshold=threshold)

@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
     ) -> None:
         """Write RUN/reports/<model>/: index.html, heatmaps/, geojson/ (QuPath), tiles.csv, plots/."""
-        from histokd.outputs.report import report as run_report
+        from histokd.pipeline.report import report as run_report
 
         index = run_report(workspace, model, slides=slides or None, top_k=top_k, threshold=threshold,
                            thumbnail_size=thumbnail_size, n_boot=n_boot)

@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
             help='Rename labels as the cohort is read, FROM=TO pairs: "tumor=tumour,Tumour=tumour" (repeatable).'),
     ) -> None:
         """Detect tissue and write a tile grid per slide (RUN/tiles/<slide>.h5 + QC PNG). Resumable."""
-        from histokd.slides.tiling import tile as tile_api
+        from histokd.pipeline.tile import tile as tile_api
 
         res = tile_api(cohort, workspace, mpp=mpp, size=size, overlap=overlap, min_tissue=min_tissue,
                        workers=workers, overwrite=overwrite, slide_mpp=slide_mpp,

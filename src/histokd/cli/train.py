@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train METHOD on RUN/features/ENC -> RUN/models/ID/ (model.pt, config.yaml, metrics.json, train.log)."""
         import histokd.methods as M
-        from histokd.methods.train import train as train_fn
+        from histokd.pipeline.train import train as train_fn
 
         if list_methods:
             typer.echo("\n".join(M.METHODS.names()))

@@ -1,69 +1,19 @@
-"""``histokd bench``: compare registered methods on a bag dataset under a CV or split protocol.
+"""Summaries and tables of ``histokd bench`` results: per-method mean, std and 95% CI over folds.
 
-For every fold: features are standardised with the *training* fold's statistics only; the method is fit
-on the training part (and the validation part carved out of it, when ``val_fraction`` > 0); the test fold
-is predicted with every instance. Per fold we record bag AUC / accuracy / balanced accuracy / F1 and,
-where instance labels exist, instance AUC / AP pooled over the fold's test tiles, separately from the
-Prediction's ``instance_probs`` (student / instance classifier) and ``instance_scores`` (teacher evidence,
-e.g. attention). Summary per method: mean, std and a Student-t 95% CI over the K·R folds (folds of repeated
-CV share data, so this CI is optimistic), and fit time. Any registered method plugs in by name.
+The verb that fits the methods fold by fold (``histokd bench`` / ``histokd.bench(...)``) is
+:func:`histokd.pipeline.bench.bench`; a fold record holds bag AUC / accuracy / balanced accuracy / F1 and,
+where instance labels exist, instance AUC / AP. :func:`summarise` gives per method the mean, std and a
+Student-t 95% CI over the K·R folds (folds of repeated CV share data, so this CI is optimistic), and fit time.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from histokd.config import deep_merge, parse_overrides, validate_config
-from histokd.data.bags import BagDataset
 from histokd.evaluate.bootstrap import mean_ci
-from histokd.evaluate.metrics import BAG_METRICS, bag_metrics, instance_metrics
-from histokd.evaluate.protocols import Fold, cv_folds, parse_protocol, split_fold
-from histokd.progress import progress
-from histokd.workspace import write_json
-
-log = logging.getLogger("histokd")
-
-
-def run_fold(method: str, ds: BagDataset, fold: Fold, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Fit ``method`` on one fold and score its test part -> per-fold record."""
-    from histokd.methods.base import METHODS
-
-    mcls = METHODS.get(method)
-    tr = ds.subset(fold.train)
-    mean, std = tr.feature_stats()
-    norm = lambda f: (f - mean) / np.maximum(std, 1e-6)  # noqa: E731  (training-fold statistics only)
-    tr = tr.map_features(norm)
-    va = ds.subset(fold.val).map_features(norm) if len(fold.val) else None
-    te = ds.subset(fold.test).map_features(norm)
-    data = dict(overrides)
-    if "standardize" in mcls.config_cls.model_fields:
-        data = deep_merge({"standardize": False}, data)  # already standardised above
-    cfg = validate_config(mcls.config_cls, data, source=f"bench config of {method!r}")
-    t0 = time.perf_counter()
-    labeler = mcls(seed=seed).fit(tr, va, cfg)
-    fit_s = time.perf_counter() - t0
-    preds = [labeler.predict(te[i].features.numpy()) for i in range(len(te))]
-    rec: dict[str, Any] = {"repeat": fold.repeat, "fold": fold.fold, "fit_seconds": fit_s, "n_test": len(te)}
-    rec.update(bag_metrics(te.labels, np.stack([p.bag_probs for p in preds]), te.positive_index))
-    if hasattr(labeler, "teacher_bag_probs"):  # distilled students: also score their teacher's own bag output
-        t_probs = np.stack([labeler.teacher_bag_probs(te[i].features.numpy()) for i in range(len(te))])
-        rec["bag_teacher"] = bag_metrics(te.labels, t_probs, te.positive_index)
-    labs = [te[i].instance_labels for i in range(len(te))]
-    if all(lab is not None for lab in labs) and labs:
-        y = np.concatenate(labs)
-        pos = te.positive_index
-        rec["instance_from_probs"] = instance_metrics(y, np.concatenate([p.instance_probs[:, pos] for p in preds]))
-        if all(p.instance_scores is not None for p in preds):
-            rec["instance_from_scores"] = instance_metrics(y, np.concatenate([p.instance_scores for p in preds]))
-        if hasattr(labeler, "teacher_singleton_probs"):  # Distill-to-Label: the teacher on bags of one
-            single = [labeler.teacher_singleton_probs(te[i].features.numpy())[:, pos] for i in range(len(te))]
-            rec["instance_from_teacher_singleton"] = instance_metrics(y, np.concatenate(single))
-    return rec
+from histokd.evaluate.metrics import BAG_METRICS
 
 
 def summarise(folds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -75,53 +25,6 @@ def summarise(folds: list[dict[str, Any]]) -> dict[str, Any]:
         if all(src in f for f in folds) and folds:
             out[src] = {m: mean_ci(np.array([f[src][m] for f in folds])) for m in ("auc", "ap")}
     return out
-
-
-def bench(
-    dataset: str | BagDataset,
-    methods: list[str] | str,
-    protocol: str = "cv:10x5",
-    seed: int = 0,
-    overrides: dict[str, Any] | list[str] | None = None,
-    method_overrides: dict[str, dict[str, Any]] | None = None,
-    val_fraction: float = 0.0,
-    json_out: str | Path | None = None,
-) -> dict[str, Any]:
-    """Run ``methods`` on ``dataset`` under ``protocol``; returns (and writes to ``json_out``) the results.
-
-    ``overrides`` apply to every method's config (``["train.max_epochs=40"]`` or a nested dict);
-    ``method_overrides[name]`` to one method only.
-    """
-    import histokd.methods  # noqa: F401  (registers methods)
-    from histokd.data.benchmarks import load_benchmark
-    from histokd.methods.base import METHODS
-
-    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
-    for n in names:
-        METHODS.get(n)  # unknown names fail before any training
-    ds = load_benchmark(dataset) if isinstance(dataset, str) else dataset
-    kind, k, r = parse_protocol(protocol)
-    if kind == "cv":
-        folds = list(cv_folds(ds.labels, k, r, seed, val_fraction, groups=None))
-    else:
-        folds = [split_fold(ds.splits)]
-    common = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
-    results: dict[str, Any] = {"dataset": dataset if isinstance(dataset, str) else "<in-memory>",
-                               "protocol": protocol, "seed": seed, "n_bags": len(ds), "classes": ds.classes,
-                               "val_fraction": val_fraction, "overrides": common, "methods": {}}
-    with progress() as bar:
-        for name in names:
-            ov = deep_merge(common, (method_overrides or {}).get(name, {}))
-            task = bar.add_task(name, total=len(folds), unit="fold")
-            recs = []
-            for f in folds:
-                recs.append(run_fold(name, ds, f, ov, seed + 1000 * f.repeat + f.fold))
-                bar.advance(task)
-            results["methods"][name] = {**summarise(recs), "folds": recs, "config": ov}
-            log.info("%s: %s", name, format_row(name, results["methods"][name]))
-    if json_out is not None:
-        write_json(json_out, results)
-    return results
 
 
 def format_row(name: str, res: dict[str, Any]) -> str:

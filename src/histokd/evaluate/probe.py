@@ -1,11 +1,14 @@
-"""Linear probe of frozen tile features on tile labels (tumour vs normal from the masks).
+"""Linear probe of frozen tile features on tile labels (tumour vs normal from the masks): the statistics.
+
+The verbs (collecting a workspace's labelled tiles, ``histokd encoder probe``, the encoder comparison) are
+in :mod:`histokd.pipeline.probe`; this module fits and scores the probe on arrays.
 
 The probe measures how linearly separable the tumour tiles are in an encoder's feature space, which is
 how More From Less encoders are compared with the H&E-only SSL control, ImageNet features and
 handcrafted features. Protocol (fixed, seeded):
 
 - tile labels: contract 6 (``RUN/features/<enc>/instance_labels/<slide>.h5``, a tile is tumour when its
-  mask fraction is above ``threshold``; written here from the cohort's masks when missing); unknown (-1)
+  mask fraction is above ``threshold``; the pipeline writes them from the cohort's masks when missing); unknown (-1)
   tiles are dropped;
 - training tiles: the slides of ``train_splits`` (default ``train``); test tiles: ``test_splits``
   (default ``test``). Slides never mix between the two;
@@ -20,21 +23,16 @@ handcrafted features. Protocol (fixed, seeded):
 - reported on the test tiles: ROC AUC and balanced accuracy (at the chosen threshold) with stratified
   tile-bootstrap 95 % CIs, accuracy, and the balanced accuracy at p = 0.5 for reference.
 
-The result is written to ``RUN/probes/<encoder dir>.json``.
+The pipeline writes the result to ``RUN/probes/<encoder dir>.json``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from histokd.errors import FeatureError, InputError
-from histokd.workspace import Workspace, encoder_dirname, write_json
 
 log = logging.getLogger("histokd")
 
@@ -65,52 +63,6 @@ class ProbeResult:
         return asdict(self)
 
 
-def probe_path(ws: Workspace, features: str) -> Path:
-    return ws.root / "probes" / f"{encoder_dirname(features)}.json"
-
-
-def collect_tile_set(
-    ws: Workspace, features: str, splits: tuple[str, ...], threshold: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Features ``[N, D]`` float32, labels ``[N]`` int8 (0/1) and slide index ``[N]`` int64 (0..slides-1)
-    of the labelled tiles of ``splits``."""
-    from histokd.data.bags import ensure_instance_labels, instance_labels_path, read_instance_labels
-    from histokd.data.cohort import load_workspace_cohort
-    from histokd.features.store import read_features
-
-    df = load_workspace_cohort(ws).df
-    if "split" not in df.columns:
-        raise InputError(f"{ws.cohort_csv}: no split column; the probe trains on train slides and tests on test "
-                         f"slides, so add a split column (train/val/test)")
-    failures = ensure_instance_labels(ws, features, threshold=threshold)
-    for sid, msg in failures.items():
-        log.warning("probe: no tile labels for %s (%s)", sid, msg)
-    xs, ys, gs, n_slides = [], [], [], 0
-    for sid in df[df["split"].isin(splits)]["slide_id"]:
-        if not ws.tiles_h5(sid).exists():
-            log.warning("probe: %s has no tile grid (tiling failed?); slide skipped", sid)
-            continue
-        fpath = ws.features_h5(features, sid)
-        lpath = instance_labels_path(ws, features, sid)
-        if not fpath.exists():
-            raise FeatureError(f"{fpath}: no features for slide {sid}; run `histokd embed -w {ws.root} "
-                               f"--encoder {features}` first")
-        if not lpath.exists():
-            continue  # a slide without a mask of the positive class: its tiles have no label
-        ff = read_features(fpath)
-        lab = read_instance_labels(lpath, len(ff))
-        keep = lab >= 0
-        if keep.any():
-            xs.append(ff.features[keep])
-            ys.append(lab[keep])
-            gs.append(np.full(int(keep.sum()), n_slides, np.int64))
-            n_slides += 1
-    if not xs:
-        raise InputError(f"{ws.cohort_csv}: no labelled tile in split(s) {', '.join(splits)}; the probe needs "
-                         f"tumour masks (mask_path) for those slides")
-    return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int8), np.concatenate(gs)
-
-
 C_GRID: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)
 """Inverse L2 strengths tried by the probe when ``C`` is not given (chosen by out-of-fold AUC)."""
 
@@ -132,7 +84,7 @@ def best_threshold(y: np.ndarray, p: np.ndarray) -> float:
     return float((t + lower.max()) / 2) if len(lower) else t
 
 
-def _fit(x: np.ndarray, y: np.ndarray, C: float, seed: int, max_iter: int):  # noqa: ANN202 - sklearn model
+def fit_logistic(x: np.ndarray, y: np.ndarray, C: float, seed: int, max_iter: int):  # noqa: ANN202 - sklearn model
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(C=C, max_iter=max_iter, class_weight="balanced", random_state=seed).fit(x, y)
@@ -153,37 +105,27 @@ def out_of_fold(
     for fit_idx, score_idx in cv.split(x, y, groups):
         if len(np.unique(y[fit_idx])) < 2:
             continue
-        oof[score_idx] = _fit(x[fit_idx], y[fit_idx], C, seed, max_iter).predict_proba(x[score_idx])[:, 1]
+        oof[score_idx] = fit_logistic(x[fit_idx], y[fit_idx], C, seed, max_iter).predict_proba(x[score_idx])[:, 1]
     return oof
 
 
-def linear_probe(
-    workspace: str | os.PathLike[str] | Workspace,
-    features: str,
-    threshold: float = 0.5,
-    seed: int = 0,
-    C: float | None = None,
-    train_splits: tuple[str, ...] = ("train",),
-    test_splits: tuple[str, ...] = ("test",),
-    max_iter: int = 2000,
+def score_probe(
+    xtr: np.ndarray, ytr: np.ndarray, gtr: np.ndarray, xte: np.ndarray, yte: np.ndarray, gte: np.ndarray, *,
+    features: str, threshold: float, seed: int = 0, C: float | None = None, max_iter: int = 2000,
     cv_folds: int = 4,
-    write: bool = True,
 ) -> ProbeResult:
-    """Fit the probe on the training tiles of ``features`` (an encoder spec) and score it on the test tiles.
+    """Fit the probe on training tiles ``xtr`` ``[N, D]`` (labels ``ytr`` 0/1, slide index ``gtr``) and score
+    it on test tiles ``xte`` / ``yte`` (slide index ``gte``); both sets need both classes.
 
     ``C=None`` chooses the inverse L2 strength from ``C_GRID`` by slide-grouped out-of-fold AUC on the
     training slides; the decision threshold is always chosen on the same out-of-fold predictions.
+    ``features`` (the encoder spec) and ``threshold`` (the tile-label mask fraction) are recorded in the result.
     """
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
-    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    xtr, ytr, gtr = collect_tile_set(ws, features, tuple(train_splits), threshold)
-    xte, yte, gte = collect_tile_set(ws, features, tuple(test_splits), threshold)
+    from histokd.evaluate.bootstrap import bootstrap_ci
+
     ntr_s, nte_s = len(np.unique(gtr)), len(np.unique(gte))
-    for name, y in (("training", ytr), ("test", yte)):
-        if len(np.unique(y)) < 2:
-            raise InputError(f"{ws.root}: the {name} tiles of {features} are all of one class; the probe needs "
-                             f"tumour and normal tiles in both the train and the test split")
     mean = xtr.mean(0)
     std = np.maximum(xtr.std(0), 1e-6)  # constant features (dead units) must not divide by 0
     ztr = (xtr - mean) / std
@@ -204,11 +146,9 @@ def linear_probe(
         C_used = 1.0
     ok = np.isfinite(oof)
     thr = best_threshold(ytr[ok], oof[ok]) if len(np.unique(ytr[ok])) == 2 else 0.5
-    clf = _fit(ztr, ytr, C_used, seed, max_iter)
+    clf = fit_logistic(ztr, ytr, C_used, seed, max_iter)
     p = clf.predict_proba((xte - mean) / std)[:, 1]
     pred = (p >= thr).astype(np.int8)
-    from histokd.evaluate.bootstrap import bootstrap_ci
-
     # tiles are resampled within each class (1000 resamples, seeded): the CI shows how few tumour tiles
     # a test split holds, not slide-to-slide variation
     _, lo, hi = bootstrap_ci(roc_auc_score, yte, p, n_boot=1000, seed=seed)
@@ -226,8 +166,6 @@ def linear_probe(
         decision_threshold=float(thr), cv_auc=float(cv_auc), seed=seed, threshold=threshold, C=float(C_used),
         train_slides=ntr_s, test_slides=nte_s,
     )
-    if write:
-        write_json(probe_path(ws, features), res.as_dict())
     log.info("probe %s: AUC %.3f, balanced acc %.3f at p >= %.3g (C %g chosen on train, out-of-fold AUC %.3f), "
              "acc %.3f (%d test tiles)", features, res.auc, res.balanced_accuracy, thr, C_used, cv_auc,
              res.accuracy, res.n_test)
@@ -246,80 +184,3 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -
     sep = "|" + "|".join("---" for _ in columns) + "|"
     body = ["| " + " | ".join(fmt(r.get(k)) for k, _ in columns) + " |" for r in rows]
     return "\n".join([head, sep, *body]) + "\n"
-
-
-# ------------------------------------------------------------------------------------------------------
-# Encoder comparison (linear probe + downstream MIL), the table of docs/mfl.md
-# ------------------------------------------------------------------------------------------------------
-COMPARE_COLUMNS = [
-    ("encoder", "encoder"),
-    ("dim", "D"),
-    ("probe_auc", "probe AUC"),
-    ("probe_auc_ci95", "probe AUC 95% CI"),
-    ("probe_bacc", "probe bal. acc"),
-    ("probe_bacc_ci95", "probe bal. acc 95% CI"),
-    ("probe_acc", "probe acc"),
-    ("bag_auc", "MIL bag AUC"),
-    ("instance_auc", "MIL instance AUC (attention)"),
-    ("instance_auc_probs", "MIL instance AUC (probs)"),
-]
-
-
-def compare_encoders(
-    workspace: str | os.PathLike[str] | Workspace,
-    encoders: list[str],
-    mil_method: str | None = "abmil",
-    seed: int = 0,
-    threshold: float = 0.5,
-    embed_kwargs: dict[str, Any] | None = None,
-) -> tuple[list[dict[str, Any]], str]:
-    """For each encoder spec: features (``histokd.embed``, resumed when present), linear probe, and with
-    ``mil_method`` a MIL teacher (``histokd.train``) and its test-split bag / instance AUC
-    (``histokd.label``). Writes ``RUN/probes/comparison.json`` and ``comparison.md``; returns (rows, table).
-    """
-    import histokd
-
-    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    rows: list[dict[str, Any]] = []
-    for spec in encoders:
-        histokd.embed(ws, spec, **(embed_kwargs or {}))
-        pr = linear_probe(ws, spec, threshold=threshold, seed=seed)
-        row: dict[str, Any] = {"encoder": spec, "dim": pr.dim, "probe_auc": pr.auc,
-                               "probe_auc_ci95": f"{pr.auc_ci95[0]:.3f}-{pr.auc_ci95[1]:.3f}",
-                               "probe_bacc": pr.balanced_accuracy,
-                               "probe_bacc_ci95": "{:.3f}-{:.3f}".format(*pr.balanced_accuracy_ci95),
-                               "probe_acc": pr.accuracy, "probe_C": pr.C, "probe_cv_auc": pr.cv_auc,
-                               "bag_auc": float("nan"), "instance_auc": float("nan"),
-                               "instance_auc_probs": float("nan")}
-        if mil_method:
-            row.update(_mil_scores(ws, spec, mil_method, seed))
-        rows.append(row)
-    table = markdown_table(rows, COMPARE_COLUMNS)
-    out = ws.root / "probes"
-    write_json(out / "comparison.json", {"rows": rows, "seed": seed, "mil_method": mil_method})
-    from histokd.workspace import write_text
-
-    write_text(out / "comparison.md", table)
-    return rows, table
-
-
-def _mil_scores(ws: Workspace, features: str, method: str, seed: int) -> dict[str, Any]:
-    """Train ``method`` on ``features`` and label: test-split bag AUC and instance AUC (attention scores,
-    and the model's instance probabilities) from ``RUN/predictions/<id>/metrics.json``."""
-    import histokd
-
-    model_dir = histokd.train(ws, features=features, method=method, seed=seed, overwrite=True)
-    res = histokd.label(ws, model=model_dir.name, overwrite=True, seed=seed)
-    test = res.metrics.get("splits", {}).get("test", {})
-
-    def val(d: Any, key: str) -> float:
-        v = d.get(key) if isinstance(d, dict) else None
-        v = v.get("value") if isinstance(v, dict) else v
-        return float(v) if isinstance(v, (int, float)) else float("nan")
-
-    return {
-        "model_id": model_dir.name,
-        "bag_auc": val(test, "auc"),
-        "instance_auc": val(test.get("instance_from_scores", {}), "auc"),
-        "instance_auc_probs": val(test.get("instance_from_probs", {}), "auc"),
-    }

@@ -1,4 +1,6 @@
-"""Tile grids at a target resolution: ``histokd tile`` / ``histokd.tile(...)`` (contract 4).
+"""Tile grids at a target resolution: the geometry, one slide's grid file, reading it back (contract 4).
+
+The verb that tiles a cohort (``histokd tile`` / ``histokd.tile(...)``) is :func:`histokd.pipeline.tile.tile`.
 
 Geometry (whatever the slide's native resolution):
 
@@ -11,39 +13,29 @@ Geometry (whatever the slide's native resolution):
   :func:`histokd.slides.masks.tile_fractions`) is ``>= min_tissue`` and > 0.
 
 Each slide gives ``RUN/tiles/<slide>.h5`` (``coords``, ``tissue``, ``tissue_mask`` + attrs) and a QC PNG;
-both are written atomically. Slides run in spawn-safe worker processes; a slide whose h5 exists with the
-same configuration is skipped (resume), unless ``overwrite``.
+both are written atomically. :func:`tiles_up_to_date` tells whether an existing h5 was made with the same
+configuration (resume).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import multiprocessing
 import os
-import time
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h5py
 import numpy as np
 
-from histokd.errors import HistokdError, InputError, SlideError
+from histokd.errors import InputError, SlideError
 from histokd.slides.masks import tile_fractions
 from histokd.slides.reader import open_slide
 from histokd.slides.tissue import TissueMask, TissueParams, detect_tissue
-from histokd.workspace import Workspace, atomic_path, clean_stale_temps
-
-if TYPE_CHECKING:
-    from histokd.data.cohort import LabelMap
-
-log = logging.getLogger("histokd")
+from histokd.workspace import atomic_path
 
 # attrs that must match for an existing tiles file to be reused
 _RESUME_KEYS = ("patch_size", "target_mpp", "overlap", "min_tissue", "slide_path", "tissue_source", "tissue_params")
-_MASK_SUFFIXES = (".png", ".geojson", ".json", ".xml")
 QC_MAX_SIDE = 1600
 
 
@@ -58,29 +50,6 @@ class TileGrid:
 
     def __len__(self) -> int:
         return int(len(self.coords))
-
-
-@dataclass
-class TilingResult:
-    """What ``tile`` did: tiles per slide tiled now, slides skipped (up to date), failures (id -> message)."""
-
-    workspace: Path
-    tiled: dict[str, int] = field(default_factory=dict)
-    skipped: dict[str, int] = field(default_factory=dict)
-    failures: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def n_tiles(self) -> int:
-        return sum(self.tiled.values()) + sum(self.skipped.values())
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    @property
-    def total(self) -> int:
-        return len(self.tiled) + len(self.skipped) + len(self.failures)
 
 
 @dataclass(frozen=True)
@@ -139,7 +108,8 @@ def tissue_tiles(tissue: TissueMask, dimensions: tuple[int, int], level0_mpp: fl
 # --------------------------------------------------------------------------------------------------
 # one slide
 # --------------------------------------------------------------------------------------------------
-def _attrs_for(cfg: TilingConfig, slide_id: str, slide_path: str, tissue_source: str) -> dict[str, Any]:
+def tiling_attrs(cfg: TilingConfig, slide_id: str, slide_path: str, tissue_source: str) -> dict[str, Any]:
+    """The h5 attrs a grid made with ``cfg`` carries (those of ``_RESUME_KEYS`` decide on resume)."""
     import histokd
 
     return {
@@ -176,7 +146,7 @@ def tile_slide(slide_id: str, slide_path: str | os.PathLike[str], out_h5: str | 
                 f"{slide_path}: {what} at {cfg.target_mpp} µm/px, {cfg.patch_size} px tiles; check the QC image "
                 f"{out_png}, lower --min-tissue, or give a tissue mask (tissue_mask_path column / --tissue-mask-dir)"
             )
-        attrs = _attrs_for(cfg, slide_id, str(slide_path), tissue.source)
+        attrs = tiling_attrs(cfg, slide_id, str(slide_path), tissue.source)
         attrs.update({
             "patch_size_level0": int(round(ps0)),
             "patch_size_level0_exact": float(ps0),
@@ -257,7 +227,7 @@ def read_tiles(path: str | os.PathLike[str], with_mask: bool = False) -> TileGri
     return TileGrid(coords=coords, tissue=tissue, attrs=attrs, tissue_mask=mask)
 
 
-def _up_to_date(path: Path, expected: dict[str, Any]) -> int | None:
+def tiles_up_to_date(path: Path, expected: dict[str, Any]) -> int | None:
     """Number of tiles if ``path`` holds a readable grid made with ``expected`` attrs, else None."""
     if not path.exists():
         return None
@@ -275,150 +245,3 @@ def _up_to_date(path: Path, expected: dict[str, Any]) -> int | None:
         elif a != b:
             return None
     return n
-
-
-# --------------------------------------------------------------------------------------------------
-# a cohort
-# --------------------------------------------------------------------------------------------------
-@dataclass
-class _Job:
-    slide_id: str
-    slide_path: str
-    out_h5: str
-    out_png: str
-    tissue_mask_path: str | None
-    cfg: dict
-
-
-def _run_job(job: _Job) -> tuple[str, int | None, str | None]:
-    """Worker entry point (top level, so spawn can pickle it): (slide_id, n_tiles or None, error)."""
-    cfg_d = dict(job.cfg)
-    cfg_d["tissue"] = TissueParams(**cfg_d["tissue"])
-    cfg = TilingConfig(**cfg_d)
-    try:
-        n = tile_slide(job.slide_id, job.slide_path, job.out_h5, job.out_png, cfg, job.tissue_mask_path)
-        return job.slide_id, n, None
-    except HistokdError as e:
-        return job.slide_id, None, str(e)
-    except Exception as e:  # noqa: BLE001 - one bad slide must not stop the cohort
-        log.debug("unexpected error on %s", job.slide_id, exc_info=True)
-        return job.slide_id, None, f"{job.slide_path}: unexpected {type(e).__name__}: {e}; report this with the file"
-
-
-def _find_user_mask(row: dict, mask_dir: Path | None, slide_id: str) -> str | None:
-    col = row.get("tissue_mask_path")
-    if col:
-        return str(col)
-    if mask_dir is not None:
-        for suf in _MASK_SUFFIXES:
-            p = mask_dir / f"{slide_id}{suf}"
-            if p.exists():
-                return str(p)
-    return None
-
-
-def tile(
-    cohort: Any,
-    workspace: Any,
-    mpp: float = 0.5,
-    size: int = 224,
-    overlap: int = 0,
-    min_tissue: float = 0.5,
-    workers: int = 2,
-    overwrite: bool = False,
-    slide_mpp: float | None = None,
-    tissue_mask_dir: str | os.PathLike[str] | None = None,
-    backend: str = "auto",
-    tissue_params: TissueParams | None = None,
-    show_progress: bool | None = None,
-    label_map: LabelMap = None,
-) -> TilingResult:
-    """Tile every slide of ``cohort`` into ``workspace/tiles/`` (see the module docstring).
-
-    Args:
-        cohort: a cohort CSV path or a :class:`~histokd.data.cohort.Cohort`.
-        workspace: a run folder path or a :class:`~histokd.workspace.Workspace`.
-        mpp: target resolution of the tiles, µm/px.
-        size: tile side in px at ``mpp``.
-        overlap: overlap between neighbouring tiles in px at ``mpp``.
-        min_tissue: minimum tissue fraction of a kept tile, in [0, 1].
-        workers: slides processed in parallel (spawned processes); 1 = in this process.
-        overwrite: re-tile slides whose tiles file is already up to date.
-        slide_mpp: level-0 µm/px for slides that have no resolution metadata.
-        tissue_mask_dir: folder of user tissue masks ``<slide_id>.png|.geojson|.json|.xml`` (a
-            ``tissue_mask_path`` cohort column takes precedence).
-        backend: slide reader, "auto" | "openslide" | "tiffslide".
-        label_map: labels renamed as the cohort is read, ``"tumor=tumour,Tumour=tumour"`` (or a list of
-            such strings, or a dict); the workspace's ``cohort.csv`` keeps the renamed labels. Labels that
-            are one class spelt differently (case, spaces, tumour/tumor) are refused without it.
-
-    Returns a :class:`TilingResult`; per-slide failures are in ``result.failures`` (no exception), the
-    cohort-level ones (bad CSV, bad options) raise :class:`InputError` before any work.
-    """
-    from histokd.data.cohort import Cohort, read_cohort
-    from histokd.progress import progress
-
-    t0 = time.perf_counter()
-    cfg = TilingConfig(target_mpp=float(mpp), patch_size=int(size), overlap=int(overlap), min_tissue=float(min_tissue),
-                       slide_mpp=slide_mpp, backend=backend, tissue=tissue_params or TissueParams())
-    cfg.validate()
-    if isinstance(cohort, Cohort):
-        co = cohort.with_label_map(label_map)
-    else:
-        co = read_cohort(cohort, drop_invalid=True, label_map=label_map)
-    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    mask_dir = Path(tissue_mask_dir) if tissue_mask_dir is not None else None
-    if mask_dir is not None and not mask_dir.is_dir():
-        raise InputError(f"{mask_dir}: tissue mask folder not found; give a folder of <slide_id>.png/.geojson masks")
-
-    ws.tiles_dir.mkdir(parents=True, exist_ok=True)
-    n_stale = clean_stale_temps(ws.tiles_dir) + clean_stale_temps(ws.root)
-    if n_stale:
-        log.info("removed %d temporary file(s) left by an interrupted run", n_stale)
-    co.write(ws.cohort_csv)
-
-    result = TilingResult(workspace=ws.root)
-    result.failures.update(co.invalid)
-    jobs: list[_Job] = []
-    cfg_d = asdict(cfg)
-    for row in co.rows():
-        sid = str(row["slide_id"])
-        user_mask = _find_user_mask(row, mask_dir, sid)
-        h5 = ws.tiles_h5(sid)
-        expected = _attrs_for(cfg, sid, str(row["path"]), user_mask if user_mask else "auto")
-        if not overwrite:
-            n = _up_to_date(h5, expected)
-            if n is not None:
-                result.skipped[sid] = n
-                continue
-        jobs.append(_Job(sid, str(row["path"]), str(h5), str(ws.tiles_png(sid)), user_mask, cfg_d))
-    if result.skipped:
-        log.info("%d slide(s) already tiled with this configuration (use --overwrite to redo)", len(result.skipped))
-
-    def record(sid: str, n: int | None, err: str | None) -> None:
-        if err is None and n is not None:
-            result.tiled[sid] = n
-        else:
-            result.failures[sid] = err or "failed"
-            log.error("%s: %s", sid, err)
-
-    with progress(disable=None if show_progress is None else not show_progress) as bar:
-        task = bar.add_task("tiling", total=len(jobs), unit="slide")
-        if workers <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                record(*_run_job(job))
-                bar.advance(task)
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-                futures: dict[Future, _Job] = {pool.submit(_run_job, j): j for j in jobs}
-                for fut in as_completed(futures):
-                    job = futures[fut]
-                    try:
-                        record(*fut.result())
-                    except Exception as e:  # noqa: BLE001 - a crashed worker (e.g. a decoder segfault)
-                        record(job.slide_id, None, f"{job.slide_path}: worker process died ({type(e).__name__}); "
-                                                   f"the file may be corrupt: re-run with --workers 1 to see")
-                    bar.advance(task)
-    result.seconds = time.perf_counter() - t0
-    return result

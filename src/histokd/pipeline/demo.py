@@ -1,4 +1,4 @@
-"""``histokd demo``: the whole pipeline on the built-in synthetic cohort, ending with the report.
+"""``histokd demo`` / ``histokd.demo(...)``: the whole pipeline on the built-in synthetic cohort, ending with the report.
 
 synth -> tile -> embed (default encoder) -> train a distillation method (WENO by default) -> label ->
 report. Each stage is resumable, so re-running the demo after an interruption picks up where it stopped.
@@ -37,7 +37,12 @@ def demo(
     ``out/cohort/`` holds the synthetic slides, ``out/run/`` the workspace (tiles, features, models,
     predictions, reports).
     """
-    import histokd
+    from histokd.pipeline.embed import embed
+    from histokd.pipeline.label import label
+    from histokd.pipeline.report import report
+    from histokd.pipeline.tile import tile
+    from histokd.pipeline.train import train
+    from histokd.synth.generate import synth
 
     out = Path(out)
     cohort_dir = out / "cohort"
@@ -54,17 +59,17 @@ def demo(
 
     cohort_csv = cohort_dir / "cohort.csv"
     if not cohort_csv.exists():
-        cohort_csv = stage("synth", histokd.synth, cohort_dir, slides=slides, seed=seed, preset=preset, workers=workers)
-    stage("tile", histokd.tile, cohort_csv, ws, mpp=0.5, size=224, workers=workers)
-    stage("embed", histokd.embed, ws, encoder=encoder, workers=workers)
+        cohort_csv = stage("synth", synth, cohort_dir, slides=slides, seed=seed, preset=preset, workers=workers)
+    stage("tile", tile, cohort_csv, ws, mpp=0.5, size=224, workers=workers)
+    stage("embed", embed, ws, encoder=encoder, workers=workers)
     model_id = f"{method}-demo"
     if _model_complete(Path(ws) / "models" / model_id):
         log.info("demo: model %s already trained; skipped", model_id)
     else:
-        stage("train", histokd.train, ws, features=encoder, method=method, seed=seed, model_id=model_id, overwrite=True)
-    stage("label", histokd.label, ws, model=model_id)
-    report = stage("report", histokd.report, ws, model_id)
-    return DemoResult(workspace=ws, model_id=model_id, report=Path(report), timings=timings)
+        stage("train", train, ws, features=encoder, method=method, seed=seed, model_id=model_id, overwrite=True)
+    stage("label", label, ws, model=model_id)
+    index = stage("report", report, ws, model_id)
+    return DemoResult(workspace=ws, model_id=model_id, report=Path(index), timings=timings)
 
 
 def _model_complete(model_dir: Path) -> bool:

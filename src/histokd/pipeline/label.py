@@ -79,7 +79,7 @@ def label(
     meta = read_model_meta(mdir)
     features = features or meta.get("features")
     if not features:
-        from histokd.methods.train import pick_features
+        from histokd.pipeline.train import pick_features
 
         features = pick_features(ws, None)
     labeler = load_labeler(mdir)

@@ -1,0 +1,271 @@
+"""``histokd report`` / ``histokd.report(...)``: heatmaps, QuPath GeoJSON, tiles.csv, plots and one
+self-contained ``index.html`` -> ``RUN/reports/<id>/``.
+
+Reads ``RUN/predictions/<id>/`` (contract 7), the workspace cohort (``RUN/cohort.csv``) and the slides;
+the pieces (prediction files, tile images, metric tables, plots, the HTML template) are
+:mod:`histokd.outputs.report`'s, the files it writes are listed there. A slide whose file or prediction is
+missing is skipped with a warning (listed in the report); the report itself is still written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from histokd import __version__
+from histokd.errors import HistokdError, InputError
+from histokd.outputs.geojson import positive_index, prediction_geojson, write_geojson
+from histokd.outputs.heatmaps import Overlay, render_heatmap, write_bytes
+from histokd.outputs.report import (
+    GT_TILE_FRACTION,
+    attr_value,
+    data_uri,
+    read_prediction,
+    render_report_html,
+    report_evaluation,
+    tile_card,
+)
+from histokd.outputs.tables import flatten_metrics, tiles_frame, write_csv
+from histokd.progress import progress
+from histokd.workspace import Workspace, read_csv, write_text
+
+log = logging.getLogger("histokd")
+
+
+def report(
+    workspace: str | os.PathLike[str] | Workspace,
+    model_id: str,
+    slides: list[str] | None = None,
+    top_k: int = 8,
+    threshold: float | None = None,
+    thumbnail_size: int = 1024,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Path:
+    """Write ``RUN/reports/<model_id>/`` and return the path of its ``index.html``.
+
+    Args:
+        workspace: the run folder (``-w RUN``).
+        model_id: the model whose predictions (``RUN/predictions/<model_id>/``) are reported.
+        slides: slide ids to draw (default: every slide with a prediction file). Bag-level metrics
+            always use every slide of ``bags.csv``.
+        top_k: how many highest- and lowest-probability tiles per slide to show.
+        threshold: positive-class probability for tumour regions and thresholded metrics (default:
+            ``threshold`` from the predictions' or model's ``metrics.json``, else 0.5).
+        thumbnail_size: longer side (px) of the slide thumbnails under the heatmaps.
+        n_boot: bootstrap resamples for the 95% CIs.
+        seed: seed of the bootstrap.
+    """
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    pred_dir = ws.predictions_dir(model_id)
+    if not pred_dir.is_dir():
+        raise InputError(f"{pred_dir}: no predictions for model {model_id!r}; run `histokd label -w {ws.root} --model {model_id}` first")
+    out = ws.reports_dir(model_id)
+    cohort = _cohort_frame(ws)
+    pred_metrics = _read_json(pred_dir / "metrics.json")
+    model_metrics = _read_json(ws.model_dir(model_id) / "metrics.json")
+    if threshold is None:
+        threshold = _find_threshold(pred_metrics, model_metrics)
+
+    slide_ids = list(slides) if slides else sorted(p.stem for p in pred_dir.glob("*.h5"))
+    sections: list[dict] = []
+    skipped: list[dict] = []
+    tile_frames: list[pd.DataFrame] = []
+    inst: dict[str, list[np.ndarray]] = {"y": [], "p": [], "g": [], "split": []}
+    classes: list[str] | None = None
+    with progress() as bar:
+        task = bar.add_task("report", total=len(slide_ids), unit="slide")
+        for sid in slide_ids:
+            try:
+                sec, df, gt = _slide(ws, model_id, sid, cohort, out, top_k, threshold, thumbnail_size)
+            except HistokdError as e:
+                log.warning("report: skipping slide %s: %s", sid, e)
+                skipped.append({"slide_id": sid, "reason": str(e)})
+            else:
+                sections.append(sec)
+                tile_frames.append(df)
+                classes = classes or sec["classes"]
+                if gt is not None:
+                    inst["y"].append(gt["y"])
+                    inst["p"].append(gt["p"])
+                    inst["g"].append(np.full(len(gt["y"]), len(inst["g"])))
+                    inst["split"].append(np.full(len(gt["y"]), sec["split"] or "all", dtype=object))
+            bar.advance(task)
+
+    if tile_frames:
+        write_csv(out / "tiles.csv", pd.concat(tile_frames, ignore_index=True))
+    bags = _bags_frame(pred_dir, sections, cohort)
+    classes = classes or _classes_from(pred_dir, bags)
+    ctx = report_evaluation(bags, inst, classes, threshold, n_boot, seed, out)
+    ctx.update(
+        model_id=model_id,
+        method=_first(sections, "method") or str(pred_metrics.get("method", "")),
+        classes=classes,
+        positive=classes[positive_index(classes)] if classes else "",
+        threshold=threshold,
+        slides=sections,
+        skipped=skipped,
+        metrics_json=[("predictions/metrics.json", flatten_metrics(pred_metrics)),
+                      ("models/metrics.json", flatten_metrics(model_metrics))],
+        n_slides=len(sections),
+        n_tiles=int(sum(len(df) for df in tile_frames)),
+        version=__version__,
+    )
+    index = out / "index.html"
+    write_text(index, render_report_html(ctx))
+    log.info("report: %d slides (%d skipped) -> %s", len(sections), len(skipped), index)
+    return index
+
+
+def _slide(
+    ws: Workspace, model_id: str, sid: str, cohort: pd.DataFrame, out: Path, top_k: int, threshold: float,
+    thumbnail_size: int,
+) -> tuple[dict, pd.DataFrame, dict | None]:
+    """Everything of one slide: heatmap, GeoJSON, tile rows, top / bottom tiles, tile ground truth."""
+    from histokd.slides.reader import open_slide
+
+    pred_path = ws.predictions_h5(model_id, sid)
+    if not pred_path.is_file():
+        raise InputError(f"{pred_path}: prediction missing; run `histokd label` for this slide")
+    if sid not in cohort.index:
+        raise InputError(f"{ws.cohort_csv}: slide {sid!r} is not in the workspace cohort; re-run `histokd tile`")
+    row = cohort.loc[sid]
+    pred = read_prediction(pred_path)
+    pos = positive_index(pred.classes)
+    tiles_attrs = _tiles_attrs(ws, sid)
+    psl0 = pred.patch_size_level0 or float(tiles_attrs.get("patch_size_level0", 0) or 0)
+    if psl0 <= 0:
+        raise InputError(f"{pred_path}: attr patch_size_level0 missing; run `histokd label` again")
+    p_pos = pred.probs[:, pos]
+
+    with open_slide(row["path"]) as slide:
+        thumb = slide.get_thumbnail(thumbnail_size)
+        dims = slide.dimensions
+        gt_overlay, gt_fraction = None, None
+        mask_path = row.get("mask_path")
+        if isinstance(mask_path, str) and mask_path:
+            from histokd.slides.masks import load_mask, tile_fractions
+
+            gmask, gds = load_mask(mask_path, dims)
+            gt_overlay = Overlay(gmask, gds)
+            gt_fraction = tile_fractions(gmask, gds, pred.coords, psl0)
+        pixel = Overlay(pred.mask > 0, pred.mask_downsample) if pred.mask is not None else None
+        png = render_heatmap(
+            thumb, dims, pred.coords, psl0, p_pos, ground_truth=gt_overlay, pixel_mask=pixel,
+            title=f"{sid}  (label: {row.get('label', '?')}, bag P({pred.classes[pos]}) = {pred.bag_probs[pos]:.3f})",
+            label=f"P({pred.classes[pos]})",
+        )
+        order = np.argsort(-p_pos, kind="stable")
+        k = min(top_k, len(order))
+        top = [tile_card(slide, pred, i, pos, psl0, tiles_attrs) for i in order[:k]]
+        bottom = [tile_card(slide, pred, i, pos, psl0, tiles_attrs) for i in order[::-1][:k]]
+
+    write_bytes(out / "heatmaps" / f"{sid}.png", png)
+    write_geojson(out / "geojson" / f"{sid}.geojson",
+                  prediction_geojson(pred.coords, psl0, pred.probs, pred.classes, threshold, slide_id=sid))
+    df = tiles_frame(sid, pred.coords, pred.probs, pred.classes, pred.scores, gt_fraction)
+    split = str(row.get("split")) if isinstance(row.get("split"), str) else ""
+    sec = {
+        "slide_id": sid,
+        "label": str(row.get("label", "")),
+        "split": split,
+        "classes": pred.classes,
+        "method": str(pred.attrs.get("method", "")),
+        "bag_prob": float(pred.bag_probs[pos]),
+        "pred": pred.classes[int(np.argmax(pred.bag_probs))],
+        "n_tiles": int(len(pred.coords)),
+        "n_regions_tiles": int((p_pos >= threshold).sum()),
+        "has_gt": gt_overlay is not None,
+        "has_mask": pixel is not None,
+        "heatmap": data_uri(png, "image/png"),
+        "top": top,
+        "bottom": bottom,
+    }
+    gt = None
+    if gt_fraction is not None:
+        gt = {"y": (gt_fraction > GT_TILE_FRACTION).astype(int), "p": p_pos.astype(np.float64)}
+    return sec, df, gt
+
+
+def _bags_frame(pred_dir: Path, sections: list[dict], cohort: pd.DataFrame) -> pd.DataFrame:
+    """``bags.csv`` with labels as class names and a ``split`` column ('all' where unknown); built from
+    the reported slides when the file is missing."""
+    path = pred_dir / "bags.csv"
+    if path.is_file():
+        try:
+            df = read_csv(path, dtype={"slide_id": str, "label": str, "pred": str, "split": str})
+        except (OSError, ValueError, pd.errors.ParserError) as e:
+            raise InputError(f"{path}: unreadable ({e}); run `histokd label` again") from None
+    else:
+        log.warning("report: %s missing; bag metrics use the reported slides only", path)
+        rows = []
+        for s in sections:
+            r = {"slide_id": s["slide_id"], "split": s["split"], "label": s["label"], "pred": s["pred"]}
+            r[f"prob_{s['classes'][positive_index(s['classes'])]}"] = s["bag_prob"]
+            rows.append(r)
+        df = pd.DataFrame(rows, columns=["slide_id", "split", "label", "pred"] if not rows else None)
+    if "split" not in df:
+        df["split"] = df["slide_id"].map(cohort["split"]) if "split" in cohort else "all"
+    df["split"] = df["split"].fillna("all").astype(str).replace({"": "all", "nan": "all"})
+    return df
+
+
+def _classes_from(pred_dir: Path, bags: pd.DataFrame) -> list[str]:
+    for p in sorted(pred_dir.glob("*.h5")):
+        try:
+            return read_prediction(p).classes
+        except HistokdError:
+            continue
+    return [c[len("prob_"):] for c in bags.columns if c.startswith("prob_")]
+
+
+def _find_threshold(*metrics: dict) -> float:
+    for m in metrics:
+        t = m.get("threshold") if isinstance(m, dict) else None
+        if isinstance(t, (int, float)) and 0 <= t <= 1:
+            return float(t)
+    return 0.5
+
+
+def _cohort_frame(ws: Workspace) -> pd.DataFrame:
+    """The workspace cohort indexed by slide_id (contract 1)."""
+    from histokd.data.cohort import load_workspace_cohort
+
+    df = load_workspace_cohort(ws).df.copy()
+    df.index = pd.Index(df["slide_id"].astype(str).tolist())
+    return df
+
+
+def _tiles_attrs(ws: Workspace, sid: str) -> dict:
+    """Attributes of ``RUN/tiles/<slide>.h5`` (patch size, mpp), or {} when the file is absent."""
+    import h5py
+
+    path = ws.tiles_h5(sid)
+    if not path.is_file():
+        return {}
+    try:
+        with h5py.File(path, "r") as f:
+            return {k: attr_value(v) for k, v in f.attrs.items()}
+    except OSError:
+        log.warning("report: %s unreadable; tile images use the prediction geometry", path)
+        return {}
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        log.warning("report: %s unreadable (%s); its metrics are left out", path, e)
+        return {}
+    return obj if isinstance(obj, dict) else {"value": obj}
+
+
+def _first(sections: list[dict], key: str) -> str:
+    return next((s[key] for s in sections if s.get(key)), "")
