@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from histokd.methods.weno import Bags
+from histokd.methods.distill.bags import Bags
 
 
 def planted_bags(n_bags: int, seed: int, d: int = 16, shift: float = 4.0) -> Bags:

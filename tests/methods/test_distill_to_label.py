@@ -67,7 +67,8 @@ def test_unknown_option_is_refused() -> None:
 
 def test_singleton_targets_anchored_on_negative_bags() -> None:
     from histokd.methods.distill_to_label import D2LConfig, _anchor_on_negatives
-    from histokd.methods.weno import Bags, soft_targets
+    from histokd.methods.distill.bags import Bags
+    from histokd.methods.distill.rules import soft_targets
 
     # teacher singleton P(tumour): negative bag tiles 0.1..0.3, positive bag tiles 0.2, 0.3, 0.6, 0.9
     neg_p, pos_p = torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.2, 0.3, 0.6, 0.9])
@@ -87,7 +88,7 @@ def test_singleton_targets_anchored_on_negative_bags() -> None:
 
 def test_fused_singleton_targets_are_geometric_mean_of_singleton_and_attention() -> None:
     from histokd.methods.distill_to_label import D2LConfig, singleton_targets
-    from histokd.methods.weno import Bags
+    from histokd.methods.distill.bags import Bags
     from histokd.models import build_model
 
     torch.manual_seed(0)

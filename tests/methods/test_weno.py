@@ -8,9 +8,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from histokd.errors import InputError
-from histokd.methods.weno import (
-    Weno,
-    WenoLabeler,
+from histokd.methods.distill.rules import (
     hard_positive_keep,
     max_bag_probs,
     minmax_pseudo_labels,
@@ -18,6 +16,7 @@ from histokd.methods.weno import (
     soft_targets,
     weighted_soft_ce,
 )
+from histokd.methods.weno import Weno, WenoLabeler
 from planted import planted_bags  # tests/methods/planted.py (rootdir import)
 
 

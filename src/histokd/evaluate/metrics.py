@@ -54,3 +54,31 @@ def instance_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]
         out["auc"] = float(roc_auc_score(lab, sc))
         out["ap"] = float(average_precision_score(lab, sc))
     return out
+
+
+def bag_auc(probs: np.ndarray, labels: np.ndarray, neg: int) -> float:
+    """Bag AUC as the distillation methods select checkpoints: ``probs`` [n, C], ``labels`` [n], ``neg`` the
+    negative class. Two classes: "not negative" scored by ``1 - P(neg)``; more: macro one-vs-rest on the
+    raw probabilities, falling back to not-negative-vs-negative when a class is absent; NaN with one class.
+    (:func:`bag_metrics` scores the positive class and is NaN when a class is absent: the reports use it.)"""
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(labels != neg, 1 - probs[:, neg]))
+    try:
+        return float(roc_auc_score(labels, probs, multi_class="ovr", labels=list(range(probs.shape[1]))))
+    except ValueError:
+        return float(roc_auc_score(labels != neg, 1 - probs[:, neg]))
+
+
+def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The threshold on ``scores`` maximising F1 against binary ``labels`` (0.5 when undefined)."""
+    if labels.size == 0 or labels.min() == labels.max():
+        return 0.5
+    order = np.argsort(-scores)
+    s, y = scores[order], labels[order].astype(np.float64)
+    tp = np.cumsum(y)
+    fp = np.cumsum(1 - y)
+    f1 = 2 * tp / (tp + fp + y.sum())
+    i = int(np.argmax(f1))
+    return float(s[i])

@@ -1,7 +1,9 @@
 """Tile feature extraction machinery: read tiles in batches, run the encoder, stream features to h5.
 
 The verb (``histokd embed`` / ``histokd.embed(...)``: jobs from a workspace, resume, progress) is
-:func:`histokd.pipeline.embed.embed`; this module is what it runs, and what the Ray actors run. Tiles are read at the grid's mpp straight from the slides (no tile images on disk) by DataLoader worker
+:func:`histokd.pipeline.embed.embed`; this module is what it runs, and what the Ray actors run.
+
+Tiles are read at the grid's mpp straight from the slides (no tile images on disk) by DataLoader worker
 processes, one *batch* per item, so that reading and JPEG decoding overlap the encoder's compute. One
 DataLoader spans every slide of the run (a batch never crosses two slides), so the workers stay busy
 across slide boundaries. Features are streamed into ``features/<encoder>/<slide>.h5`` with

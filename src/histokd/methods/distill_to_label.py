@@ -67,21 +67,16 @@ from histokd.config import BaseConfig, validate_config
 from histokd.engine import TrainerConfig, fit_mil
 from histokd.methods.base import Method, register_method
 from histokd.methods.vat import vat_loss
-from histokd.methods.weno import (
-    Bags,
-    InstanceLabeler,
-    _val_instance_threshold,
-    bag_auc,
-    build_modules,
+from histokd.evaluate.metrics import bag_auc
+from histokd.methods.distill.bags import Bags, pad_bags, prepare_bags
+from histokd.methods.distill.labeler import InstanceLabeler, build_modules, val_instance_threshold
+from histokd.methods.distill.rules import (
     minmax_pseudo_labels,
     negative_class_index,
-    pad_bags,
-    prepare_bags,
     soft_targets,
-    student_schedule,
     teacher_evidence,
-    torch_threads,
 )
+from histokd.methods.distill.training import student_schedule, torch_threads
 from histokd.models.base import MILModel
 
 log = logging.getLogger("histokd")
@@ -124,7 +119,7 @@ class D2LConfig(BaseConfig):
     patience: int = 10
     bag_score: Literal["max", "teacher"] = "max"
     negative_class: str | None = None
-    threads: int | None = 1  # torch threads while fitting (weno.torch_threads); None = torch's default
+    threads: int | None = 1  # torch threads while fitting (distill.training.torch_threads); None: torch's
 
 
 class D2LLabeler(InstanceLabeler):
@@ -202,7 +197,7 @@ class DistillToLabel(Method):
             mods["student"].load_state_dict(teacher.state_dict())
         labeler = D2LLabeler(mods, meta)
         history = _distill(labeler, tr, va, cfg, self.seed)
-        labeler.meta["instance_threshold"] = _val_instance_threshold(labeler, va)
+        labeler.meta["instance_threshold"] = val_instance_threshold(labeler, va)
         labeler.meta["history"] = history
         labeler.meta["teacher_history"] = res.history
         labeler.mean, labeler.std = mean, std
@@ -253,9 +248,9 @@ def singleton_targets(teacher: MILModel, tr: Bags, cfg: D2LConfig, neg: int) -> 
 def _anchor_on_negatives(ts: list[torch.Tensor], singles: list[torch.Tensor], tr: Bags, cfg: D2LConfig,
                          neg: int) -> list[torch.Tensor]:
     """Rescale the positive bags' singleton targets of class c with WENO's negative-anchored min-max
-    (:func:`~histokd.methods.weno.minmax_pseudo_labels`, ``norm="negative"``, no clamp margin): 0 at the
-    ``singleton_neg_quantile`` of the teacher's class-c output on the *negative* bags' tiles (its own
-    output there, whatever ``negatives`` says), 1 at the highest. A tile the teacher scores like
+    (:func:`~histokd.methods.distill.rules.minmax_pseudo_labels`, ``norm="negative"``, no clamp margin):
+    0 at the ``singleton_neg_quantile`` of the teacher's class-c output on the *negative* bags' tiles (its
+    own output there, whatever ``negatives`` says), 1 at the highest. A tile the teacher scores like
     negative-bag tiles then gets the same target 0. No negative bag: unchanged."""
     C = len(tr.classes)
     if not any(int(y) == neg for y in tr.labels):

@@ -11,7 +11,8 @@ What we implement (``histokd train --method weno``):
 - **Teacher**: ABMIL (``teacher=abmil``, also ``gated-abmil``) or DSMIL (``teacher=dsmil``) from
   :mod:`histokd.models`, on ``f(x)``; loss = the model's own bag loss.
 - **Student**: :class:`~histokd.models.student.InstanceHead` on ``f(x)``; it labels a tile on its own.
-- **Pseudo-labels** (:func:`minmax_pseudo_labels`): the teacher's instance evidence ``s`` (pre-softmax
+- **Pseudo-labels** (:func:`~histokd.methods.distill.rules.minmax_pseudo_labels`): the teacher's instance
+  evidence ``s`` (pre-softmax
   attention logit for ABMIL, the bag class's instance-classifier logit for DSMIL), min-max scaled and
   clamped to ``[1e-5, 1 - 1e-5]`` in positive bags, 0 in negative bags. ``pseudo_norm=negative``
   (default) takes max over every training instance of the last teacher pass and min = the
@@ -20,14 +21,16 @@ What we implement (``histokd train --method weno``):
   code) takes min and max over every training instance, ``pseudo_norm=bag`` per bag. Targets are
   computed once per epoch, after the teacher step, with the teacher and encoder in eval mode (the
   authors recompute them per minibatch with dropout on; ours are deterministic).
-- **Student loss** (:func:`weighted_soft_ce`): class-weighted soft cross-entropy. ``class_weights=
+- **Student loss** (:func:`~histokd.methods.distill.rules.weighted_soft_ce`): class-weighted soft
+  cross-entropy. ``class_weights=
   authors`` is the authors' 0.1 (negative) / 0.9 (positive); ``balanced`` weights each class by the
   inverse of its total target mass in the epoch; ``none`` is plain soft CE.
 - **Alternation**: each epoch = one teacher pass over the training bags, then one student pass over
   every training instance (shuffled, ``instance_batch`` per step; repeated passes until at least
   ``min_student_steps`` steps, so that small cohorts train the student as often as the teacher); both
   passes update ``f``.
-- **Hard positive mining** (:func:`hard_positive_keep`): from epoch ``hpm_warmup`` on, in every positive
+- **Hard positive mining** (:func:`~histokd.methods.distill.rules.hard_positive_keep`): from epoch
+  ``hpm_warmup`` on, in every positive
   training bag the instances with student probability ``> hpm_threshold`` are dropped before the
   teacher sees the bag (the argmax is kept when nothing remains): hard pseudo-bags. With ``calibrate``
   the threshold applies to the calibrated probabilities (as at prediction).
@@ -45,7 +48,8 @@ What we implement (``histokd train --method weno``):
   (:func:`student_logit_offset`); the bias is removed from its logits at prediction.
 
 Deviations from the paper, for a CPU: Adam (lr 1e-3) instead of SGD over 1,500 epochs; a 256-wide
-student instead of 2×4096; one torch thread while fitting (``threads``, see :func:`torch_threads`).
+student instead of 2×4096; one torch thread while fitting (``threads``, see
+:func:`~histokd.methods.distill.training.torch_threads`).
 
 Multi-class labels: one class is the *negative* class (the class that is not ``tumour`` for two
 classes, else ``negative_class`` or the first class); an instance of a bag of class ``c`` gets the soft
@@ -54,501 +58,43 @@ target ``y·e_c + (1-y)·e_neg``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from histokd.config import BaseConfig, read_yaml, validate_config
-from histokd.errors import InputError, ModelError, one_line
-from histokd.methods.base import (
-    Labeler,
-    Method,
-    Prediction,
-    load_model_state,
-    read_model_meta,
-    register_method,
-    write_model_meta,
+from histokd.errors import InputError
+from histokd.evaluate.metrics import bag_auc
+from histokd.methods.base import Method, Prediction, register_method
+from histokd.methods.distill.bags import Bags, pad_bags, prepare_bags
+from histokd.methods.distill.labeler import InstanceLabeler, build_modules, val_instance_threshold
+from histokd.methods.distill.rules import (
+    hard_positive_keep,
+    max_bag_probs,
+    minmax_pseudo_labels,
+    negative_class_index,
+    soft_targets,
+    teacher_evidence,
+    weighted_soft_ce,
 )
-from histokd.models.base import MILModel, build_model
-from histokd.models.student import InstanceHead, ProjectionEncoder
-from histokd.workspace import atomic_path
+from histokd.methods.distill.training import (
+    bn_eval,
+    mods_train,
+    refresh_batchnorm,
+    student_schedule,
+    torch_threads,
+)
+from histokd.models.base import MILModel
 
 log = logging.getLogger("histokd")
-
-
-# --------------------------------------------------------------------------------------------------
-# bags in memory
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Bags:
-    """Bags held in memory: ``features[i]`` [N_i, D] float32, ``labels`` [B] int class indices,
-    ``instance_labels[i]`` [N_i] int (-1 unknown) or ``None``; ``classes`` in index order."""
-
-    features: list[torch.Tensor]
-    labels: np.ndarray
-    instance_labels: list[np.ndarray] | None = None
-    classes: list[str] = field(default_factory=lambda: ["negative", "positive"])
-    ids: list[str] | None = None
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    @property
-    def dim(self) -> int:
-        return int(self.features[0].shape[-1])
-
-
-def _get(item: Any, *names: str) -> Any:
-    for n in names:
-        if isinstance(item, dict) and n in item:
-            return item[n]
-        if hasattr(item, n):
-            return getattr(item, n)
-    return None
-
-
-def as_bags(ds: Any, n_classes: int | None = None) -> Bags:
-    """Adapt a bag dataset (``histokd.data.bags.BagDataset``, a list of ``(features, label)`` pairs, or
-    :class:`Bags`) to in-memory :class:`Bags`.
-
-    Items may be mappings / objects with ``features`` (or ``x``), ``label`` (or ``y``) and optionally
-    ``instance_labels``, or tuples ``(features, label[, instance_labels])``.
-    """
-    if isinstance(ds, Bags):
-        return ds
-    feats: list[torch.Tensor] = []
-    labels: list[int] = []
-    inst: list[np.ndarray] = []
-    ids: list[str] = []
-    has_inst = False
-    for i in range(len(ds)):
-        item = ds[i]
-        if isinstance(item, (tuple, list)):
-            x, y = item[0], item[1]
-            il = item[2] if len(item) > 2 and not isinstance(item[2], str) else None
-        else:
-            x, y = _get(item, "features", "x"), _get(item, "label", "y")
-            il = _get(item, "instance_labels", "instance_label")
-            sid = _get(item, "slide_id", "bag_id", "id")
-            if sid is not None:
-                ids.append(str(sid))
-        if x is None or y is None:
-            raise InputError(f"bag {i}: the dataset item has no features/label; pass a BagDataset")
-        x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-        if x.ndim != 2 or x.shape[0] == 0:
-            raise InputError(f"bag {i}: features must be [N, D] with N > 0, got {tuple(x.shape)}")
-        feats.append(x)
-        labels.append(int(np.asarray(y).reshape(-1)[0]))
-        if il is not None:
-            has_inst = True
-            inst.append(np.asarray(il, dtype=np.int64).reshape(-1))
-        else:
-            inst.append(np.full(x.shape[0], -1, dtype=np.int64))
-    classes = _get(ds, "classes")
-    if classes is None:
-        k = n_classes or max(2, max(labels) + 1 if labels else 2)
-        classes = ["negative", "positive"] if k == 2 else [str(c) for c in range(k)]
-    return Bags(feats, np.asarray(labels, dtype=np.int64), inst if has_inst else None, list(classes),
-                ids if len(ids) == len(feats) else None)
-
-
-def negative_class_index(classes: list[str], negative_class: str | None = None) -> int:
-    """The class whose bags hold only negative instances (see the module docstring)."""
-    if negative_class is not None:
-        if negative_class not in classes:
-            raise InputError(f"negative_class {negative_class!r} is not one of the classes {classes}")
-        return classes.index(negative_class)
-    if len(classes) == 2:
-        pos = classes.index("tumour") if "tumour" in classes else 1
-        return 1 - pos
-    return 0
-
-
-def prepare_bags(train: Any, val: Any, standardize: bool, val_fraction: float,
-                 seed: int) -> tuple[Bags, Bags, torch.Tensor | None, torch.Tensor | None]:
-    """Training and validation :class:`Bags`, z-scored with training statistics when ``standardize``.
-
-    Without a validation set (``val`` None or empty) a seeded, label-stratified ``val_fraction`` of the
-    training bags is held out, because checkpoints and thresholds are always chosen on validation bags.
-    """
-    tr = as_bags(train)
-    if val is None or len(val) == 0:
-        rng = np.random.default_rng(seed)
-        hold = np.zeros(len(tr), bool)
-        for c in np.unique(tr.labels):
-            idx = rng.permutation(np.flatnonzero(tr.labels == c))
-            hold[idx[: max(1, int(round(val_fraction * len(idx))))] if len(idx) > 1 else []] = True
-        log.info("no validation bags given: holding out %d of %d training bags for validation", hold.sum(), len(tr))
-        va = _subset(tr, np.flatnonzero(hold))
-        tr = _subset(tr, np.flatnonzero(~hold))
-    else:
-        va = as_bags(val)
-    mean = std = None
-    if standardize:
-        allx = torch.cat(tr.features)
-        mean, std = allx.mean(0), allx.std(0).clamp_min(1e-6)
-        tr = Bags([(x - mean) / std for x in tr.features], tr.labels, tr.instance_labels, tr.classes, tr.ids)
-        va = Bags([(x - mean) / std for x in va.features], va.labels, va.instance_labels, va.classes, va.ids)
-    return tr, va, mean, std
-
-
-def _subset(b: Bags, idx: np.ndarray) -> Bags:
-    return Bags([b.features[i] for i in idx], b.labels[idx],
-                None if b.instance_labels is None else [b.instance_labels[i] for i in idx], b.classes,
-                None if b.ids is None else [b.ids[i] for i in idx])
-
-
-def pad_bags(bags: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """List of [N_i, *S] -> padded [B, N_max, *S] and mask [B, N_max] (True = real instance); ``S`` is
-    ``(D,)`` for features, ``(3, H, W)`` for tile images."""
-    n = max(b.shape[0] for b in bags)
-    x = bags[0].new_zeros(len(bags), n, *bags[0].shape[1:])
-    mask = torch.zeros(len(bags), n, dtype=torch.bool)
-    for i, b in enumerate(bags):
-        x[i, : b.shape[0]] = b
-        mask[i, : b.shape[0]] = True
-    return x, mask
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (``None``: leave as is), restoring them after.
-
-    Why: every training step here is a handful of small matmuls (one bag, a 256-wide projection).
-    With more than one thread each op pays an OpenMP barrier, and on a shared, loaded CPU a barrier
-    waits for a descheduled thread: measured on the 2-core build machine, one WENO epoch on
-    digit-bags took 20 s with 2 threads and 0.8 s with 1.
-    """
-    if n is None or n <= 0:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-# --------------------------------------------------------------------------------------------------
-# pure building blocks (unit-tested)
-# --------------------------------------------------------------------------------------------------
-
-
-def minmax_pseudo_labels(
-    scores: list[torch.Tensor],
-    positive: list[bool],
-    norm: Literal["global", "bag", "negative"] = "global",
-    clamp: float = 1e-5,
-    neg_quantile: float = 0.95,
-) -> list[torch.Tensor]:
-    """WENO's instance pseudo-labels: per bag ``scores[i]`` [N_i] -> targets [N_i] in [0, 1].
-
-    Positive bags: ``(s - min) / (max - min)`` clamped to ``[clamp, 1 - clamp]``. ``global``: min and max
-    over every instance of every bag (the authors' code); ``bag``: over the bag; ``negative``: min = the
-    ``neg_quantile`` quantile of the instances of the *negative* bags, max over every instance (falls back
-    to ``global`` without negative bags). Negative bags: 0.
-
-    Why ``negative``: under the MIL assumption every instance of a negative bag is negative, so teacher
-    evidence no higher than what negative bags reach says nothing positive. With ``global`` the bulk of a
-    positive bag's normal tiles sits well above the global minimum (an outlier tile) and gets a target of
-    0.3-0.5 while the same-looking tiles of negative bags get 0: the student then learns which *slide* a
-    tile comes from instead of what tumour looks like (seen on the ``hard`` preset: student tile AUC 0.53
-    against its teacher's 0.85).
-    """
-    if norm in ("global", "negative"):
-        allv = torch.cat([s.reshape(-1) for s in scores])
-        lo_g, hi_g = allv.min(), allv.max()
-        negs = [s.reshape(-1) for s, pos in zip(scores, positive) if not pos]
-        if norm == "negative" and negs:
-            lo_g = torch.quantile(torch.cat(negs).float(), neg_quantile).to(allv.dtype)
-    out = []
-    for s, pos in zip(scores, positive):
-        if not pos:
-            out.append(torch.zeros_like(s))
-            continue
-        lo, hi = (lo_g, hi_g) if norm != "bag" else (s.min(), s.max())
-        y = (s - lo) / (hi - lo).clamp_min(1e-12)
-        out.append(y.clamp(clamp, 1 - clamp))
-    return out
-
-
-def hard_positive_keep(pos_prob: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Hard positive mining: ``pos_prob`` [N] student probabilities -> keep mask [N] bool.
-
-    Drops exactly the instances with probability ``> threshold``; if that drops all of them, keeps the
-    argmax alone, so that the pseudo-bag is never empty.
-    """
-    keep = pos_prob <= threshold
-    if not bool(keep.any()):
-        keep = torch.zeros_like(keep)
-        keep[int(pos_prob.argmax())] = True
-    return keep
-
-
-def soft_targets(y: torch.Tensor, bag_class: int, neg: int, n_classes: int) -> torch.Tensor:
-    """[N] scalar pseudo-labels -> [N, C] distributions ``y·e_c + (1-y)·e_neg``."""
-    t = torch.zeros(y.shape[0], n_classes, dtype=y.dtype)
-    t[:, neg] = 1 - y
-    t[:, bag_class] += y
-    return t
-
-
-def weighted_soft_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """``-mean_j Σ_c w_c t_jc log p_jc``; ``logits``, ``targets`` [M, C], ``weights`` [C] or None."""
-    logp = F.log_softmax(logits, dim=-1)
-    wt = targets if weights is None else targets * weights
-    return -(wt * logp).sum(-1).mean()
-
-
-def max_bag_probs(inst_probs: torch.Tensor, neg: int) -> torch.Tensor:
-    """The max-tile bag rule: ``inst_probs`` [N, C] -> bag probabilities [C].
-
-    Each non-negative class gets its highest tile probability; the negative class gets 1 minus the
-    largest of those; the vector is renormalised (for two classes it is exactly ``[1-m, m]``).
-    """
-    p = inst_probs.amax(0).clone()
-    others = [c for c in range(p.shape[0]) if c != neg]
-    p[neg] = 1 - p[others].max()
-    p = p.clamp_min(0)
-    return p / p.sum().clamp_min(1e-12)
-
-
-def teacher_evidence(out_scores: torch.Tensor, cls: int | torch.Tensor) -> torch.Tensor:
-    """Teacher instance evidence [B, N] from ``MILOutput.instance_scores`` ([B, N] attention logits, or
-    [B, N, C] instance logits, of which class ``cls`` is taken: an int or a [B] tensor)."""
-    if out_scores.dim() == 2:
-        return out_scores
-    if isinstance(cls, int):
-        return out_scores[..., cls]
-    return out_scores.gather(2, cls.view(-1, 1, 1).expand(-1, out_scores.shape[1], 1)).squeeze(-1)
-
-
-def bag_auc(probs: np.ndarray, labels: np.ndarray, neg: int) -> float:
-    """Bag AUC: positive-vs-negative class for two classes, else macro one-vs-rest; nan if one class."""
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    if probs.shape[1] == 2:
-        return float(roc_auc_score(labels != neg, 1 - probs[:, neg]))
-    try:
-        return float(roc_auc_score(labels, probs, multi_class="ovr", labels=list(range(probs.shape[1]))))
-    except ValueError:
-        return float(roc_auc_score(labels != neg, 1 - probs[:, neg]))
-
-
-def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
-    """The threshold on ``scores`` maximising F1 against binary ``labels`` (0.5 when undefined)."""
-    if labels.size == 0 or labels.min() == labels.max():
-        return 0.5
-    order = np.argsort(-scores)
-    s, y = scores[order], labels[order].astype(np.float64)
-    tp = np.cumsum(y)
-    fp = np.cumsum(1 - y)
-    f1 = 2 * tp / (tp + fp + y.sum())
-    i = int(np.argmax(f1))
-    return float(s[i])
-
-
-# --------------------------------------------------------------------------------------------------
-# shared labeller: encoder (optional) + teacher + instance student
-# --------------------------------------------------------------------------------------------------
-
-
-class InstanceLabeler(Labeler):
-    """A trained teacher + student pair. ``predict(features [N, D])``: the student's tile probabilities
-    (``instance_probs`` [N, C]), the teacher's evidence (``instance_scores`` [N]) and bag probabilities
-    by ``bag_score`` (``max`` tile rule or ``teacher``)."""
-
-    method = ""
-
-    def __init__(self, modules: dict[str, nn.Module], meta: dict[str, Any],
-                 mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> None:
-        self.modules = nn.ModuleDict(modules)
-        self.meta = meta
-        self.classes = list(meta["classes"])
-        self.mean, self.std = mean, std  # training-set feature statistics (standardize=true)
-        self.modules.eval()
-
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """Standardise raw features [N, D] with the training statistics stored with the model."""
-        if self.mean is None or self.std is None:
-            return x
-        return (x - self.mean) / self.std.clamp_min(1e-6)
-
-    # the pieces; subclasses override how the student scores instances
-    @property
-    def neg(self) -> int:
-        return int(self.meta["negative_class"])
-
-    @property
-    def instance_threshold(self) -> float:
-        return float(self.meta.get("instance_threshold", 0.5))
-
-    def encode_teacher(self, x: torch.Tensor) -> torch.Tensor:
-        enc = self.modules["encoder"] if "encoder" in self.modules else None
-        return x if enc is None else enc(x)
-
-    def encode_student(self, x: torch.Tensor) -> torch.Tensor:
-        if "student_encoder" in self.modules:
-            return self.modules["student_encoder"](x)
-        return self.encode_teacher(x)
-
-    def student_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` [M, D] (standardised) features -> student logits [M, C]; a MIL-net student (Distill-to-
-        Label ``student=mil``) sees each instance as a bag of one."""
-        if (self.meta.get("student") or {}).get("kind") == "mil":
-            return self.modules["student"](x.unsqueeze(1)).bag_logits
-        logits = self.modules["student"](self.encode_student(x))
-        offset = self.meta.get("student_logit_offset")
-        if offset is not None:  # undo the class-weight bias of the training loss (see WenoConfig.calibrate)
-            logits = logits - torch.as_tensor(offset, dtype=logits.dtype)
-        return logits
-
-    def _input(self, features: np.ndarray) -> torch.Tensor:
-        x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
-        if x.ndim != 2:
-            raise InputError(f"features must be [N, D], got shape {tuple(x.shape)}")
-        if x.shape[1] != self.meta["in_dim"]:
-            raise InputError(
-                f"features have {x.shape[1]} dimensions but the model was trained on {self.meta['in_dim']}; "
-                "use the feature set (encoder) the model was trained with"
-            )
-        return self.transform(x)
-
-    @torch.no_grad()
-    def _teacher_out(self, x: torch.Tensor, chunk: int = 8192) -> Any:
-        teacher: MILModel = self.modules["teacher"]  # type: ignore[assignment]
-        z = torch.cat([self.encode_teacher(x[i : i + chunk]) for i in range(0, len(x), chunk)])
-        return teacher(z.unsqueeze(0))
-
-    @torch.no_grad()
-    def teacher_bag_probs(self, features: np.ndarray) -> np.ndarray:
-        """The teacher's own bag probabilities [C] for one bag ``features`` [N, D] (whatever ``bag_score``
-        says): ``histokd bench`` reports them beside the student's bag output."""
-        out = self._teacher_out(self._input(features))
-        return torch.softmax(out.bag_logits[0].float(), -1).numpy().astype(np.float32)
-
-    @torch.no_grad()
-    def predict(self, features: np.ndarray, chunk: int = 8192) -> Prediction:
-        x = self._input(features)
-        probs = torch.cat([torch.softmax(self.student_logits(x[i : i + chunk]), -1) for i in range(0, len(x), chunk)])
-        out = self._teacher_out(x, chunk)
-        t_probs = torch.softmax(out.bag_logits[0].float(), -1)
-        scores = out.instance_scores[0]
-        if scores.dim() == 2:  # [N, C] instance logits: evidence for the most likely non-negative class
-            others = [c for c in range(scores.shape[1]) if c != self.neg]
-            scores = scores[:, others].amax(-1)
-        bag = t_probs if self.meta.get("bag_score", "max") == "teacher" else max_bag_probs(probs, self.neg)
-        return Prediction(
-            bag_probs=bag.numpy().astype(np.float32),
-            instance_probs=probs.numpy().astype(np.float32),
-            instance_scores=scores.float().numpy().astype(np.float32),
-        )
-
-    def save(self, directory: str | Path) -> None:
-        """``model.pt`` = state dicts (+ feature mean/std); ``config.yaml`` = method, config and the
-        architecture (``labeler`` key) needed to rebuild; ``classes.json``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        blob: dict[str, Any] = {f"{k}.{n}": v for k, m in self.modules.items() for n, v in m.state_dict().items()}
-        if self.mean is not None and self.std is not None:
-            blob["feature_mean"], blob["feature_std"] = self.mean, self.std
-        with atomic_path(directory / "model.pt") as tmp:
-            torch.save(blob, tmp)
-        meta = _jsonable({k: v for k, v in self.meta.items() if k not in ("config", "classes")})
-        write_model_meta(directory, self.method, self.meta.get("config", {}), self.classes,
-                         in_dim=int(self.meta["in_dim"]), labeler=meta)
-
-    @classmethod
-    def load(cls, directory: str | Path) -> "InstanceLabeler":
-        directory = Path(directory)
-        info = read_model_meta(directory)
-        meta = dict(info.get("labeler") or {})
-        meta.update(classes=list(info["classes"]), config=info.get("config", {}))
-        path = directory / "model.pt"
-        blob = load_model_state(directory)
-        modules = build_modules(meta)
-        try:
-            for k, m in modules.items():
-                m.load_state_dict({n[len(k) + 1 :]: v for n, v in blob.items() if n.startswith(k + ".")})
-        except (RuntimeError, TypeError, AttributeError) as e:
-            raise ModelError(f"{path} does not match config.yaml ({one_line(e)}); retrain") from None
-        return cls.class_for(meta)(modules, meta, blob.get("feature_mean"), blob.get("feature_std"))
-
-    @classmethod
-    def class_for(cls, meta: dict[str, Any]) -> type["InstanceLabeler"]:
-        """The labeller class that serves a saved ``meta`` (subclasses may pick a pixel labeller)."""
-        return cls
-
-
-def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in meta.items()
-            if k != "history" and isinstance(v, (int, float, str, bool, list, dict, type(None)))}
-
-
-def _projection_encoder(in_dim: int, args: dict[str, Any]) -> nn.Module:
-    return ProjectionEncoder(in_dim, **args)
-
-
-def _cnn_encoder(in_dim: int, args: dict[str, Any]) -> nn.Module:
-    from histokd.models.tile_cnn import TileCNN
-
-    return TileCNN(out_dim=int(args["out_dim"]), arch=str(args.get("arch", "tiny")))
-
-
-SHARED_ENCODERS: dict[str, Any] = {"projection": _projection_encoder, "cnn": _cnn_encoder}
-"""Shared-encoder builders by ``meta["encoder"]["kind"]`` (``projection`` when absent: older models)."""
-
-
-def build_encoder(in_dim: int, spec: dict[str, Any]) -> nn.Module:
-    """The shared encoder described by ``spec`` (``kind`` + its arguments), on ``in_dim`` inputs."""
-    args = dict(spec)
-    kind = args.pop("kind", "projection")
-    if kind not in SHARED_ENCODERS:
-        raise ModelError(f"unknown shared encoder kind {kind!r}; known: {', '.join(SHARED_ENCODERS)}")
-    return SHARED_ENCODERS[kind](in_dim, args)
-
-
-def build_modules(meta: dict[str, Any]) -> dict[str, nn.Module]:
-    """Rebuild encoder / teacher / student modules from the labeller's ``meta`` (saved with the model)."""
-    in_dim, n_classes = int(meta["in_dim"]), int(meta["n_classes"])
-    mods: dict[str, nn.Module] = {}
-    t_in = in_dim
-    s_in = in_dim
-    enc = meta.get("encoder")
-    if enc:
-        mods["encoder"] = build_encoder(in_dim, enc)
-        t_in = s_in = int(enc["out_dim"])
-        if meta.get("student_encoder"):
-            mods["student_encoder"] = build_encoder(in_dim, meta["student_encoder"])
-    mods["teacher"] = build_model(meta["teacher"], t_in, n_classes, meta.get("teacher_args") or {})
-    st = meta.get("student")
-    if st is not None:
-        if st.get("kind", "head") == "mil":
-            mods["student"] = build_model(meta["teacher"], in_dim, n_classes, meta.get("teacher_args") or {})
-        else:
-            mods["student"] = InstanceHead(s_in, n_classes, tuple(st["hidden"]), float(st.get("dropout", 0.0)))
-    return mods
-
-
-# --------------------------------------------------------------------------------------------------
-# WENO
-# --------------------------------------------------------------------------------------------------
 
 
 class WenoConfig(BaseConfig):
@@ -738,7 +284,7 @@ class Weno(Method):
         if cfg.calibrate and best.class_weights is not None:
             meta["student_logit_offset"] = student_logit_offset(best.class_weights, meta["negative_class"])
         labeler = WenoLabeler.class_for(meta)(best.modules, meta)
-        labeler.meta["instance_threshold"] = _val_instance_threshold(labeler, va)
+        labeler.meta["instance_threshold"] = val_instance_threshold(labeler, va)
         labeler.mean, labeler.std = mean, std
         labeler.meta["history"] = best.history
         return labeler
@@ -767,24 +313,6 @@ def _meta(cfg: WenoConfig, tr: Bags, thr: float) -> dict[str, Any]:
         "hpm_threshold": thr,
         "config": cfg.model_dump(mode="json"),
     }
-
-
-def _val_instance_threshold(labeler: InstanceLabeler, va: Bags) -> float:
-    """F1-optimal threshold on the validation bags' instance labels (0.5 when they have none)."""
-    if va.instance_labels is None:
-        return 0.5
-    pos_cols = [c for c in range(int(labeler.meta["n_classes"])) if c != labeler.neg]
-    s, y = [], []
-    for x, il in zip(va.features, va.instance_labels):
-        known = il >= 0
-        if not known.any():
-            continue
-        p = labeler.predict(x.numpy()).instance_probs
-        s.append(p[known][:, pos_cols].sum(1))
-        y.append(il[known] > 0)
-    if not s:
-        return 0.5
-    return best_f1_threshold(np.concatenate(s), np.concatenate(y))
 
 
 def _fit_weno(tr: Bags, va: Bags, cfg: WenoConfig, seed: int) -> _Fitted:
@@ -900,18 +428,6 @@ def selection_score(v: dict[str, float]) -> tuple[float, float]:
     return (round(auc - 0.1 * v["teacher_val_loss"], 4), -v["teacher_val_loss"])
 
 
-def student_schedule(m: int, batch: int, min_steps: int, gen: torch.Generator) -> list[torch.Tensor]:
-    """Minibatches of instance indices for one student pass: shuffled passes over all ``m`` training
-    instances, repeated until there are at least ``min_steps`` steps (small cohorts would otherwise give
-    the student one or two steps per epoch while the teacher gets one per bag)."""
-    out: list[torch.Tensor] = []
-    while True:
-        perm = torch.randperm(m, generator=gen)
-        out += [perm[s : s + batch] for s in range(0, m, batch)]
-        if len(out) >= min_steps:
-            return out
-
-
 @torch.no_grad()
 def _student_probs(enc: nn.Module, student: nn.Module, x: torch.Tensor,
                    offset: torch.Tensor | None = None) -> torch.Tensor:
@@ -924,40 +440,6 @@ def _student_probs(enc: nn.Module, student: nn.Module, x: torch.Tensor,
     for m, f in flags:
         m.train(f)
     return p
-
-
-@torch.no_grad()
-def refresh_batchnorm(enc: nn.Module, x: torch.Tensor, gen: torch.Generator, n: int = 8192, batch: int = 512) -> None:
-    """Set the BatchNorm running statistics of ``enc`` to those of up to ``n`` random instances of ``x``."""
-    bns = [m for m in enc.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    was = enc.training
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the refresh batches
-    enc.train()
-    idx = torch.randperm(len(x), generator=gen)[:n]
-    for s in range(0, len(idx), batch):
-        j = idx[s : s + batch]
-        if len(j) >= 2:
-            enc(x[j])
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    enc.train(was)
-
-
-def bn_eval(enc: nn.Module) -> None:
-    """Put the BatchNorm layers of ``enc`` in eval mode (use running statistics, do not update them)."""
-    for m in enc.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
-def mods_train(mods: dict[str, nn.Module]) -> None:
-    for m in mods.values():
-        m.train()
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""``histokd demo`` / ``histokd.demo(...)``: the whole pipeline on the built-in synthetic cohort, ending with the report.
+"""``histokd demo`` / ``histokd.demo(...)``: the whole pipeline on the built-in synthetic cohort, then
+the report.
 
 synth -> tile -> embed (default encoder) -> train a distillation method (WENO by default) -> label ->
 report. Each stage is resumable, so re-running the demo after an interruption picks up where it stopped.

@@ -1,0 +1,219 @@
+"""The labeller of the distillation methods: encoder (optional) + teacher + instance student.
+
+:class:`InstanceLabeler` predicts, saves to and loads from a model folder (contract 7);
+:func:`build_modules` rebuilds its modules from the ``meta`` saved with the model;
+:func:`val_instance_threshold` chooses its instance decision threshold on the validation bags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from histokd.errors import InputError, ModelError, one_line
+from histokd.evaluate.metrics import best_f1_threshold
+from histokd.methods.base import Labeler, Prediction, load_model_state, read_model_meta, write_model_meta
+from histokd.methods.distill.bags import Bags
+from histokd.methods.distill.rules import max_bag_probs
+from histokd.models.base import MILModel, build_model
+from histokd.models.student import InstanceHead, ProjectionEncoder
+from histokd.workspace import atomic_path
+
+
+class InstanceLabeler(Labeler):
+    """A trained teacher + student pair. ``predict(features [N, D])``: the student's tile probabilities
+    (``instance_probs`` [N, C]), the teacher's evidence (``instance_scores`` [N]) and bag probabilities
+    by ``bag_score`` (``max`` tile rule or ``teacher``)."""
+
+    method = ""
+
+    def __init__(self, modules: dict[str, nn.Module], meta: dict[str, Any],
+                 mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> None:
+        self.modules = nn.ModuleDict(modules)
+        self.meta = meta
+        self.classes = list(meta["classes"])
+        self.mean, self.std = mean, std  # training-set feature statistics (standardize=true)
+        self.modules.eval()
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardise raw features [N, D] with the training statistics stored with the model."""
+        if self.mean is None or self.std is None:
+            return x
+        return (x - self.mean) / self.std.clamp_min(1e-6)
+
+    # the pieces; subclasses override how the student scores instances
+    @property
+    def neg(self) -> int:
+        return int(self.meta["negative_class"])
+
+    @property
+    def instance_threshold(self) -> float:
+        return float(self.meta.get("instance_threshold", 0.5))
+
+    def encode_teacher(self, x: torch.Tensor) -> torch.Tensor:
+        enc = self.modules["encoder"] if "encoder" in self.modules else None
+        return x if enc is None else enc(x)
+
+    def encode_student(self, x: torch.Tensor) -> torch.Tensor:
+        if "student_encoder" in self.modules:
+            return self.modules["student_encoder"](x)
+        return self.encode_teacher(x)
+
+    def student_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [M, D] (standardised) features -> student logits [M, C]; a MIL-net student (Distill-to-
+        Label ``student=mil``) sees each instance as a bag of one."""
+        if (self.meta.get("student") or {}).get("kind") == "mil":
+            return self.modules["student"](x.unsqueeze(1)).bag_logits
+        logits = self.modules["student"](self.encode_student(x))
+        offset = self.meta.get("student_logit_offset")
+        if offset is not None:  # undo the class-weight bias of the training loss (see WenoConfig.calibrate)
+            logits = logits - torch.as_tensor(offset, dtype=logits.dtype)
+        return logits
+
+    def _input(self, features: np.ndarray) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+        if x.ndim != 2:
+            raise InputError(f"features must be [N, D], got shape {tuple(x.shape)}")
+        if x.shape[1] != self.meta["in_dim"]:
+            raise InputError(
+                f"features have {x.shape[1]} dimensions but the model was trained on {self.meta['in_dim']}; "
+                "use the feature set (encoder) the model was trained with"
+            )
+        return self.transform(x)
+
+    @torch.no_grad()
+    def _teacher_out(self, x: torch.Tensor, chunk: int = 8192) -> Any:
+        teacher: MILModel = self.modules["teacher"]  # type: ignore[assignment]
+        z = torch.cat([self.encode_teacher(x[i : i + chunk]) for i in range(0, len(x), chunk)])
+        return teacher(z.unsqueeze(0))
+
+    @torch.no_grad()
+    def teacher_bag_probs(self, features: np.ndarray) -> np.ndarray:
+        """The teacher's own bag probabilities [C] for one bag ``features`` [N, D] (whatever ``bag_score``
+        says): ``histokd bench`` reports them beside the student's bag output."""
+        out = self._teacher_out(self._input(features))
+        return torch.softmax(out.bag_logits[0].float(), -1).numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def predict(self, features: np.ndarray, chunk: int = 8192) -> Prediction:
+        x = self._input(features)
+        probs = torch.cat([torch.softmax(self.student_logits(x[i : i + chunk]), -1) for i in range(0, len(x), chunk)])
+        out = self._teacher_out(x, chunk)
+        t_probs = torch.softmax(out.bag_logits[0].float(), -1)
+        scores = out.instance_scores[0]
+        if scores.dim() == 2:  # [N, C] instance logits: evidence for the most likely non-negative class
+            others = [c for c in range(scores.shape[1]) if c != self.neg]
+            scores = scores[:, others].amax(-1)
+        bag = t_probs if self.meta.get("bag_score", "max") == "teacher" else max_bag_probs(probs, self.neg)
+        return Prediction(
+            bag_probs=bag.numpy().astype(np.float32),
+            instance_probs=probs.numpy().astype(np.float32),
+            instance_scores=scores.float().numpy().astype(np.float32),
+        )
+
+    def save(self, directory: str | Path) -> None:
+        """``model.pt`` = state dicts (+ feature mean/std); ``config.yaml`` = method, config and the
+        architecture (``labeler`` key) needed to rebuild; ``classes.json``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        blob: dict[str, Any] = {f"{k}.{n}": v for k, m in self.modules.items() for n, v in m.state_dict().items()}
+        if self.mean is not None and self.std is not None:
+            blob["feature_mean"], blob["feature_std"] = self.mean, self.std
+        with atomic_path(directory / "model.pt") as tmp:
+            torch.save(blob, tmp)
+        meta = _jsonable({k: v for k, v in self.meta.items() if k not in ("config", "classes")})
+        write_model_meta(directory, self.method, self.meta.get("config", {}), self.classes,
+                         in_dim=int(self.meta["in_dim"]), labeler=meta)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "InstanceLabeler":
+        directory = Path(directory)
+        info = read_model_meta(directory)
+        meta = dict(info.get("labeler") or {})
+        meta.update(classes=list(info["classes"]), config=info.get("config", {}))
+        path = directory / "model.pt"
+        blob = load_model_state(directory)
+        modules = build_modules(meta)
+        try:
+            for k, m in modules.items():
+                m.load_state_dict({n[len(k) + 1 :]: v for n, v in blob.items() if n.startswith(k + ".")})
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise ModelError(f"{path} does not match config.yaml ({one_line(e)}); retrain") from None
+        return cls.class_for(meta)(modules, meta, blob.get("feature_mean"), blob.get("feature_std"))
+
+    @classmethod
+    def class_for(cls, meta: dict[str, Any]) -> type["InstanceLabeler"]:
+        """The labeller class that serves a saved ``meta`` (subclasses may pick a pixel labeller)."""
+        return cls
+
+
+def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in meta.items()
+            if k != "history" and isinstance(v, (int, float, str, bool, list, dict, type(None)))}
+
+
+def _projection_encoder(in_dim: int, args: dict[str, Any]) -> nn.Module:
+    return ProjectionEncoder(in_dim, **args)
+
+
+def _cnn_encoder(in_dim: int, args: dict[str, Any]) -> nn.Module:
+    from histokd.models.tile_cnn import TileCNN
+
+    return TileCNN(out_dim=int(args["out_dim"]), arch=str(args.get("arch", "tiny")))
+
+
+SHARED_ENCODERS: dict[str, Any] = {"projection": _projection_encoder, "cnn": _cnn_encoder}
+"""Shared-encoder builders by ``meta["encoder"]["kind"]`` (``projection`` when absent: older models)."""
+
+
+def build_encoder(in_dim: int, spec: dict[str, Any]) -> nn.Module:
+    """The shared encoder described by ``spec`` (``kind`` + its arguments), on ``in_dim`` inputs."""
+    args = dict(spec)
+    kind = args.pop("kind", "projection")
+    if kind not in SHARED_ENCODERS:
+        raise ModelError(f"unknown shared encoder kind {kind!r}; known: {', '.join(SHARED_ENCODERS)}")
+    return SHARED_ENCODERS[kind](in_dim, args)
+
+
+def build_modules(meta: dict[str, Any]) -> dict[str, nn.Module]:
+    """Rebuild encoder / teacher / student modules from the labeller's ``meta`` (saved with the model)."""
+    in_dim, n_classes = int(meta["in_dim"]), int(meta["n_classes"])
+    mods: dict[str, nn.Module] = {}
+    t_in = in_dim
+    s_in = in_dim
+    enc = meta.get("encoder")
+    if enc:
+        mods["encoder"] = build_encoder(in_dim, enc)
+        t_in = s_in = int(enc["out_dim"])
+        if meta.get("student_encoder"):
+            mods["student_encoder"] = build_encoder(in_dim, meta["student_encoder"])
+    mods["teacher"] = build_model(meta["teacher"], t_in, n_classes, meta.get("teacher_args") or {})
+    st = meta.get("student")
+    if st is not None:
+        if st.get("kind", "head") == "mil":
+            mods["student"] = build_model(meta["teacher"], in_dim, n_classes, meta.get("teacher_args") or {})
+        else:
+            mods["student"] = InstanceHead(s_in, n_classes, tuple(st["hidden"]), float(st.get("dropout", 0.0)))
+    return mods
+
+
+def val_instance_threshold(labeler: InstanceLabeler, va: Bags) -> float:
+    """F1-optimal threshold on the validation bags' instance labels (0.5 when they have none)."""
+    if va.instance_labels is None:
+        return 0.5
+    pos_cols = [c for c in range(int(labeler.meta["n_classes"])) if c != labeler.neg]
+    s, y = [], []
+    for x, il in zip(va.features, va.instance_labels):
+        known = il >= 0
+        if not known.any():
+            continue
+        p = labeler.predict(x.numpy()).instance_probs
+        s.append(p[known][:, pos_cols].sum(1))
+        y.append(il[known] > 0)
+    if not s:
+        return 0.5
+    return best_f1_threshold(np.concatenate(s), np.concatenate(y))

@@ -1,0 +1,76 @@
+"""Training helpers shared by the distillation methods: torch threads, BatchNorm statistics, the student's
+minibatch schedule."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (``None``: leave as is), restoring them after.
+
+    Why: every training step here is a handful of small matmuls (one bag, a 256-wide projection).
+    With more than one thread each op pays an OpenMP barrier, and on a shared, loaded CPU a barrier
+    waits for a descheduled thread: measured on the 2-core build machine, one WENO epoch on
+    digit-bags took 20 s with 2 threads and 0.8 s with 1.
+    """
+    if n is None or n <= 0:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def student_schedule(m: int, batch: int, min_steps: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """Minibatches of instance indices for one student pass: shuffled passes over all ``m`` training
+    instances, repeated until there are at least ``min_steps`` steps (small cohorts would otherwise give
+    the student one or two steps per epoch while the teacher gets one per bag)."""
+    out: list[torch.Tensor] = []
+    while True:
+        perm = torch.randperm(m, generator=gen)
+        out += [perm[s : s + batch] for s in range(0, m, batch)]
+        if len(out) >= min_steps:
+            return out
+
+
+@torch.no_grad()
+def refresh_batchnorm(enc: nn.Module, x: torch.Tensor, gen: torch.Generator, n: int = 8192, batch: int = 512) -> None:
+    """Set the BatchNorm running statistics of ``enc`` to those of up to ``n`` random instances of ``x``."""
+    bns = [m for m in enc.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    was = enc.training
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the refresh batches
+    enc.train()
+    idx = torch.randperm(len(x), generator=gen)[:n]
+    for s in range(0, len(idx), batch):
+        j = idx[s : s + batch]
+        if len(j) >= 2:
+            enc(x[j])
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    enc.train(was)
+
+
+def bn_eval(enc: nn.Module) -> None:
+    """Put the BatchNorm layers of ``enc`` in eval mode (use running statistics, do not update them)."""
+    for m in enc.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def mods_train(mods: dict[str, nn.Module]) -> None:
+    for m in mods.values():
+        m.train()
