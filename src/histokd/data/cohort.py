@@ -241,6 +241,10 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise InputError(f"{path}: cannot parse the cohort CSV ({e}); fix it to a comma-separated table") from None
     if not rows:
         raise InputError(f"{path}: the file is empty; give a header slide_id,path,label and one row per slide")
+    nul = next((k for k, r in enumerate(rows, start=1) if any("\x00" in c for c in r)), None)
+    if nul is not None:  # no file name or label holds one; open() would fail on it as "embedded null byte"
+        raise InputError(f"{path}: line {nul} holds a NUL character, so the file is binary or damaged; save the "
+                         f"cohort as a plain-text UTF-8 CSV")
     header = [c.strip() for c in rows[0]]
     body = rows[1:]
     n = len(header)

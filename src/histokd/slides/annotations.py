@@ -15,7 +15,8 @@ positive regions, e.g. Camelyon16 group ``_2``) is decided by class / group name
 from __future__ import annotations
 
 import functools
-import json
+import logging
+import math
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Collection, Iterable
@@ -25,11 +26,14 @@ from typing import Any
 
 import numpy as np
 import shapely
-from shapely.geometry import MultiPolygon, Polygon, mapping, shape
+from shapely.geometry import MultiPolygon, Polygon, mapping
 from shapely.geometry.base import BaseGeometry
 
-from histokd.errors import InputError
+from histokd.errors import InputError, one_line
 from histokd.registry import Registry
+from histokd.slides.geojson import MAX_COORDINATE, read_geojson_polygons
+
+log = logging.getLogger("histokd")
 
 #: Class (QuPath) or group (ASAP) names whose polygons are cut out of the positive region.
 #: Camelyon16 uses ``_2`` for normal islands inside tumour; QuPath users mark such areas ``Ignore*``.
@@ -68,48 +72,41 @@ def read_geojson(path: str | os.PathLike[str]) -> list[Annotation]:
     """Read QuPath / generic GeoJSON: a FeatureCollection, a Feature, a bare geometry, or a JSON list of
     Features (what QuPath 0.2 exports). Polygon and MultiPolygon (with holes) are kept; points and lines
     have no area and are skipped. The class is ``properties.classification.name`` (QuPath 0.3+),
-    ``properties.classification`` when a string, or ``properties.name``."""
+    ``properties.classification`` when a string, or ``properties.name``.
+
+    Coordinates are checked by :func:`histokd.slides.geojson.read_geojson_polygons` (flat lists,
+    strings, NaN, ... are one :class:`InputError`); one :class:`Annotation` per feature."""
     path = Path(path)
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: not a readable GeoJSON file ({e}); export it again from QuPath") from None
+    by_feature: dict[int, list[Polygon]] = {}
+    props: dict[int, dict[str, Any]] = {}
+    for p in read_geojson_polygons(path):
+        by_feature.setdefault(p.feature, []).append(Polygon(p.exterior, p.holes))
+        props[p.feature] = p.properties
     out: list[Annotation] = []
-    for feat in _iter_features(obj):
-        geom = feat.get("geometry")
-        if not geom or geom.get("type") not in {"Polygon", "MultiPolygon", "GeometryCollection"}:
-            continue
+    for i, polys in by_feature.items():
         try:
-            g = _areal(shape(geom))
-        except (ValueError, TypeError, AttributeError, shapely.errors.GEOSException) as e:
-            raise InputError(f"{path}: invalid polygon geometry ({e}); fix or re-export the annotation") from None
-        if g.is_empty:
-            continue
-        out.append(Annotation(g, _feature_class(feat.get("properties") or {})))
+            g = _areal(polys[0] if len(polys) == 1 else MultiPolygon(polys))
+        except (ValueError, TypeError, shapely.errors.GEOSException) as e:
+            raise InputError(f"{path}: feature {i}: invalid polygon geometry ({one_line(e, 80)}); fix or re-export "
+                             f"the annotation") from None
+        if not g.is_empty:
+            out.append(Annotation(g, _feature_class(props[i])))
     return out
-
-
-def _iter_features(obj: Any) -> Iterable[dict]:
-    if isinstance(obj, list):
-        for item in obj:
-            yield from _iter_features(item)
-    elif isinstance(obj, dict):
-        kind = obj.get("type")
-        if kind == "FeatureCollection":
-            yield from _iter_features(obj.get("features") or [])
-        elif kind == "Feature":
-            yield obj
-        elif kind in {"Polygon", "MultiPolygon", "GeometryCollection"}:
-            yield {"type": "Feature", "geometry": obj, "properties": {}}
 
 
 def _feature_class(props: dict) -> str:
     cls = props.get("classification")
     if isinstance(cls, dict):
-        return str(cls.get("name") or "")
-    if isinstance(cls, str):
-        return cls
-    return str(props.get("name") or "")
+        cls = cls.get("name")
+    if isinstance(cls, (str, int, float)) and not isinstance(cls, bool) and cls != "":
+        return str(cls)
+    name = props.get("name")
+    return str(name) if isinstance(name, (str, int, float)) and not isinstance(name, bool) else ""
+
+
+#: ASAP annotation types without an area
+_ASAP_POINT_TYPES = frozenset({"dot", "pointset", "measurement"})
+_ASAP_FIX = "export the annotations again from ASAP (or as QuPath GeoJSON)"
 
 
 @ANNOTATION_READERS.register("asap")
@@ -117,33 +114,64 @@ def read_asap_xml(path: str | os.PathLike[str]) -> list[Annotation]:
     """Read ASAP / Camelyon16 XML (``<ASAP_Annotations><Annotations><Annotation PartOfGroup=...>
     <Coordinates><Coordinate Order X Y/>``). The name is the annotation's ``PartOfGroup`` (``_0``/``_1``/
     ``Tumor`` positive, ``_2``/``Exclusion`` exclusions). Polygon, Spline and Rectangle annotations are
-    kept (spline control points are used as polygon vertices); Dot / PointSet have no area."""
+    kept (spline control points are used as polygon vertices); Dot / PointSet have no area.
+
+    Refused with one :class:`InputError` (never a silently empty ground truth): coordinates that are not
+    finite numbers, and a file with annotations of which not one has the 3 coordinates of a polygon (an
+    XML without ``<Coordinate>`` elements, or of another tool, e.g. Aperio ImageScope's ``<Vertex>``).
+    A file with no annotation at all is an empty list (nothing annotated)."""
     path = Path(path)
     try:
         root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as e:
-        raise InputError(f"{path}: not a readable ASAP XML file ({e}); export it again from ASAP") from None
+    except (OSError, ET.ParseError, ValueError) as e:
+        raise InputError(f"{path}: not a readable ASAP XML file ({one_line(e, 80)}); {_ASAP_FIX}") from None
     out: list[Annotation] = []
+    empty: list[str] = []  # annotations with an area type but fewer than 3 coordinates or no area
     for ann in root.iter("Annotation"):
-        if (ann.get("Type") or "Polygon").lower() in {"dot", "pointset", "measurement"}:
+        if (ann.get("Type") or "Polygon").lower() in _ASAP_POINT_TYPES:
             continue
-        pts = []
-        for c in ann.iter("Coordinate"):
-            try:
-                pts.append((float(c.get("Order", len(pts))), float(c.get("X")), float(c.get("Y"))))
-            except (TypeError, ValueError):
-                raise InputError(
-                    f"{path}: annotation {ann.get('Name')!r} has a coordinate without numeric X/Y; fix the XML"
-                ) from None
-        pts.sort(key=lambda p: p[0])
+        pts = _asap_coordinates(path, ann)
         if len(pts) < 3:
+            empty.append(f"{ann.get('Name')!r} ({len(pts)})")
             continue
-        g = _areal(shapely.make_valid(Polygon([(x, y) for _, x, y in pts])))
+        g = _areal(shapely.make_valid(Polygon(pts)))
         if g.is_empty:
+            empty.append(f"{ann.get('Name')!r} (no area)")
             continue
         group = ann.get("PartOfGroup") or ann.get("Name") or ""
         out.append(Annotation(g, "" if group == "None" else group))
+    if empty and not out:
+        shown = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+        vertex = " (<Vertex> elements: an Aperio ImageScope XML, which histokd does not read)" if any(
+            True for _ in root.iter("Vertex")) else ""
+        raise InputError(f"{path}: annotation(s) {shown} have no polygon: fewer than the 3 <Coordinate X= Y=/> "
+                         f"elements of a polygon (counts in brackets) or no area{vertex}, so the mask would be "
+                         f"empty; {_ASAP_FIX}")
+    if empty:
+        log.warning("%s: %d annotation(s) without a polygon left out: %s", path, len(empty),
+                    ", ".join(empty[:5]))
+    if not out and root.tag != "ASAP_Annotations" and not any(True for _ in root.iter("Annotation")):
+        raise InputError(f"{path}: not an ASAP XML file (root element <{one_line(root.tag, 40)}>, no <Annotation>); "
+                         f"{_ASAP_FIX}")
     return out
+
+
+def _asap_coordinates(path: Path, ann: ET.Element) -> list[tuple[float, float]]:
+    """The (x, y) level-0 px of one ASAP annotation, in ``Order``; InputError unless finite numbers."""
+    pts = []
+    for c in ann.iter("Coordinate"):
+        try:
+            order, x, y = (float(c.get("Order", len(pts))), float(c.get("X")), float(c.get("Y")))
+        except (TypeError, ValueError):
+            order = x = y = math.nan
+        if not all(math.isfinite(v) for v in (order, x, y)) or max(abs(x), abs(y)) > MAX_COORDINATE:
+            raise InputError(
+                f"{path}: annotation {ann.get('Name')!r} has a coordinate without finite numeric X/Y "
+                f"(X={one_line(c.get('X'), 20)!r}, Y={one_line(c.get('Y'), 20)!r}); fix the XML or {_ASAP_FIX}"
+            )
+        pts.append((order, x, y))
+    pts.sort(key=lambda p: p[0])
+    return [(x, y) for _, x, y in pts]
 
 
 def _areal(g: BaseGeometry) -> BaseGeometry:

@@ -9,7 +9,6 @@ here; ``histokd.slides.annotations`` adds ASAP / Camelyon XML when it is install
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -20,6 +19,7 @@ import numpy as np
 
 from histokd.errors import InputError
 from histokd.registry import Registry
+from histokd.slides.geojson import read_geojson_polygons
 
 log = logging.getLogger("histokd")
 
@@ -111,13 +111,13 @@ def _load_raster(path: Path, slide_dimensions: tuple[int, int], downsample: floa
 @register_mask_loader(".geojson", ".json")
 def _load_geojson(path: Path, slide_dimensions: tuple[int, int], downsample: float | None = None,
                   classes: Iterable[str] | None = None) -> tuple[np.ndarray, float]:
-    """GeoJSON polygons / multipolygons in level-0 px, holes respected, rasterised at ``downsample``."""
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except Exception as e:  # noqa: BLE001
-        raise InputError(f"{path}: not valid JSON ({e}); re-export the annotations as GeoJSON") from e
-    keep = None if classes is None else {c.lower() for c in classes}
-    polygons = list(_iter_polygons(obj, keep))
+    """GeoJSON polygons / multipolygons in level-0 px, holes respected, rasterised at ``downsample``.
+
+    Coordinates are checked (:func:`histokd.slides.geojson.read_geojson_polygons`): malformed ones are
+    one :class:`InputError` naming the file, never a traceback or a silently empty mask."""
+    keep = None if classes is None else {str(c).lower() for c in classes}
+    polygons = [(p.exterior, p.holes) for p in read_geojson_polygons(path)
+                if keep is None or (_feature_class(p.properties) or "").lower() in keep]
     return rasterise_polygons(polygons, slide_dimensions, downsample), _downsample_or_default(
         slide_dimensions, downsample)
 
@@ -165,40 +165,10 @@ def _feature_class(props: dict[str, Any] | None) -> str | None:
         return None
     c = props.get("classification")
     if isinstance(c, dict):
-        return c.get("name")
-    if isinstance(c, str):
-        return c
-    return props.get("class") or props.get("label") or props.get("name")
-
-
-def _iter_polygons(obj: Any, keep: set[str] | None, props: dict[str, Any] | None = None):
-    """Yield ``(exterior, holes)`` for every (multi)polygon of a GeoJSON object."""
-    if isinstance(obj, list):  # QuPath sometimes writes a bare list of features
-        for o in obj:
-            yield from _iter_polygons(o, keep)
-        return
-    if not isinstance(obj, dict):
-        return
-    t = obj.get("type")
-    if t == "FeatureCollection":
-        for f in obj.get("features", []):
-            yield from _iter_polygons(f, keep)
-    elif t == "Feature":
-        cls = _feature_class(obj.get("properties"))
-        if keep is not None and (cls is None or cls.lower() not in keep):
-            return
-        yield from _iter_polygons(obj.get("geometry"), None, obj.get("properties"))
-    elif t == "GeometryCollection":
-        for g in obj.get("geometries", []):
-            yield from _iter_polygons(g, keep)
-    elif t == "Polygon":
-        rings = obj.get("coordinates") or []
-        if rings:
-            yield np.asarray(rings[0], float)[:, :2], [np.asarray(r, float)[:, :2] for r in rings[1:]]
-    elif t == "MultiPolygon":
-        for rings in obj.get("coordinates") or []:
-            if rings:
-                yield np.asarray(rings[0], float)[:, :2], [np.asarray(r, float)[:, :2] for r in rings[1:]]
+        c = c.get("name")
+    if c is None or isinstance(c, (dict, list)):
+        c = props.get("class") or props.get("label") or props.get("name")
+    return None if c is None or isinstance(c, (dict, list)) else str(c)
 
 
 def tile_fractions(
