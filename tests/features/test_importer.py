@@ -79,20 +79,72 @@ def test_trident_nested_folder_with_batch_axis(tmp_path):
     assert ff.attrs["patch_size_level0"] == 512 and ff.attrs["source_encoder"] == "conch_v15"
 
 
+def _h5(path, n, dim):
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=np.ones((n, dim), np.float32))
+        f.create_dataset("coords", data=np.zeros((n, 2), np.int64))
+
+
 def test_bad_files_are_reported_and_others_kept(tmp_path):
     src = tmp_path / "flat"
     src.mkdir()
-    with h5py.File(src / "good.h5", "w") as f:
-        f.create_dataset("features", data=np.ones((3, 8), np.float32))
-        f.create_dataset("coords", data=np.zeros((3, 2), np.int64))
-    with h5py.File(src / "wrongdim.h5", "w") as f:
-        f.create_dataset("features", data=np.ones((3, 5), np.float32))
-        f.create_dataset("coords", data=np.zeros((3, 2), np.int64))
+    _h5(src / "good.h5", 3, 8)
+    _h5(src / "good2.h5", 4, 8)
+    _h5(src / "wrongdim.h5", 3, 5)
     (src / "corrupt.h5").write_bytes(b"\x89HDF\r\n truncated")
     res = import_features(src, Workspace(tmp_path / "run"), "mine")
-    assert "good" in res.imported
+    assert sorted(res.imported) == ["good", "good2"] and res.dim == 8
     assert "cannot read feature file" in res.failed["corrupt"]
-    assert "5-d" in res.failed["wrongdim"] or "8-d" in res.failed.get("good", "")
+    assert res.failed["wrongdim"] == (
+        f"{src / 'wrongdim.h5'}: features are 5-d but 2 of the 3 readable files in {src} are 8-d (another "
+        f"encoder?); re-extract this slide with the encoder of the others, or import it under its own --name")
+
+
+def test_one_bad_file_does_not_reject_nine_good_ones(tmp_path):
+    """Issue 16: the alphabetically first file used to decide the dimension, so one stray file rejected
+    the nine good ones."""
+    src = tmp_path / "clam" / "h5_files"
+    src.mkdir(parents=True)
+    _h5(src / "a_stray.h5", 5, 384)  # sorts first
+    for i in range(9):
+        _h5(src / f"slide{i}.h5", 4 + i, 1280)
+    ws = Workspace(tmp_path / "run")
+    res = import_features(tmp_path / "clam", ws, "effnet")
+    assert res.dim == 1280 and sorted(res.imported) == [f"slide{i}" for i in range(9)]
+    assert list(res.failed) == ["a_stray"] and "features are 384-d but 9 of the 10 readable files" in res.failed["a_stray"]
+    assert read_features(ws.features_h5("effnet", "slide3"), expected_dim=1280).features.shape == (7, 1280)
+    assert not ws.features_h5("effnet", "a_stray").exists()
+
+
+def test_a_tie_between_dimensions_is_refused_listing_them(tmp_path):
+    src = tmp_path / "mixed"
+    src.mkdir()
+    for stem, dim in [("a", 768), ("b", 768), ("c", 1024), ("d", 1024), ("e", 512)]:
+        _h5(src / f"{stem}.h5", 3, dim)
+    (src / "broken.h5").write_bytes(b"not hdf5")  # unreadable files do not vote
+    with pytest.raises(InputError) as e:
+        import_features(src, Workspace(tmp_path / "run"), "x")
+    assert str(e.value) == (
+        f"{src}: feature files of different dimensions and no majority (768-d: a.h5, b.h5; 1024-d: c.h5, d.h5; "
+        f"512-d: e.h5); keep the files of one encoder in the folder, or import each set under its own --name")
+    assert not (tmp_path / "run" / "features" / "x").exists() or not list((tmp_path / "run" / "features" / "x").iterdir())
+
+
+def test_cli_lists_the_odd_file_as_failed(tmp_path):
+    from typer.testing import CliRunner
+
+    from histokd.cli import app
+
+    src = tmp_path / "flat"
+    src.mkdir()
+    _h5(src / "a_stray.h5", 2, 16)
+    for i in range(3):
+        _h5(src / f"s{i}.h5", 3, 32)
+    r = CliRunner().invoke(app, ["import-features", str(src), "-w", str(tmp_path / "run"), "--name", "f"])
+    out = "".join(r.output.split())
+    assert r.exit_code == 1, r.output
+    assert "3clamfile(s)imported,32-d;1failed" in out
+    assert "".join(f"{src / 'a_stray.h5'}: features are 16-d but 3 of the 4 readable files".split()) in out
 
 
 def test_empty_or_missing_source(tmp_path):

@@ -11,6 +11,8 @@ Recognised layouts of ``SRC_DIR`` (``--format auto`` looks for them in this orde
 Every file is validated (readable, [N, D], finite, one D for the whole set) and rewritten into
 ``RUN/features/NAME/<slide>.h5`` in the histokd layout (a copy, not a symlink: ``.pt`` files must be
 converted anyway, and a run folder should not break when the source moves). The slide ID is the file stem.
+The set's D is the one most files share (read from the h5 shapes first, no data loaded): a file of
+another D is listed as failed, the others are imported; a tie between dimensions is refused.
 ``.pt`` files have no coordinates: they are taken from ``RUN/tiles/<slide>.h5`` when that grid has the same
 number of tiles, else left at zero (heatmaps then cannot place the tiles, a warning says so).
 """
@@ -19,13 +21,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from histokd.errors import HistokdError, InputError
+from histokd.errors import FeatureError, HistokdError, InputError
 from histokd.features.store import read_features, write_features
 from histokd.progress import progress
 from histokd.registry import Registry
@@ -126,14 +129,23 @@ def import_features(
             f"pass --overwrite to replace them or choose another --name"
         )
     result = ImportResult(out_dir=ws.features_dir(name), format=fmt)
+    dims = _probe_dims(found, result.failed)
+    result.dim = _majority_dim(src, dims, found)
     with progress() as bar:
         task = bar.add_task(f"import {fmt}", total=len(found), unit="slides")
         for sid, path in found.items():
             try:
-                check_id(sid)
+                if sid in result.failed:
+                    continue
+                if dims[sid] != result.dim:
+                    n_major = sum(d == result.dim for d in dims.values())
+                    raise FeatureError(
+                        f"{path}: features are {dims[sid]}-d but {n_major} of the {len(dims)} readable files in "
+                        f"{src} are {result.dim}-d (another encoder?); re-extract this slide with the encoder of "
+                        f"the others, or import it under its own --name"
+                    )
                 out = ws.features_h5(name, sid)
                 ff = read_features(path, expected_dim=result.dim)
-                result.dim = ff.dim
                 attrs = _source_attrs(path)
                 if path.suffix == ".pt":
                     ff.coords = _coords_from_grid(ws, sid, len(ff), path)
@@ -149,9 +161,61 @@ def import_features(
                 result.imported.append(sid)
             except HistokdError as e:
                 result.failed[sid] = str(e)
-            bar.advance(task)
+            finally:
+                bar.advance(task)
     log.info("imported %d %s feature file(s) (%s-d) into %s", len(result.imported), fmt, result.dim, result.out_dir)
     return result
+
+
+def _probe_dims(found: dict[str, Path], failed: dict[str, str]) -> dict[str, int]:
+    """{slide_id: D} of every readable file with a valid id; the others go to ``failed`` with their line."""
+    dims: dict[str, int] = {}
+    for sid, path in found.items():
+        try:
+            check_id(sid)
+            dims[sid] = _feature_dim(path)
+        except HistokdError as e:
+            failed[sid] = str(e)
+    return dims
+
+
+def _feature_dim(path: Path) -> int:
+    """D of a feature file: from the dataset's shape for h5 (no data read), else from a full read, which
+    also raises the file's own :class:`FeatureError` (unreadable, not [N, D], ...)."""
+    if path.suffix == ".h5":
+        try:
+            with h5py.File(path, "r") as f:
+                shape = tuple(f["features"].shape)
+            if len(shape) == 3 and shape[0] == 1:  # TRIDENT/CLAM's leading batch axis
+                shape = shape[1:]
+            if len(shape) == 2:
+                return int(shape[1])
+        except Exception:  # noqa: BLE001 - the full read below says what is wrong with the file
+            pass
+    return read_features(path).dim
+
+
+def _majority_dim(src: Path, dims: dict[str, int], found: dict[str, Path]) -> int | None:
+    """The feature dimension most files share, so that one stray file cannot reject the others.
+
+    None when no file is readable; a tie between the most common dimensions is refused (which set is
+    meant cannot be guessed) with one line listing the dimensions and their files."""
+    counts = Counter(dims.values())
+    if not counts:
+        return None
+    ranked = counts.most_common()
+    tied = [d for d, n in ranked if n == ranked[0][1]]
+    if len(tied) > 1:
+        groups = "; ".join(f"{d}-d: " + ", ".join(found[s].name for s in sorted(dims) if dims[s] == d)[:200]
+                           for d, _ in ranked)
+        raise InputError(
+            f"{src}: feature files of different dimensions and no majority ({groups}); keep the files of one "
+            f"encoder in the folder, or import each set under its own --name"
+        )
+    if len(ranked) > 1:
+        log.warning("%s: %d file(s) are not %d-d like the other %d; they are listed as failed", src,
+                    len(dims) - ranked[0][1], ranked[0][0], ranked[0][1])
+    return ranked[0][0]
 
 
 def _coords_from_grid(ws: Workspace, sid: str, n: int, path: Path) -> np.ndarray:
