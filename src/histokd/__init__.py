@@ -3,7 +3,7 @@
 The public API mirrors the CLI verbs: ``histokd.synth``, ``histokd.tile``, ``histokd.embed``,
 ``histokd.train``, ``histokd.label``, ``histokd.report``, ``histokd.bench``, ``histokd.demo``.
 They are imported lazily so that ``import histokd`` stays cheap. The verbs live in
-:mod:`histokd.pipeline` (``synth``, ``import_features``, ``train_encoder`` and ``open_slide`` in their
+:mod:`histokd.pipeline` (``synth``, ``import_features`` and ``open_slide`` in their
 library packages); this facade is the one module outside the pipeline that may name them.
 """
 
@@ -24,7 +24,7 @@ _API = {
     "label": "histokd.pipeline.label:label",
     "report": "histokd.pipeline.report:report",
     "bench": "histokd.pipeline.bench:bench",
-    "train_encoder": "histokd.methods.more_from_less:train_encoder",
+    "train_encoder": "histokd.pipeline.train_encoder:train_encoder",
     "demo": "histokd.pipeline.demo:demo",
     "open_slide": "histokd.slides.reader:open_slide",
 }

@@ -13,7 +13,7 @@ from histokd.data.paired import load_paired_tiles, sample_locations
 from histokd.errors import InputError
 from histokd.pipeline.probe import compare_encoders
 from histokd.features.encoders import build_encoder
-from histokd.methods.more_from_less import train_encoder
+from histokd.pipeline.train_encoder import train_encoder
 from histokd.workspace import Workspace
 
 KW = dict(epochs=1, batch_size=16, tile_size=16, max_tiles=32, seed=3, proj_hidden=32, proj_dim=32,

@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(None, "--threads", help="Torch CPU threads (1 is fastest on a loaded CPU)."),
     ) -> None:
         """Train an H&E encoder with paired dense data (More From Less) or H&E alone (ssl-he) -> RUN/encoders/<id>/."""
-        from histokd.methods.more_from_less import train_encoder as run
+        from histokd.pipeline.train_encoder import train_encoder as run
 
         out = run(
             workspace, method=method, epochs=epochs, batch_size=batch_size, tile_size=tile_size, mpp=mpp,

@@ -44,7 +44,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from histokd.errors import InputError, ModelError
 from histokd.features.mfl_encoder import load_encoder_folder  # noqa: F401  (re-exported)
 from histokd.registry import Registry
-from histokd.workspace import Workspace, check_id
 
 log = logging.getLogger("histokd")
 
@@ -416,7 +415,7 @@ def _fit_encoders(
     return nets, {"history": history, "stats": stats, "steps": total, "seconds": time.time() - t0}
 
 
-def _config_hash(config: MFLConfig, extra: dict[str, Any]) -> str:
+def config_hash(config: MFLConfig, extra: dict[str, Any]) -> str:
     blob = json.dumps({"config": config.model_dump(mode="json"), **extra}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
@@ -490,81 +489,3 @@ def save_encoder(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def train_encoder(
-    workspace: str | os.PathLike[str] | Workspace,
-    method: str = "more-from-less",
-    epochs: int = 5,
-    batch_size: int = 128,
-    tile_size: int = 64,
-    mpp: float | None = None,
-    max_tiles: int = 4000,
-    seed: int = 0,
-    loss: str = "vicreg",
-    encoder_id: str | None = None,
-    overwrite: bool = False,
-    show_progress: bool | None = None,
-    threads: int | None = None,
-    **overrides: Any,
-) -> Path:
-    """Train a More From Less (``more-from-less``) or H&E-only SSL (``ssl-he``) encoder on a tiled workspace.
-
-    Tiles: up to ``max_tiles`` of ``tile_size`` px at ``mpp`` µm/px, centred on the tiling grid of the
-    slides in ``splits`` (default: train), the same tiles for both methods at a given seed. ``mpp=None``
-    picks the resolution at which ``tile_size`` px cover the grid's tile, which is how ``histokd embed``
-    will read tiles for this encoder (the whole grid tile resized to ``tile_size``). Returns the model
-    folder ``RUN/encoders/<id>/``, usable as ``histokd embed --encoder mfl:<folder>``.
-    """
-    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    if method not in MFL_METHODS:
-        raise InputError(f"unknown encoder method {method!r}; choose one of: {', '.join(MFL_METHODS)}")
-    grid_extent_um = _grid_extent_um(ws)
-    if mpp is None:
-        mpp = grid_extent_um / tile_size
-    elif abs(tile_size * mpp - grid_extent_um) > 1e-3 * grid_extent_um:
-        log.warning(
-            "train-encoder: tiles of %d px at %.3g µm/px cover %.1f µm but the tiling grid's tiles cover %.1f µm; "
-            "`histokd embed` reads the grid tile resized to %d px, so the encoder will see another scale",
-            tile_size, mpp, tile_size * mpp, grid_extent_um, tile_size,
-        )
-    try:
-        config = MFLConfig(
-            method=method, loss=loss, epochs=epochs, batch_size=batch_size, tile_size=tile_size, mpp=mpp,
-            max_tiles=max_tiles, seed=seed, **overrides,
-        )
-    except Exception as e:  # pydantic ValidationError -> one line
-        raise InputError(f"train-encoder options: {str(e).splitlines()[0]} ({e})".replace("\n", " ")) from None
-    from histokd.data.paired import load_paired_tiles
-
-    tiles = load_paired_tiles(
-        ws, config.tile_size, config.mpp, config.max_tiles, config.seed, tuple(config.splits),
-        with_dense=config.method == "more-from-less", show_progress=show_progress,
-    )
-    log.info("%s: %d tiles of %d px at %.3g µm/px from %d slides", method, len(tiles), tile_size, mpp,
-             len(set(tiles.slide_ids.tolist())))
-    nets, info = fit_encoders(tiles.he, tiles.dense, config, show_progress=show_progress, threads=threads)
-    coords_hash = hashlib.sha256(tiles.coords.tobytes() + "|".join(tiles.slide_ids).encode()).hexdigest()[:16]
-    eid = check_id(encoder_id or default_encoder_id(config), "encoder id")
-    provenance = {
-        "workspace": str(ws.root.resolve()),
-        "n_tiles": len(tiles),
-        "slides": sorted(set(tiles.slide_ids.tolist())),
-        "tiles_hash": coords_hash,
-        "failed_slides": tiles.failures,
-        "config_hash": _config_hash(config, {"tiles": coords_hash}),
-    }
-    out = save_encoder(ws.encoders_dir() / eid, nets, config, info, provenance, overwrite=overwrite)
-    log.info("encoder saved to %s (use --encoder mfl:%s)", out, out)
-    return out
-
-
-def _grid_extent_um(ws: Workspace) -> float:
-    """Side of the workspace's grid tiles in µm (``patch_size * target_mpp`` of the first tiles file)."""
-    from histokd.slides.tiling import read_tiles
-
-    files = sorted(ws.tiles_dir.glob("*.h5"))
-    if not files:
-        raise InputError(f"{ws.tiles_dir}: no tiles; run `histokd tile COHORT.csv -w {ws.root}` first")
-    attrs = read_tiles(files[0]).attrs
-    return float(attrs["patch_size"]) * float(attrs["target_mpp"])
