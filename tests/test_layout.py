@@ -11,7 +11,6 @@ verbs compose, the pipeline composes them.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
 from collections import Counter
 from pathlib import Path
@@ -69,10 +68,12 @@ def floor_of(module: str) -> int | None:
 
 
 def _is_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
+    """Whether ``histokd.a.b`` names a module or package of the source tree (found without importing it)."""
+    parts = name.split(".")
+    if parts[0] != "histokd":
         return False
+    base = SRC.joinpath(*parts[1:])
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
 
 
 def imports_of(source: str, module: str, is_package: bool) -> list[tuple[int, str]]:
