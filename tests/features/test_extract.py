@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 import pytest
@@ -32,7 +35,9 @@ def test_fresh_and_resumed_runs_agree(workspace):
     # a killed run: one slide done, one half-written temp file, one missing
     workspace.features_h5("handcrafted", "s1").unlink()
     workspace.features_h5("handcrafted", "s2").unlink()
-    (workspace.features_dir("handcrafted") / ".s2.h5.zzz.tmp").write_bytes(b"partial")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # the killed run's temp names carry its (now gone) pid
+    (workspace.features_dir("handcrafted") / f".s2.h5.histokd-{dead.pid}-zzz.tmp").write_bytes(b"partial")
     mtime = workspace.features_h5("handcrafted", "s0").stat().st_mtime_ns
     res = embed(workspace, "handcrafted", batch_size=7, workers=2)
     assert res.skipped == ["s0"] and sorted(res.written) == ["s1", "s2"]

@@ -195,7 +195,9 @@ def test_resume_after_interruption_gives_same_tiles(slides, tmp_path):
     (run / "tiles" / "coarse.h5").unlink()
     data = (run / "tiles" / "lossless.h5").read_bytes()
     (run / "tiles" / "lossless.h5").write_bytes(data[: len(data) // 3])
-    stale = run / "tiles" / ".coarse.h5.abc123.tmp"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # the killed run's temp names carry its (now gone) pid
+    stale = run / "tiles" / f".coarse.h5.histokd-{dead.pid}-abc123.tmp"
     stale.write_bytes(b"partial")
     again = tile(co, run, mpp=MPP, size=SIZE, workers=1)
     assert again.ok and set(again.tiled) == {"coarse", "lossless"} and set(again.skipped) == {"fine"}

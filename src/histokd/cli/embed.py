@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
         engine: str = typer.Option("local", "--engine", help="local | ray (spread slides over a Ray cluster)."),
         address: str = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Redo slides whose features already exist."),
+        wait: bool = typer.Option(False, "--wait", help="Wait for another run writing the same folder (default: stop)."),
         weights: str = typer.Option(None, "--weights", help="Weights file (state dict) overriding the encoder's own."),
         stain_norm: str = typer.Option("none", "--stain-norm", help="none | reinhard | macenko."),
         threads: int = typer.Option(None, "--threads", help="CPU threads for the encoder, PyTorch or ONNX Runtime (default: torch's)."),
@@ -42,6 +43,7 @@ def register(app: typer.Typer) -> None:
         res = run(
             workspace, encoder, weights=weights, batch_size=batch_size, workers=workers, device=device,
             precision=precision, runtime=runtime, dtype=dtype, engine=engine, address=address, overwrite=overwrite,
+            wait=wait,
             stain_norm=None if stain_norm == "none" else stain_norm, threads=threads,
         )
         typer.echo(

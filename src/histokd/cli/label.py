@@ -17,6 +17,7 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option(..., "--model", help="Model id under RUN/models/."),
         features: str = typer.Option(None, "--features", help="Feature set (default: the model's)."),
         overwrite: bool = typer.Option(False, "--overwrite"),
+        wait: bool = typer.Option(False, "--wait", help="Wait for another run writing the same folder (default: stop)."),
         n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% CIs."),
         threshold: float = typer.Option(0.5, "--tumour-threshold", help="Tile tumour fraction above which it is positive."),
         seed: int = typer.Option(0, "--seed"),
@@ -25,7 +26,7 @@ def register(app: typer.Typer) -> None:
         from histokd.pipeline.label import label as label_fn
 
         res = label_fn(workspace, model, features=features, overwrite=overwrite, n_boot=n_boot, seed=seed,
-                       tumour_threshold=threshold)
+                       tumour_threshold=threshold, wait=wait)
         for split, m in res.metrics.get("splits", {}).items():
             parts = [f"{split:<6} n={m['n_bags']}"]
             for k in ("auc", "accuracy", "balanced_accuracy", "f1"):

@@ -21,11 +21,12 @@ def register(app: typer.Typer) -> None:
                                         help="Tumour probability for regions (default: from metrics.json, else 0.5)."),
         thumbnail_size: int = typer.Option(1024, "--thumbnail-size", min=64, help="Longer side of heatmap thumbnails (px)."),
         n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples for the 95% CIs."),
+        wait: bool = typer.Option(False, "--wait", help="Wait for another run writing the same folder (default: stop)."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
     ) -> None:
         """Write RUN/reports/<model>/: index.html, heatmaps/, geojson/ (QuPath), tiles.csv, plots/."""
         from histokd.pipeline.report import report as run_report
 
         index = run_report(workspace, model, slides=slides or None, top_k=top_k, threshold=threshold,
-                           thumbnail_size=thumbnail_size, n_boot=n_boot)
+                           thumbnail_size=thumbnail_size, n_boot=n_boot, wait=wait)
         typer.echo(f"report: {index.resolve()}")

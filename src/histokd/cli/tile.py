@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
                  "(a tissue_mask_path cohort column wins)."),
         backend: str = typer.Option("auto", "--backend", help="Slide reader: auto, openslide or tiffslide."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Re-tile slides that are already up to date."),
+        wait: bool = typer.Option(False, "--wait", help="Wait for another run writing the same folder (default: stop)."),
         label_map: Optional[list[str]] = typer.Option(
             None, "--label-map",
             help='Rename labels as the cohort is read, FROM=TO pairs: "tumor=tumour,Tumour=tumour" (repeatable).'),
@@ -38,7 +39,7 @@ def register(app: typer.Typer) -> None:
 
         res = tile_api(cohort, workspace, mpp=mpp, size=size, overlap=overlap, min_tissue=min_tissue,
                        workers=workers, overwrite=overwrite, slide_mpp=slide_mpp,
-                       tissue_mask_dir=tissue_mask_dir, backend=backend, label_map=label_map or None)
+                       tissue_mask_dir=tissue_mask_dir, backend=backend, label_map=label_map or None, wait=wait)
         n_new = sum(res.tiled.values())
         rate = n_new / res.seconds if res.seconds > 0 else 0.0
         typer.echo(

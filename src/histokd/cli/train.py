@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
         accelerator: str = typer.Option(None, "--accelerator", help="auto, cpu, cuda, mps."),
         max_epochs: int = typer.Option(None, "--max-epochs"),
         overwrite: bool = typer.Option(False, "--overwrite"),
+        wait: bool = typer.Option(False, "--wait", help="Wait for another run writing the same folder (default: stop)."),
         list_methods: bool = typer.Option(False, "--list-methods", help="Print the registered methods and exit."),
         teacher: str = typer.Option(None, "--teacher", help="Teacher model ID (ifkd): same as --set teacher=ID."),
     ) -> None:
@@ -40,5 +41,5 @@ def register(app: typer.Typer) -> None:
         overrides = list(set_ or []) + ([f"teacher={teacher}"] if teacher else [])
         out = train_fn(workspace, features=features, method=method, config=config, overrides=overrides,
                        seed=seed, model_id=model_id, devices=dev, num_nodes=num_nodes, strategy=strategy,
-                       accelerator=accelerator, max_epochs=max_epochs, overwrite=overwrite)
+                       accelerator=accelerator, max_epochs=max_epochs, overwrite=overwrite, wait=wait)
         typer.echo(str(out))

@@ -25,7 +25,7 @@ from histokd.features.runtime import build_runner, resolve_runtime
 from histokd.features.stain import build_stain_normalizer
 from histokd.progress import progress
 from histokd.slides.tiling import read_tiles
-from histokd.workspace import Workspace, clean_stale_temps
+from histokd.workspace import Workspace, clean_stale_temps, writer_lock
 
 log = logging.getLogger("histokd")
 
@@ -118,6 +118,7 @@ def embed(
     stain_norm: str | None = None,
     slides: list[str] | None = None,
     threads: int | None = None,
+    wait: bool = False,
 ) -> EmbedResult:
     """Extract features for every tiled slide of ``workspace`` into ``features/<encoder>/<slide>.h5``.
 
@@ -139,44 +140,45 @@ def embed(
         torch.set_num_threads(threads)
     enc = build_encoder(encoder, weights=weights, device=device)
     result = EmbedResult(out_dir=ws.features_dir(encoder), encoder=encoder)
-    clean_stale_temps(result.out_dir)
-    jobs, result.failed = make_jobs(ws, encoder, slides)
-    todo = []
-    for job in jobs:
-        if not overwrite and is_done(job, enc, dtype, stain_norm, precision):
-            result.skipped.append(job.slide_id)
+    with writer_lock(result.out_dir, wait=wait):
+        clean_stale_temps(result.out_dir)
+        jobs, result.failed = make_jobs(ws, encoder, slides)
+        todo = []
+        for job in jobs:
+            if not overwrite and is_done(job, enc, dtype, stain_norm, precision):
+                result.skipped.append(job.slide_id)
+            else:
+                todo.append(job)
+        if result.skipped:
+            log.info("%d slide(s) already embedded with %s; skipped (use --overwrite to redo)", len(result.skipped), encoder)
+        n_tiles = sum(len(j.coords) for j in todo)
+        runner = None
+        if todo and engine == "local":
+            runner, result.runtime, result.export_seconds = build_runner(enc, runtime, device, precision, threads)
+            log.info("encoder %s runs on %s through %s (%s)", encoder, device, result.runtime, precision)
         else:
-            todo.append(job)
-    if result.skipped:
-        log.info("%d slide(s) already embedded with %s; skipped (use --overwrite to redo)", len(result.skipped), encoder)
-    n_tiles = sum(len(j.coords) for j in todo)
-    runner = None
-    if todo and engine == "local":
-        runner, result.runtime, result.export_seconds = build_runner(enc, runtime, device, precision, threads)
-        log.info("encoder %s runs on %s through %s (%s)", encoder, device, result.runtime, precision)
-    else:
-        result.runtime = resolve_runtime(runtime, enc, device, precision)
-    t0 = time.perf_counter()
-    with progress() as bar:
-        task = bar.add_task(f"embed {encoder}", total=n_tiles, unit="tiles")
+            result.runtime = resolve_runtime(runtime, enc, device, precision)
+        t0 = time.perf_counter()
+        with progress() as bar:
+            task = bar.add_task(f"embed {encoder}", total=n_tiles, unit="tiles")
 
-        def advance(n: int) -> None:
-            bar.advance(task, n)
+            def advance(n: int) -> None:
+                bar.advance(task, n)
 
-        opts = dict(batch_size=batch_size, workers=workers, precision=precision, dtype=dtype, stain_norm=stain_norm)
-        if engine == "ray":
-            from histokd.features.ray_engine import run_ray
+            opts = dict(batch_size=batch_size, workers=workers, precision=precision, dtype=dtype, stain_norm=stain_norm)
+            if engine == "ray":
+                from histokd.features.ray_engine import run_ray
 
-            written, failed = run_ray(todo, encoder, weights=weights, device=device, address=address,
-                                      on_tiles=advance, runtime=runtime, threads=threads, **opts)
-        else:
-            written, failed = run_jobs(todo, enc, runner, device=device, runtime=result.runtime,
-                                       on_tiles=advance, **opts)
-    result.seconds = time.perf_counter() - t0
-    result.written, result.n_tiles = written, sum(len(j.coords) for j in todo if j.slide_id in set(written))
-    result.failed.update(failed)
-    log.info(
-        "embedded %d slide(s), %d tiles in %.1f s (%.1f tiles/s) -> %s",
-        len(written), result.n_tiles, result.seconds, result.tiles_per_s, result.out_dir,
-    )
-    return result
+                written, failed = run_ray(todo, encoder, weights=weights, device=device, address=address,
+                                          on_tiles=advance, runtime=runtime, threads=threads, **opts)
+            else:
+                written, failed = run_jobs(todo, enc, runner, device=device, runtime=result.runtime,
+                                           on_tiles=advance, **opts)
+        result.seconds = time.perf_counter() - t0
+        result.written, result.n_tiles = written, sum(len(j.coords) for j in todo if j.slide_id in set(written))
+        result.failed.update(failed)
+        log.info(
+            "embedded %d slide(s), %d tiles in %.1f s (%.1f tiles/s) -> %s",
+            len(written), result.n_tiles, result.seconds, result.tiles_per_s, result.out_dir,
+        )
+        return result

@@ -25,7 +25,7 @@ import numpy as np
 from histokd.data.bags import BagDataset, ensure_instance_labels, positive_class
 from histokd.errors import HistokdError, ModelError
 from histokd.progress import progress
-from histokd.workspace import Workspace, atomic_path, read_csv, write_csv, write_json
+from histokd.workspace import Workspace, atomic_path, read_csv, write_csv, write_json, writer_lock
 
 log = logging.getLogger("histokd")
 
@@ -70,6 +70,7 @@ def label(
     n_boot: int = 1000,
     seed: int = 0,
     tumour_threshold: float = 0.5,
+    wait: bool = False,
 ) -> LabelResult:
     """Label every slide with features using model ``RUN/models/<model>/``; write predictions and metrics."""
     from histokd.methods.base import load_labeler, read_model_meta
@@ -85,56 +86,57 @@ def label(
     labeler = load_labeler(mdir)
     classes = list(labeler.classes)
     out = ws.predictions_dir(model)
-    failures = ensure_instance_labels(ws, features, threshold=tumour_threshold)
-    ds = BagDataset.from_workspace(ws, features, classes=classes, require_labels=False, preload=False)
-    splits = _model_splits(mdir)
-    pos = positive_class(classes)
-    rows, inst = [], []
-    cohort = None  # read on first use by segmenting labellers
-    with progress() as bar:
-        task = bar.add_task("label", total=len(ds), unit="slide")
-        for i, rec in enumerate(ds.records):
-            sid = rec.slide_id
-            path = ws.predictions_h5(model, sid)
-            try:
-                if path.exists() and not overwrite and _same_model(path, model):
-                    p = read_prediction(path)
-                    bag_probs, probs, scores = p["bag_probs"], p["instance_probs"], p.get("instance_scores")
-                    inst_labels = ds[i].instance_labels
-                else:
-                    bag = ds[i]
-                    if hasattr(labeler, "predict_slide"):  # segmenters (ifkd) read the slide's pixels
-                        from histokd.data.cohort import load_workspace_cohort
-
-                        cohort = cohort or load_workspace_cohort(ws)
-                        pred = labeler.predict_slide(cohort.row(sid), bag.features.numpy(), bag.coords,
-                                                     _feature_attr(rec.path, "patch_size_level0"))
+    with writer_lock(out, wait=wait):
+        failures = ensure_instance_labels(ws, features, threshold=tumour_threshold)
+        ds = BagDataset.from_workspace(ws, features, classes=classes, require_labels=False, preload=False)
+        splits = _model_splits(mdir)
+        pos = positive_class(classes)
+        rows, inst = [], []
+        cohort = None  # read on first use by segmenting labellers
+        with progress() as bar:
+            task = bar.add_task("label", total=len(ds), unit="slide")
+            for i, rec in enumerate(ds.records):
+                sid = rec.slide_id
+                path = ws.predictions_h5(model, sid)
+                try:
+                    if path.exists() and not overwrite and _same_model(path, model):
+                        p = read_prediction(path)
+                        bag_probs, probs, scores = p["bag_probs"], p["instance_probs"], p.get("instance_scores")
+                        inst_labels = ds[i].instance_labels
                     else:
-                        pred = labeler.predict(bag.features.numpy())
-                    write_prediction(path, pred, bag.coords if bag.coords is not None else np.zeros((len(bag.features), 2)),
-                                     {"classes": json.dumps(classes), "model_id": model, "method": meta["method"],
-                                      "slide_id": sid, "patch_size_level0": _feature_attr(rec.path, "patch_size_level0")})
-                    bag_probs, probs, scores, inst_labels = pred.bag_probs, pred.instance_probs, pred.instance_scores, bag.instance_labels
-            except (HistokdError, OSError) as e:
-                failures[sid] = str(e)
-                log.warning("%s: %s", sid, e)
-                bar.advance(task)
-                continue
-            split = splits.get(sid, rec.split) or ""
-            rows.append((sid, split, rec.label, np.asarray(bag_probs, np.float64)))
-            if inst_labels is not None:
-                inst.append((split, np.asarray(inst_labels), np.asarray(probs)[:, pos],
-                             None if scores is None else np.asarray(scores).reshape(-1)))
-            bar.advance(task)
-    _write_bags_csv(out / "bags.csv", rows, classes)
-    metrics = evaluate_predictions(rows, inst, classes, n_boot, seed)
-    if hasattr(labeler, "predict_slide"):  # pixel masks: PNGs + Dice/IoU/AUC/Hausdorff/FROC per split
-        from histokd.methods.ifkd_label import finish_pixel_outputs
+                        bag = ds[i]
+                        if hasattr(labeler, "predict_slide"):  # segmenters (ifkd) read the slide's pixels
+                            from histokd.data.cohort import load_workspace_cohort
 
-        metrics["pixel"] = finish_pixel_outputs(ws, model)
-    metrics.update({"model_id": model, "method": meta["method"], "features": features, "failures": failures})
-    write_json(out / "metrics.json", metrics)
-    return LabelResult(out, len(rows), failures, metrics)
+                            cohort = cohort or load_workspace_cohort(ws)
+                            pred = labeler.predict_slide(cohort.row(sid), bag.features.numpy(), bag.coords,
+                                                         _feature_attr(rec.path, "patch_size_level0"))
+                        else:
+                            pred = labeler.predict(bag.features.numpy())
+                        write_prediction(path, pred, bag.coords if bag.coords is not None else np.zeros((len(bag.features), 2)),
+                                         {"classes": json.dumps(classes), "model_id": model, "method": meta["method"],
+                                          "slide_id": sid, "patch_size_level0": _feature_attr(rec.path, "patch_size_level0")})
+                        bag_probs, probs, scores, inst_labels = pred.bag_probs, pred.instance_probs, pred.instance_scores, bag.instance_labels
+                except (HistokdError, OSError) as e:
+                    failures[sid] = str(e)
+                    log.warning("%s: %s", sid, e)
+                    bar.advance(task)
+                    continue
+                split = splits.get(sid, rec.split) or ""
+                rows.append((sid, split, rec.label, np.asarray(bag_probs, np.float64)))
+                if inst_labels is not None:
+                    inst.append((split, np.asarray(inst_labels), np.asarray(probs)[:, pos],
+                                 None if scores is None else np.asarray(scores).reshape(-1)))
+                bar.advance(task)
+        _write_bags_csv(out / "bags.csv", rows, classes)
+        metrics = evaluate_predictions(rows, inst, classes, n_boot, seed)
+        if hasattr(labeler, "predict_slide"):  # pixel masks: PNGs + Dice/IoU/AUC/Hausdorff/FROC per split
+            from histokd.methods.ifkd_label import finish_pixel_outputs
+
+            metrics["pixel"] = finish_pixel_outputs(ws, model)
+        metrics.update({"model_id": model, "method": meta["method"], "features": features, "failures": failures})
+        write_json(out / "metrics.json", metrics)
+        return LabelResult(out, len(rows), failures, metrics)
 
 
 def _feature_attr(path: Path | None, key: str) -> Any:

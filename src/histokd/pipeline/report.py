@@ -32,7 +32,7 @@ from histokd.outputs.report import (
 )
 from histokd.outputs.tables import flatten_metrics, tiles_frame, write_csv
 from histokd.progress import progress
-from histokd.workspace import Workspace, read_csv, write_text
+from histokd.workspace import Workspace, read_csv, write_text, writer_lock
 
 log = logging.getLogger("histokd")
 
@@ -46,6 +46,7 @@ def report(
     thumbnail_size: int = 1024,
     n_boot: int = 1000,
     seed: int = 0,
+    wait: bool = False,
 ) -> Path:
     """Write ``RUN/reports/<model_id>/`` and return the path of its ``index.html``.
 
@@ -66,60 +67,61 @@ def report(
     if not pred_dir.is_dir():
         raise InputError(f"{pred_dir}: no predictions for model {model_id!r}; run `histokd label -w {ws.root} --model {model_id}` first")
     out = ws.reports_dir(model_id)
-    cohort = _cohort_frame(ws)
-    pred_metrics = _read_json(pred_dir / "metrics.json")
-    model_metrics = _read_json(ws.model_dir(model_id) / "metrics.json")
-    if threshold is None:
-        threshold = _find_threshold(pred_metrics, model_metrics)
+    with writer_lock(out, wait=wait):
+        cohort = _cohort_frame(ws)
+        pred_metrics = _read_json(pred_dir / "metrics.json")
+        model_metrics = _read_json(ws.model_dir(model_id) / "metrics.json")
+        if threshold is None:
+            threshold = _find_threshold(pred_metrics, model_metrics)
 
-    slide_ids = list(slides) if slides else sorted(p.stem for p in pred_dir.glob("*.h5"))
-    sections: list[dict] = []
-    skipped: list[dict] = []
-    tile_frames: list[pd.DataFrame] = []
-    inst: dict[str, list[np.ndarray]] = {"y": [], "p": [], "g": [], "split": []}
-    classes: list[str] | None = None
-    with progress() as bar:
-        task = bar.add_task("report", total=len(slide_ids), unit="slide")
-        for sid in slide_ids:
-            try:
-                sec, df, gt = _slide(ws, model_id, sid, cohort, out, top_k, threshold, thumbnail_size)
-            except HistokdError as e:
-                log.warning("report: skipping slide %s: %s", sid, e)
-                skipped.append({"slide_id": sid, "reason": str(e)})
-            else:
-                sections.append(sec)
-                tile_frames.append(df)
-                classes = classes or sec["classes"]
-                if gt is not None:
-                    inst["y"].append(gt["y"])
-                    inst["p"].append(gt["p"])
-                    inst["g"].append(np.full(len(gt["y"]), len(inst["g"])))
-                    inst["split"].append(np.full(len(gt["y"]), sec["split"] or "all", dtype=object))
-            bar.advance(task)
+        slide_ids = list(slides) if slides else sorted(p.stem for p in pred_dir.glob("*.h5"))
+        sections: list[dict] = []
+        skipped: list[dict] = []
+        tile_frames: list[pd.DataFrame] = []
+        inst: dict[str, list[np.ndarray]] = {"y": [], "p": [], "g": [], "split": []}
+        classes: list[str] | None = None
+        with progress() as bar:
+            task = bar.add_task("report", total=len(slide_ids), unit="slide")
+            for sid in slide_ids:
+                try:
+                    sec, df, gt = _slide(ws, model_id, sid, cohort, out, top_k, threshold, thumbnail_size)
+                except HistokdError as e:
+                    log.warning("report: skipping slide %s: %s", sid, e)
+                    skipped.append({"slide_id": sid, "reason": str(e)})
+                else:
+                    sections.append(sec)
+                    tile_frames.append(df)
+                    classes = classes or sec["classes"]
+                    if gt is not None:
+                        inst["y"].append(gt["y"])
+                        inst["p"].append(gt["p"])
+                        inst["g"].append(np.full(len(gt["y"]), len(inst["g"])))
+                        inst["split"].append(np.full(len(gt["y"]), sec["split"] or "all", dtype=object))
+                bar.advance(task)
 
-    if tile_frames:
-        write_csv(out / "tiles.csv", pd.concat(tile_frames, ignore_index=True))
-    bags = _bags_frame(pred_dir, sections, cohort)
-    classes = classes or _classes_from(pred_dir, bags)
-    ctx = report_evaluation(bags, inst, classes, threshold, n_boot, seed, out)
-    ctx.update(
-        model_id=model_id,
-        method=_first(sections, "method") or str(pred_metrics.get("method", "")),
-        classes=classes,
-        positive=classes[positive_index(classes)] if classes else "",
-        threshold=threshold,
-        slides=sections,
-        skipped=skipped,
-        metrics_json=[("predictions/metrics.json", flatten_metrics(pred_metrics)),
-                      ("models/metrics.json", flatten_metrics(model_metrics))],
-        n_slides=len(sections),
-        n_tiles=int(sum(len(df) for df in tile_frames)),
-        version=__version__,
-    )
-    index = out / "index.html"
-    write_text(index, render_report_html(ctx))
-    log.info("report: %d slides (%d skipped) -> %s", len(sections), len(skipped), index)
-    return index
+        if tile_frames:
+            write_csv(out / "tiles.csv", pd.concat(tile_frames, ignore_index=True))
+        bags = _bags_frame(pred_dir, sections, cohort)
+        classes = classes or _classes_from(pred_dir, bags)
+        ctx = report_evaluation(bags, inst, classes, threshold, n_boot, seed, out)
+        ctx.update(
+            model_id=model_id,
+            method=_first(sections, "method") or str(pred_metrics.get("method", "")),
+            classes=classes,
+            positive=classes[positive_index(classes)] if classes else "",
+            threshold=threshold,
+            slides=sections,
+            skipped=skipped,
+            metrics_json=[("predictions/metrics.json", flatten_metrics(pred_metrics)),
+                          ("models/metrics.json", flatten_metrics(model_metrics))],
+            n_slides=len(sections),
+            n_tiles=int(sum(len(df) for df in tile_frames)),
+            version=__version__,
+        )
+        index = out / "index.html"
+        write_text(index, render_report_html(ctx))
+        log.info("report: %d slides (%d skipped) -> %s", len(sections), len(skipped), index)
+        return index
 
 
 def _slide(

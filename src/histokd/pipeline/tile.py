@@ -20,7 +20,7 @@ from histokd.errors import HistokdError, InputError
 from histokd.progress import progress
 from histokd.slides.tiling import TilingConfig, tile_slide, tiles_up_to_date, tiling_attrs
 from histokd.slides.tissue import TissueParams
-from histokd.workspace import Workspace, clean_stale_temps
+from histokd.workspace import Workspace, clean_stale_temps, writer_lock
 
 if TYPE_CHECKING:
     from histokd.data.cohort import LabelMap
@@ -81,6 +81,47 @@ def _run_job(job: _Job) -> tuple[str, int | None, str | None]:
         return job.slide_id, None, f"{job.slide_path}: unexpected {type(e).__name__}: {e}; report this with the file"
 
 
+def _merge_into_workspace(ws: Workspace, co: Any) -> Any:
+    """The workspace's one cohort table after tiling ``co`` into it: the slides already there are kept,
+    ``co``'s are added (a second cohort never shadows the first, so no earlier slide silently drops out of
+    ``embed`` / ``train`` / ``label``). A slide id already there with another path or label is refused."""
+    import pandas as pd
+
+    from histokd.data.cohort import Cohort, read_cohort
+
+    if not ws.cohort_csv.exists():
+        return co
+    old = read_cohort(ws.cohort_csv).df
+    both = [s for s in co.df.index if s in old.index]
+    clash = [s for s in both if any(str(old.at[s, c]) != str(co.df.at[s, c]) for c in ("path", "label"))]
+    if clash:
+        s = clash[0]
+        raise InputError(
+            f"{ws.cohort_csv}: slide {s!r} is already in this workspace with path {old.at[s, 'path']} and label "
+            f"{old.at[s, 'label']!r}, the new cohort says {co.df.at[s, 'path']} / {co.df.at[s, 'label']!r}"
+            f"{f' ({len(clash)} such slides)' if len(clash) > 1 else ''}; use another workspace, or delete "
+            f"{ws.cohort_csv} to replace the workspace's cohort (its tiles are kept and reused)"
+        )
+    kept = old.loc[[s for s in old.index if s not in co.df.index]]
+    if len(kept):
+        log.info("%s: %d slide(s) of earlier cohorts kept beside the %d of this one", ws.cohort_csv, len(kept),
+                 len(co.df))
+    return Cohort(pd.concat([kept, co.df]), co.source, co.invalid)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker when its parent is gone (a ``kill -9`` of ``histokd tile``
+    would otherwise leave the workers tiling their current slide for minutes)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="histokd-parent-watch").start()
+
+
 def _find_user_mask(row: dict, mask_dir: Path | None, slide_id: str) -> str | None:
     col = row.get("tissue_mask_path")
     if col:
@@ -108,6 +149,7 @@ def tile(
     tissue_params: TissueParams | None = None,
     show_progress: bool | None = None,
     label_map: LabelMap = None,
+    wait: bool = False,
 ) -> TilingResult:
     """Tile every slide of ``cohort`` into ``workspace/tiles/`` (see the module docstring).
 
@@ -147,53 +189,55 @@ def tile(
         raise InputError(f"{mask_dir}: tissue mask folder not found; give a folder of <slide_id>.png/.geojson masks")
 
     ws.tiles_dir.mkdir(parents=True, exist_ok=True)
-    n_stale = clean_stale_temps(ws.tiles_dir) + clean_stale_temps(ws.root)
-    if n_stale:
-        log.info("removed %d temporary file(s) left by an interrupted run", n_stale)
-    co.write(ws.cohort_csv)
+    with writer_lock(ws.tiles_dir, wait=wait):
+        n_stale = clean_stale_temps(ws.tiles_dir) + clean_stale_temps(ws.root)
+        if n_stale:
+            log.info("removed %d temporary file(s) left by an interrupted run", n_stale)
+        _merge_into_workspace(ws, co).write(ws.cohort_csv)
 
-    result = TilingResult(workspace=ws.root)
-    result.failures.update(co.invalid)
-    jobs: list[_Job] = []
-    cfg_d = asdict(cfg)
-    for row in co.rows():
-        sid = str(row["slide_id"])
-        user_mask = _find_user_mask(row, mask_dir, sid)
-        h5 = ws.tiles_h5(sid)
-        expected = tiling_attrs(cfg, sid, str(row["path"]), user_mask if user_mask else "auto")
-        if not overwrite:
-            n = tiles_up_to_date(h5, expected)
-            if n is not None:
-                result.skipped[sid] = n
-                continue
-        jobs.append(_Job(sid, str(row["path"]), str(h5), str(ws.tiles_png(sid)), user_mask, cfg_d))
-    if result.skipped:
-        log.info("%d slide(s) already tiled with this configuration (use --overwrite to redo)", len(result.skipped))
+        result = TilingResult(workspace=ws.root)
+        result.failures.update(co.invalid)
+        jobs: list[_Job] = []
+        cfg_d = asdict(cfg)
+        for row in co.rows():
+            sid = str(row["slide_id"])
+            user_mask = _find_user_mask(row, mask_dir, sid)
+            h5 = ws.tiles_h5(sid)
+            expected = tiling_attrs(cfg, sid, str(row["path"]), user_mask if user_mask else "auto")
+            if not overwrite:
+                n = tiles_up_to_date(h5, expected)
+                if n is not None:
+                    result.skipped[sid] = n
+                    continue
+            jobs.append(_Job(sid, str(row["path"]), str(h5), str(ws.tiles_png(sid)), user_mask, cfg_d))
+        if result.skipped:
+            log.info("%d slide(s) already tiled with this configuration (use --overwrite to redo)", len(result.skipped))
 
-    def record(sid: str, n: int | None, err: str | None) -> None:
-        if err is None and n is not None:
-            result.tiled[sid] = n
-        else:
-            result.failures[sid] = err or "failed"
-            log.error("%s: %s", sid, err)
+        def record(sid: str, n: int | None, err: str | None) -> None:
+            if err is None and n is not None:
+                result.tiled[sid] = n
+            else:
+                result.failures[sid] = err or "failed"
+                log.error("%s: %s", sid, err)
 
-    with progress(disable=None if show_progress is None else not show_progress) as bar:
-        task = bar.add_task("tiling", total=len(jobs), unit="slide")
-        if workers <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                record(*_run_job(job))
-                bar.advance(task)
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-                futures: dict[Future, _Job] = {pool.submit(_run_job, j): j for j in jobs}
-                for fut in as_completed(futures):
-                    job = futures[fut]
-                    try:
-                        record(*fut.result())
-                    except Exception as e:  # noqa: BLE001 - a crashed worker (e.g. a decoder segfault)
-                        record(job.slide_id, None, f"{job.slide_path}: worker process died ({type(e).__name__}); "
-                                                   f"the file may be corrupt: re-run with --workers 1 to see")
+        with progress(disable=None if show_progress is None else not show_progress) as bar:
+            task = bar.add_task("tiling", total=len(jobs), unit="slide")
+            if workers <= 1 or len(jobs) <= 1:
+                for job in jobs:
+                    record(*_run_job(job))
                     bar.advance(task)
-    result.seconds = time.perf_counter() - t0
-    return result
+            else:
+                ctx = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx,
+                                     initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
+                    futures: dict[Future, _Job] = {pool.submit(_run_job, j): j for j in jobs}
+                    for fut in as_completed(futures):
+                        job = futures[fut]
+                        try:
+                            record(*fut.result())
+                        except Exception as e:  # noqa: BLE001 - a crashed worker (e.g. a decoder segfault)
+                            record(job.slide_id, None, f"{job.slide_path}: worker process died ({type(e).__name__}); "
+                                                       f"the file may be corrupt: re-run with --workers 1 to see")
+                        bar.advance(task)
+        result.seconds = time.perf_counter() - t0
+        return result

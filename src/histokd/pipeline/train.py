@@ -9,6 +9,7 @@ validation split chooses the epoch; the test split is never used here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -20,7 +21,7 @@ import numpy as np
 from histokd.config import deep_merge, parse_overrides, read_yaml, validate_config, write_yaml
 from histokd.data.bags import BagDataset
 from histokd.errors import FeatureError, InputError, ModelError
-from histokd.workspace import Workspace, encoder_dirname, write_csv, write_json
+from histokd.workspace import Workspace, encoder_dirname, write_csv, write_json, writer_lock
 
 log = logging.getLogger("histokd")
 
@@ -83,6 +84,7 @@ def train(
     accelerator: str | None = None,
     max_epochs: int | None = None,
     overwrite: bool = False,
+    wait: bool = False,
 ) -> Path:
     """Train ``method`` on ``RUN/features/<features>/`` and write ``RUN/models/<id>/``; returns that folder."""
     import histokd.methods  # noqa: F401  (registers methods)
@@ -96,43 +98,45 @@ def train(
                        accelerator=accelerator, max_epochs=max_epochs)
     model_id = model_id or f"{method}-{encoder_dirname(features)}-s{seed}"
     out = ws.model_dir(model_id)
-    if (out / "model.pt").exists() and not overwrite:
-        raise ModelError(f"{out}: a model with this id exists; pass --overwrite or another --model-id")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train.log").unlink(missing_ok=True)
-    ds = assign_splits(BagDataset.from_workspace(ws, features), seed)
-    tr, va = ds.split("train"), ds.split("val")
-    if len(tr) == 0:
-        raise InputError("no training slides (split == train); fix the cohort's split column")
-    present = set(tr.labels.tolist())
-    if len(present) < 2:
-        raise InputError(f"the training split has only class {sorted(present)}; it needs at least two classes")
-    with log_to_file(out / "train.log"):
-        log.info("train %s on %s: %d train / %d val / %d test bags, classes %s, seed %d", method, features, len(tr),
-                 len(va), len(ds.split("test")), ds.classes, seed)
-        t0 = time.perf_counter()
-        labeler = mcls(seed=seed, log_path=None).fit(tr, va if len(va) else None, cfg)
-        seconds = time.perf_counter() - t0
     from histokd.engine.loop import is_rank_zero
 
-    if not is_rank_zero():  # extra DDP processes (`--strategy ddp`) train but do not write
+    # the extra processes of a `--strategy ddp` launch run this command again: rank 0 holds the lock
+    with writer_lock(out, wait=wait) if is_rank_zero() else contextlib.nullcontext():
+        if (out / "model.pt").exists() and not overwrite:
+            raise ModelError(f"{out}: a model with this id exists; pass --overwrite or another --model-id")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train.log").unlink(missing_ok=True)
+        ds = assign_splits(BagDataset.from_workspace(ws, features), seed)
+        tr, va = ds.split("train"), ds.split("val")
+        if len(tr) == 0:
+            raise InputError("no training slides (split == train); fix the cohort's split column")
+        present = set(tr.labels.tolist())
+        if len(present) < 2:
+            raise InputError(f"the training split has only class {sorted(present)}; it needs at least two classes")
+        with log_to_file(out / "train.log"):
+            log.info("train %s on %s: %d train / %d val / %d test bags, classes %s, seed %d", method, features, len(tr),
+                     len(va), len(ds.split("test")), ds.classes, seed)
+            t0 = time.perf_counter()
+            labeler = mcls(seed=seed, log_path=None).fit(tr, va if len(va) else None, cfg)
+            seconds = time.perf_counter() - t0
+        if not is_rank_zero():  # extra DDP processes (`--strategy ddp`) train but do not write
+            return out
+        labeler.save(out)
+        meta = read_yaml(out / "config.yaml")
+        meta.update({"features": features, "seed": seed, "model_id": model_id})
+        write_yaml(out / "config.yaml", meta)
+        write_csv(out / "splits.csv", ["slide_id", "split", "label"],
+                  ([s, sp, ds.classes[y]] for s, sp, y in zip(ds.slide_ids, ds.splits, ds.labels)))
+        metrics: dict[str, Any] = {"method": method, "features": features, "seed": seed, "fit_seconds": seconds,
+                                   "n_bags": {k: len(ds.split(k)) for k in ("train", "val", "test")},
+                                   "skipped": ds.skipped,
+                                   "best_epoch": getattr(labeler, "best_epoch", None),
+                                   "history": getattr(labeler, "history", None)}
+        if len(va):
+            metrics["val"] = _quick_metrics(labeler, va)
+        write_json(out / "metrics.json", metrics)
+        log.info("model written to %s (%.1f s)", out, seconds)
         return out
-    labeler.save(out)
-    meta = read_yaml(out / "config.yaml")
-    meta.update({"features": features, "seed": seed, "model_id": model_id})
-    write_yaml(out / "config.yaml", meta)
-    write_csv(out / "splits.csv", ["slide_id", "split", "label"],
-              ([s, sp, ds.classes[y]] for s, sp, y in zip(ds.slide_ids, ds.splits, ds.labels)))
-    metrics: dict[str, Any] = {"method": method, "features": features, "seed": seed, "fit_seconds": seconds,
-                               "n_bags": {k: len(ds.split(k)) for k in ("train", "val", "test")},
-                               "skipped": ds.skipped,
-                               "best_epoch": getattr(labeler, "best_epoch", None),
-                               "history": getattr(labeler, "history", None)}
-    if len(va):
-        metrics["val"] = _quick_metrics(labeler, va)
-    write_json(out / "metrics.json", metrics)
-    log.info("model written to %s (%.1f s)", out, seconds)
-    return out
 
 
 def _quick_metrics(labeler: Any, ds: BagDataset) -> dict[str, float]:
