@@ -10,8 +10,10 @@ cases by name: GeoJSON coordinates that are flat, strings or NaN, and an ASAP XM
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ DIMS = (1000, 800)
 
 
 _FOLDER = Path(tempfile.mkdtemp(prefix="histokd-fuzz-"))
+atexit.register(shutil.rmtree, _FOLDER, True)
 
 
 def _write(data: bytes | str, suffix: str) -> Path:
