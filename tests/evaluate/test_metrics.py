@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from histokd.evaluate.bootstrap import bootstrap_ci, mean_ci
-from histokd.evaluate.metrics import bag_metrics, instance_metrics
+from histokd.evaluate.metrics import bag_auc, bag_metrics, best_f1_threshold, instance_metrics
 from histokd.evaluate.protocols import cv_folds, parse_protocol, stratified_split
 from histokd.errors import InputError
 
@@ -121,3 +121,22 @@ def test_vectorised_bootstrap_is_fast() -> None:
     t = time.perf_counter()
     bootstrap_bag_metrics(y, np.stack([1 - p1, p1], 1), 1, 1000)
     assert time.perf_counter() - t < 5.0  # one scikit-learn call per resample and metric took seconds
+
+
+def test_bag_auc_scores_not_negative() -> None:
+    # two classes, negative class first: "not negative" = 1 - P(neg); same pairs as the bag_metrics example
+    p1 = np.array([0.1, 0.6, 0.4, 0.8])
+    assert bag_auc(np.stack([1 - p1, p1], 1), np.array([0, 0, 1, 1]), neg=0) == pytest.approx(0.75)
+    # negative class second: the labels != neg are the positives
+    assert bag_auc(np.stack([p1, 1 - p1], 1), np.array([1, 1, 0, 0]), neg=1) == pytest.approx(0.75)
+    assert np.isnan(bag_auc(np.stack([1 - p1, p1], 1), np.zeros(4, int), neg=0))
+    # three classes: macro one-vs-rest
+    probs = np.array([[0.8, 0.1, 0.1], [0.6, 0.2, 0.2], [0.1, 0.8, 0.1], [0.3, 0.6, 0.1], [0.1, 0.1, 0.8]])
+    assert bag_auc(probs, np.array([0, 0, 1, 1, 2]), neg=0) == pytest.approx(1.0)
+
+
+def test_best_f1_threshold() -> None:
+    scores = np.array([0.9, 0.8, 0.7, 0.2, 0.1])
+    labels = np.array([1, 1, 0, 0, 0])
+    assert best_f1_threshold(scores, labels) == pytest.approx(0.8)  # the top two: F1 = 1
+    assert best_f1_threshold(scores, np.zeros(5, int)) == 0.5  # undefined with one class

@@ -59,7 +59,8 @@ def instance_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]
 def bag_auc(probs: np.ndarray, labels: np.ndarray, neg: int) -> float:
     """Bag AUC as the distillation methods select checkpoints: ``probs`` [n, C], ``labels`` [n], ``neg`` the
     negative class. Two classes: "not negative" scored by ``1 - P(neg)``; more: macro one-vs-rest on the
-    raw probabilities, falling back to not-negative-vs-negative when a class is absent; NaN with one class.
+    raw probabilities (not-negative-vs-negative where scikit-learn raises; with a class absent from
+    ``labels`` recent versions return NaN with a warning instead); NaN with one class.
     (:func:`bag_metrics` scores the positive class and is NaN when a class is absent: the reports use it.)"""
     if len(np.unique(labels)) < 2:
         return float("nan")
