@@ -38,4 +38,4 @@ def register(app: typer.Typer) -> None:
                     parts.append(f"{src.replace('instance_from_', 'inst_auc_')}={m[src]['auc']:.3f}")
             typer.echo("  ".join(parts))
         typer.echo(str(res.directory))
-        fail_summary(res.failures, res.n_slides + len(res.failures))
+        fail_summary(res.failures, res.n_total)

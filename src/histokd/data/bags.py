@@ -241,8 +241,13 @@ class BagDataset(Dataset):
                 skipped[sid] = "no label in the cohort; fill its label column"
                 continue
             if _known(raw) and str(raw).strip() not in classes:
-                skipped[sid] = f"label {raw!r} is not one of the model's classes {classes}"
-                continue
+                if require_labels:
+                    skipped[sid] = f"label {raw!r} is not one of the model's classes {classes}"
+                    continue
+                # labelling needs no label: the slide is predicted, and left out of the metrics (label -1)
+                log.warning("slide %s: label %r is not one of the model's classes %s; predicted, not evaluated",
+                            sid, raw, classes)
+                raw = None
             ipath = fdir / "instance_labels" / f"{sid}.h5"
             recs.append(BagRecord(
                 slide_id=sid, label=_to_index(raw, classes) if _known(raw) else -1,

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from histokd.data.bags import BagDataset, ensure_instance_labels, positive_class
-from histokd.errors import HistokdError, ModelError
+from histokd.errors import FeatureError, HistokdError, ModelError
 from histokd.progress import progress
 from histokd.workspace import Workspace, atomic_path, read_csv, write_csv, write_json, writer_lock
 
@@ -33,9 +33,10 @@ log = logging.getLogger("histokd")
 @dataclass
 class LabelResult:
     directory: Path
-    n_slides: int = 0
-    failures: dict[str, str] = field(default_factory=dict)
+    n_slides: int = 0  # slides with a prediction
+    failures: dict[str, str] = field(default_factory=dict)  # one line per slide (no prediction, or no tile truth)
     metrics: dict[str, Any] = field(default_factory=dict)
+    n_total: int = 0  # distinct slides attempted: predicted or failed, each counted once
 
 
 def write_prediction(path: Path, pred: Any, coords: np.ndarray, attrs: dict[str, Any]) -> None:
@@ -89,6 +90,15 @@ def label(
     with writer_lock(out, wait=wait):
         failures = ensure_instance_labels(ws, features, threshold=tumour_threshold)
         ds = BagDataset.from_workspace(ws, features, classes=classes, require_labels=False, preload=False)
+        for sid, why in ds.skipped.items():  # empty bags, missing or damaged feature files: failures, not silence
+            failures[sid] = why
+        in_dim = meta.get("in_dim")
+        if in_dim is not None and int(in_dim) != ds.dim:
+            raise FeatureError(
+                f"{ws.features_dir(features)}: features are {ds.dim}-d but model {model!r} was trained on {in_dim}-d "
+                f"features ({meta.get('features', 'another feature set')}); label features of the model's own "
+                f"encoder (--features), or retrain the model on these"
+            )
         splits = _model_splits(mdir)
         pos = positive_class(classes)
         rows, inst = [], []
@@ -136,7 +146,7 @@ def label(
             metrics["pixel"] = finish_pixel_outputs(ws, model)
         metrics.update({"model_id": model, "method": meta["method"], "features": features, "failures": failures})
         write_json(out / "metrics.json", metrics)
-        return LabelResult(out, len(rows), failures, metrics)
+        return LabelResult(out, len(rows), failures, metrics, n_total=len({r[0] for r in rows} | set(failures)))
 
 
 def _feature_attr(path: Path | None, key: str) -> Any:
