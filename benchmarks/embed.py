@@ -7,7 +7,7 @@ of a 100,000-tile slide.
 - forward-only: the encoder alone on tiles already in memory (uint8 -> transform -> forward), after warm-up,
   once per runtime (``--runtimes torch onnx``: PyTorch eager and ONNX Runtime), with the lowest per-tile
   cosine of the runtime's features to PyTorch's on 16 random tiles;
-- pipeline: :func:`histokd.features.extract.embed` on the cohort (tiles read from the slides by DataLoader
+- pipeline: :func:`histokd.pipeline.embed.embed` on the cohort (tiles read from the slides by DataLoader
   workers, features written to h5), into a scratch copy of the workspace (the user's features are untouched);
 - memory: a fresh process embeds one slide whose grid has 100,000 tiles (coordinates repeat over a small
   synthetic slide) with a 1280-d TorchScript encoder on 32-px inputs (so that it finishes in minutes);
@@ -37,8 +37,9 @@ from scipy import ndimage
 
 from histokd.errors import InputError
 from histokd.features.encoders import build_encoder
-from histokd.features.extract import embed, make_jobs, resolve_device
+from histokd.features.extract import resolve_device
 from histokd.features.runtime import agreement, build_runner
+from histokd.pipeline.embed import embed, make_jobs
 from histokd.synth.tiff import write_pyramid_tiff
 from histokd.workspace import Workspace
 

@@ -252,11 +252,56 @@ def writer_lock(folder: str | os.PathLike[str], command: str = "", wait: bool = 
         lock.release()
 
 
+#: layout version of a run folder, recorded in ``RUN/histokd.json``; bump it when the layout changes so
+#: that an older histokd refuses a newer workspace instead of misreading it
+WORKSPACE_FORMAT = 1
+
+
 class Workspace:
     """Paths of one run folder (``-w RUN``). Creates nothing until asked to write."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+
+    @property
+    def format_json(self) -> Path:
+        return self.root / "histokd.json"
+
+    def check_format(self) -> None:
+        """Refuse, with one line, a run folder written by a histokd whose workspace format this one does not
+        read; record the format in a folder that has none yet (new, or from before the record existed)."""
+        import histokd
+
+        if self.format_json.exists():
+            try:
+                doc = json.loads(self.format_json.read_text(encoding="utf-8"))
+                fmt = int(doc["workspace_format"])
+            except (ValueError, KeyError, TypeError, OSError) as e:
+                raise InputError(f"{self.format_json}: not a histokd workspace record ({type(e).__name__}); "
+                                 f"restore it or use another workspace folder") from None
+            if fmt != WORKSPACE_FORMAT:
+                raise InputError(
+                    f"{self.root}: written by histokd {doc.get('histokd_version', '?')} (workspace format {fmt}); "
+                    f"this histokd {histokd.__version__} reads format {WORKSPACE_FORMAT}; "
+                    + ("upgrade histokd" if fmt > WORKSPACE_FORMAT else "re-run the pipeline")
+                    + " or use another workspace folder"
+                )
+            return
+        write_json(self.format_json, {"workspace_format": WORKSPACE_FORMAT, "histokd_version": histokd.__version__})
+
+    @contextlib.contextmanager
+    def writer(self, folder: str | os.PathLike[str], wait: bool = False, create: bool = False) -> Iterator[None]:
+        """What every stage does before it writes ``folder`` (an artefact folder of this run): check that the
+        run folder exists (``create``: make it, as ``tile`` does) and its format (:meth:`check_format`), then
+        hold the folder's one-writer lock (:func:`writer_lock`)."""
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        elif not self.root.is_dir():
+            raise InputError(f"{self.root}: no such run folder; check -w, or make it with `histokd tile COHORT.csv "
+                             f"-w {self.root}`")
+        self.check_format()
+        with writer_lock(folder, wait=wait):
+            yield
 
     # tiles -----------------------------------------------------------------
     @property

@@ -16,6 +16,7 @@ debug logging, and tracebacks on stderr.
 from __future__ import annotations
 
 import datetime
+import errno
 import functools
 import inspect
 import logging
@@ -65,6 +66,14 @@ def run_command(fn: F) -> F:
             raise typer.Exit(code=130) from None
         except (typer.Exit, typer.Abort, TyperException, SystemExit):  # typer's own exits and usage errors
             raise
+        except OSError as e:
+            line = storage_error(e)
+            if line is None:
+                _unexpected(e, fn.__name__, kwargs, verbose)
+                raise typer.Exit(code=1) from None
+            log.debug("%s", type(e).__name__, exc_info=verbose)
+            typer.echo(f"error: {line}", err=True)
+            raise typer.Exit(code=2) from None
         except Exception as e:  # noqa: BLE001 - the top-level handler: one line instead of a traceback
             _unexpected(e, fn.__name__, kwargs, verbose)
             raise typer.Exit(code=1) from None
@@ -78,6 +87,25 @@ def run_command(fn: F) -> F:
         wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), extra])  # type: ignore[attr-defined]
         wrapper.__annotations__ = {**fn.__annotations__, "verbose": bool}
     return wrapper  # type: ignore[return-value]
+
+
+_READ_ONLY = {errno.EACCES, errno.EPERM, errno.EROFS}
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def storage_error(e: OSError) -> str | None:
+    """One line (file, what, fix) for a write that the file system refused, else None.
+
+    A read-only or foreign-owned workspace and a full disk are the user's to fix, not bugs: they get their
+    own message instead of the unexpected-error line."""
+    where = e.filename or "the workspace"
+    if e.errno in _READ_ONLY:
+        return (f"{where}: cannot write here ({e.strerror or 'permission denied'}); make the folder writable, "
+                f"or choose another -w folder / output path")
+    if e.errno in _FULL or "No space left" in str(e) or "Disk quota" in str(e):
+        return (f"{where}: no space left on the device; free some space (or use -w on another disk), then re-run "
+                f"the same command: finished outputs are kept and the run resumes")
+    return None
 
 
 def _unexpected(e: Exception, command: str, params: dict[str, Any], verbose: bool) -> None:

@@ -25,7 +25,7 @@ from histokd.features.runtime import build_runner, resolve_runtime
 from histokd.features.stain import build_stain_normalizer
 from histokd.progress import progress
 from histokd.slides.tiling import read_tiles
-from histokd.workspace import Workspace, clean_stale_temps, writer_lock
+from histokd.workspace import Workspace, clean_stale_temps
 
 log = logging.getLogger("histokd")
 
@@ -140,7 +140,7 @@ def embed(
         torch.set_num_threads(threads)
     enc = build_encoder(encoder, weights=weights, device=device)
     result = EmbedResult(out_dir=ws.features_dir(encoder), encoder=encoder)
-    with writer_lock(result.out_dir, wait=wait):
+    with ws.writer(result.out_dir, wait=wait):
         clean_stale_temps(result.out_dir)
         jobs, result.failed = make_jobs(ws, encoder, slides)
         todo = []

@@ -25,7 +25,7 @@ import numpy as np
 from histokd.data.bags import BagDataset, ensure_instance_labels, positive_class
 from histokd.errors import FeatureError, HistokdError, ModelError
 from histokd.progress import progress
-from histokd.workspace import Workspace, atomic_path, read_csv, write_csv, write_json, writer_lock
+from histokd.workspace import Workspace, atomic_path, read_csv, write_csv, write_json
 
 log = logging.getLogger("histokd")
 
@@ -87,12 +87,12 @@ def label(
     labeler = load_labeler(mdir)
     classes = list(labeler.classes)
     out = ws.predictions_dir(model)
-    with writer_lock(out, wait=wait):
+    with ws.writer(out, wait=wait):
         failures = ensure_instance_labels(ws, features, threshold=tumour_threshold)
         ds = BagDataset.from_workspace(ws, features, classes=classes, require_labels=False, preload=False)
         for sid, why in ds.skipped.items():  # empty bags, missing or damaged feature files: failures, not silence
             failures[sid] = why
-        in_dim = meta.get("in_dim")
+        in_dim = None if hasattr(labeler, "predict_slide") else meta.get("in_dim")  # pixel labellers: no features
         if in_dim is not None and int(in_dim) != ds.dim:
             raise FeatureError(
                 f"{ws.features_dir(features)}: features are {ds.dim}-d but model {model!r} was trained on {in_dim}-d "

@@ -32,7 +32,7 @@ from histokd.outputs.report import (
 )
 from histokd.outputs.tables import flatten_metrics, tiles_frame, write_csv
 from histokd.progress import progress
-from histokd.workspace import Workspace, read_csv, write_text, writer_lock
+from histokd.workspace import Workspace, read_csv, write_text
 
 log = logging.getLogger("histokd")
 
@@ -67,7 +67,7 @@ def report(
     if not pred_dir.is_dir():
         raise InputError(f"{pred_dir}: no predictions for model {model_id!r}; run `histokd label -w {ws.root} --model {model_id}` first")
     out = ws.reports_dir(model_id)
-    with writer_lock(out, wait=wait):
+    with ws.writer(out, wait=wait):
         cohort = _cohort_frame(ws)
         pred_metrics = _read_json(pred_dir / "metrics.json")
         model_metrics = _read_json(ws.model_dir(model_id) / "metrics.json")

@@ -20,7 +20,7 @@ from histokd.errors import HistokdError, InputError
 from histokd.progress import progress
 from histokd.slides.tiling import TilingConfig, tile_slide, tiles_up_to_date, tiling_attrs
 from histokd.slides.tissue import TissueParams
-from histokd.workspace import Workspace, clean_stale_temps, writer_lock
+from histokd.workspace import Workspace, clean_stale_temps
 
 if TYPE_CHECKING:
     from histokd.data.cohort import LabelMap
@@ -189,7 +189,7 @@ def tile(
         raise InputError(f"{mask_dir}: tissue mask folder not found; give a folder of <slide_id>.png/.geojson masks")
 
     ws.tiles_dir.mkdir(parents=True, exist_ok=True)
-    with writer_lock(ws.tiles_dir, wait=wait):
+    with ws.writer(ws.tiles_dir, wait=wait, create=True):
         n_stale = clean_stale_temps(ws.tiles_dir) + clean_stale_temps(ws.root)
         if n_stale:
             log.info("removed %d temporary file(s) left by an interrupted run", n_stale)

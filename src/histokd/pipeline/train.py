@@ -21,7 +21,7 @@ import numpy as np
 from histokd.config import deep_merge, parse_overrides, read_yaml, validate_config, write_yaml
 from histokd.data.bags import BagDataset
 from histokd.errors import FeatureError, InputError, ModelError
-from histokd.workspace import Workspace, encoder_dirname, write_csv, write_json, writer_lock
+from histokd.workspace import Workspace, encoder_dirname, write_csv, write_json
 
 log = logging.getLogger("histokd")
 
@@ -101,7 +101,7 @@ def train(
     from histokd.engine.loop import is_rank_zero
 
     # the extra processes of a `--strategy ddp` launch run this command again: rank 0 holds the lock
-    with writer_lock(out, wait=wait) if is_rank_zero() else contextlib.nullcontext():
+    with ws.writer(out, wait=wait) if is_rank_zero() else contextlib.nullcontext():
         if (out / "model.pt").exists() and not overwrite:
             raise ModelError(f"{out}: a model with this id exists; pass --overwrite or another --model-id")
         out.mkdir(parents=True, exist_ok=True)
