@@ -36,3 +36,23 @@ def test_doctor_reports_versions_and_devices():
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "histokd.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "histokd" in out.stdout
+
+
+def test_an_option_means_the_same_in_every_command():
+    """-m is --model wherever it exists, the method is always --method, bootstrap resamples are --bootstrap,
+    -w is --workspace and -v is --verbose (issue 14)."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    same = {"-m": "--model", "-w": "--workspace", "-v": "--verbose"}
+    for name, cmd in group.commands.items():
+        for p in cmd.params:
+            opts = set(p.opts) | set(p.secondary_opts)
+            for short, long in same.items():
+                if short in opts:
+                    assert long in opts, (name, p.opts)
+            if p.name == "method":
+                assert "--method" in opts and "-m" not in opts, (name, p.opts)
+            assert "--n-boot" not in opts, (name, p.opts)
+            if p.name == "n_boot":
+                assert "--bootstrap" in opts, (name, p.opts)

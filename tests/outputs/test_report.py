@@ -137,7 +137,7 @@ def test_cli_report(make_workspace, tmp_path):
 
     run = make_workspace(tmp_path)
     res = CliRunner().invoke(app, ["report", "-w", str(run.root), "--model", run.model_id, "--slides", "t2",
-                                   "--top-k", "2", "--n-boot", "0"])
+                                   "--top-k", "2", "--bootstrap", "0"])
     assert res.exit_code == 0, res.output
     assert "index.html" in res.output
     assert (run.root / "reports" / run.model_id / "geojson" / "t2.geojson").is_file()

@@ -31,7 +31,7 @@ def test_unexpected_error_is_one_line_and_logged(tmp_path: Path, monkeypatch):
     monkeypatch.setattr("histokd.pipeline.train.train", _raise(ValueError("operands could not be broadcast\ntogether")))
     ws = tmp_path / "run"
     ws.mkdir()
-    r = cli("train", "-w", ws, "-m", "abmil")
+    r = cli("train", "-w", ws, "--method", "abmil")
     assert r.exit_code == 1
     log_file = ws / "logs" / "histokd.log"
     assert r.output.strip() == (f"error: ValueError: operands could not be broadcast together; rerun with -v for the "

@@ -69,11 +69,11 @@ def test_labels_with_commas_quotes_and_formulas_reach_the_report(tmp_path: Path,
     ws = tmp_path / "run"
     assert cli("tile", cohort, "-w", ws, *TILE_ARGS).exit_code == 0
     assert cli("embed", "-w", ws, "-e", "handcrafted", "-j", "0").exit_code == 0
-    r = cli("train", "-w", ws, "-m", "abmil", "--max-epochs", "3", "--model-id", "m")
+    r = cli("train", "-w", ws, "--method", "abmil", "--max-epochs", "3", "--model-id", "m")
     assert r.exit_code == 0, r.output
     r = cli("label", "-w", ws, "--model", "m", "--bootstrap", "20")
     assert r.exit_code == 0, r.output
-    r = cli("report", "-w", ws, "-m", "m", "--n-boot", "20", "--top-k", "1", "--thumbnail-size", "64")
+    r = cli("report", "-w", ws, "-m", "m", "--bootstrap", "20", "--top-k", "1", "--thumbnail-size", "64")
     assert r.exit_code == 0, r.output
 
     written = [ws / "cohort.csv", ws / "models/m/splits.csv", ws / "predictions/m/bags.csv", ws / "reports/m/tiles.csv"]

@@ -45,7 +45,7 @@ def test_label_map_fixes_it_and_the_model_has_two_classes(tmp_path: Path, slide_
     assert r.exit_code == 0, r.output
     assert read_cohort(ws / "cohort.csv").classes == ["normal", "tumour"]
     assert cli("embed", "-w", ws, "-e", "handcrafted", "-j", "0").exit_code == 0
-    r = cli("train", "-w", ws, "-m", "abmil", "--max-epochs", "1", "--model-id", "m")
+    r = cli("train", "-w", ws, "--method", "abmil", "--max-epochs", "1", "--model-id", "m")
     assert r.exit_code == 0, r.output
     assert json.loads((ws / "models/m/classes.json").read_text()) == ["normal", "tumour"]
 

@@ -39,10 +39,10 @@ def test_bad_mask_files_fail_their_slide_only(tmp_path: Path, slide_files):
     ws = tmp_path / "run"
     assert cli("tile", cohort, "-w", ws, *TILE_ARGS).exit_code == 0
     assert cli("embed", "-w", ws, "-e", "handcrafted", "-j", "0").exit_code == 0
-    r = cli("train", "-w", ws, "-m", "abmil", "--max-epochs", "1", "--model-id", "m")
+    r = cli("train", "-w", ws, "--method", "abmil", "--max-epochs", "1", "--model-id", "m")
     assert r.exit_code == 0, r.output
     cli("label", "-w", ws, "--model", "m", "--bootstrap", "10")
-    r = cli("report", "-w", ws, "-m", "m", "--n-boot", "10", "--top-k", "1", "--thumbnail-size", "64")
+    r = cli("report", "-w", ws, "-m", "m", "--bootstrap", "10", "--top-k", "1", "--thumbnail-size", "64")
     out = _squeeze(r.output)  # rich wraps long lines, even inside a word
     # report lists a slide it cannot report as skipped, with its line (exit 0 today; whether skipped slides
     # make the exit code 1 is the report verb's policy, pipeline/report.py)

@@ -24,7 +24,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, slide_files) -> Path:
     ws = root / "run"
     assert cli("tile", cohort, "-w", ws, *TILE_ARGS).exit_code == 0
     assert cli("embed", "-w", ws, "-e", "handcrafted", "-j", "0").exit_code == 0
-    r = cli("train", "-w", ws, "-m", "abmil", "--max-epochs", "1", "--model-id", "m")
+    r = cli("train", "-w", ws, "--method", "abmil", "--max-epochs", "1", "--model-id", "m")
     assert r.exit_code == 0, r.output
     return ws
 

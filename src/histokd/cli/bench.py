@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
     def bench(
         dataset: str = typer.Option(..., "--dataset", "-d",
                                     help="mil-csv:PATH|musk1|musk2, digit-bags[:target=9,...], workspace:RUN:ENC."),
-        method: str = typer.Option("abmil", "--method", "-m", help="Comma-separated registered methods."),
+        method: str = typer.Option("abmil", "--method", help="Comma-separated registered methods."),
         protocol: str = typer.Option("cv:10x5", "--protocol", "-p", help="cv:KxR or split."),
         json_out: Path = typer.Option(None, "--json", help="Write the full results here."),
         seed: int = typer.Option(0, "--seed"),

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
     @run_command
     def train_encoder(
         workspace: Path = typer.Option(..., "--workspace", "-w", help="Run folder (tiled; cohort with paired_path)."),
-        method: str = typer.Option("more-from-less", "--method", "-m", help="more-from-less | ssl-he."),
+        method: str = typer.Option("more-from-less", "--method", help="more-from-less | ssl-he."),
         loss: str = typer.Option("vicreg", "--loss", help="vicreg | barlow."),
         arch: str = typer.Option("tiny", "--arch", help="CNN: tiny | small | resnet18."),
         epochs: int = typer.Option(5, "--epochs", help="Passes over the sampled tiles."),

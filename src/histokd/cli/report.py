@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         threshold: float = typer.Option(None, "--threshold", min=0.0, max=1.0,
                                         help="Tumour probability for regions (default: from metrics.json, else 0.5)."),
         thumbnail_size: int = typer.Option(1024, "--thumbnail-size", min=64, help="Longer side of heatmap thumbnails (px)."),
-        n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples for the 95% CIs."),
+        n_boot: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for the 95% CIs."),
         wait: bool = typer.Option(False, "--wait", help="Wait for another run writing the same folder (default: stop)."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
     ) -> None:

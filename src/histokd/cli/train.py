@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
     @run_command
     def train(
         workspace: Path = typer.Option(..., "--workspace", "-w", help="Run folder."),
-        method: str = typer.Option("abmil", "--method", "-m", help="Registered method (see --list-methods)."),
+        method: str = typer.Option("abmil", "--method", help="Registered method (see --list-methods)."),
         features: str = typer.Option(None, "--features", help="Feature set under RUN/features/ (default: the only one)."),
         config: Path = typer.Option(None, "--config", help="YAML config of the method."),
         set_: list[str] = typer.Option(None, "--set", help="Override, e.g. --set train.lr=1e-3 (repeatable)."),
