@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from histokd.data.bags import BagDataset
-from histokd.errors import InputError
+from histokd.errors import InputError, one_line
 from histokd.registry import Registry
 
 DATASETS: Registry[Callable[[str], BagDataset]] = Registry("benchmark dataset")
@@ -31,6 +31,21 @@ def load_benchmark(spec: str) -> BagDataset:
     """Resolve a dataset spec (see the module docstring) to an in-memory :class:`BagDataset`."""
     kind, _, rest = spec.partition(":")
     return DATASETS.get(kind)(rest)
+
+
+def dataset_source(spec: str) -> str:
+    """The file behind a dataset spec, for messages: a mil-csv file, a workspace's cohort CSV, else the spec."""
+    kind, _, rest = spec.partition(":")
+    try:
+        if kind == "mil-csv":
+            return str(mil_csv_path(rest))
+        if kind == "workspace":
+            from histokd.workspace import Workspace
+
+            return str(Workspace(rest.rpartition(":")[0]).cohort_csv)
+    except InputError:
+        pass
+    return spec
 
 
 def mil_csv_path(name_or_path: str) -> Path:
@@ -55,24 +70,94 @@ def mil_csv_path(name_or_path: str) -> Path:
     return p
 
 
+_MIL_CSV_FIX = ("every row is: bag label (0 or 1), bag id, then the same number of finite numeric features, "
+                "no header")
+
+
+def read_mil_csv(path: Path) -> tuple[list[str], list[str], np.ndarray]:
+    """Read and check a classic MIL CSV before anything trains on it -> (labels "0"/"1", bag ids, features
+    [n_rows, D] float32).
+
+    Refused with one line naming the file, the first bad line (1-based, as an editor numbers it) and column,
+    and the fix: an empty file, a row with another number of columns than the first (ragged), a bag label
+    other than 0/1, an empty bag id, a feature cell that is empty, text, NaN or infinite."""
+    import csv
+
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            for row in reader:
+                if not row or all(not c.strip() for c in row):
+                    continue  # blank lines are not rows
+                rows.append(row)
+                lines.append(reader.line_num)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"{path}: not a readable CSV text file ({type(e).__name__}: {e}); {_MIL_CSV_FIX}") from None
+    if not rows:
+        raise InputError(f"{path}: no rows; {_MIL_CSV_FIX}")
+    width = len(rows[0])
+    if width < 3:
+        raise InputError(f"{path}: line {lines[0]} has {width} column(s); {_MIL_CSV_FIX}")
+    for row, line in zip(rows, lines):
+        if len(row) != width:
+            raise InputError(f"{path}: line {line} has {len(row)} columns but line {lines[0]} has {width} "
+                             f"(ragged rows); fix or remove line {line}: {_MIL_CSV_FIX}")
+    labels, ids = [], []
+    for row, line in zip(rows, lines):
+        lab, bag = row[0].strip(), row[1].strip()
+        try:
+            value = float(lab)
+        except ValueError:
+            value = float("nan")
+        if value not in (0.0, 1.0):
+            hint = " (a header row? the format has none: remove it)" if line == lines[0] else ""
+            raise InputError(f"{path}: line {line}, column 1 (bag label): {one_line(lab, 40)!r} is not 0 or 1{hint}; "
+                             f"{_MIL_CSV_FIX}")
+        if not bag:
+            raise InputError(f"{path}: line {line}, column 2 (bag id): empty; {_MIL_CSV_FIX}")
+        labels.append(str(int(value)))
+        ids.append(bag)
+    try:
+        feats = np.array([r[2:] for r in rows], dtype=np.float64)
+        bad = ~np.isfinite(feats)
+    except ValueError:  # text or an empty cell somewhere: find the first one
+        feats, bad = None, None
+    if bad is None or bad.any():
+        for row, line in zip(rows, lines):
+            for j, cell in enumerate(row[2:]):
+                try:
+                    ok = bool(np.isfinite(float(cell)))
+                except ValueError:
+                    ok = False
+                if not ok:
+                    what = "empty" if not cell.strip() else f"{one_line(cell, 40)!r} is not a finite number"
+                    raise InputError(f"{path}: line {line}, column {j + 3} (feature {j + 1}): {what}; features must "
+                                     f"be finite numbers (no NaN, inf, text or empty cells): fix or remove line "
+                                     f"{line}")
+    assert feats is not None
+    return labels, ids, feats.astype(np.float32)
+
+
 @DATASETS.register("mil-csv")
 def load_mil_csv(arg: str) -> BagDataset:
-    """Classic MIL CSV -> bags in order of first appearance; classes ``["0", "1"]``."""
-    import pandas as pd
-
+    """Classic MIL CSV -> bags in order of first appearance; classes ``["0", "1"]``. The file is checked
+    (:func:`read_mil_csv`) before anything trains on it."""
     path = mil_csv_path(arg)
-    df = pd.read_csv(path, header=None)
-    if df.shape[1] < 3:
-        raise InputError(f"{path}: expected columns bag label, bag id, features...; got {df.shape[1]} columns")
-    feats, labels, ids = [], [], []
-    for bag_id, g in df.groupby(1, sort=False):
-        lab = g[0].unique()
-        if len(lab) != 1:
-            raise InputError(f"{path}: bag {bag_id} has mixed labels {sorted(lab)}; one label per bag")
-        feats.append(g.iloc[:, 2:].to_numpy(np.float32))
-        labels.append(str(int(lab[0])))
-        ids.append(f"{path.stem}_{bag_id}")
-    return BagDataset.from_arrays(feats, labels, classes=["0", "1"], slide_ids=ids)
+    labels, ids, x = read_mil_csv(path)
+    order: dict[str, list[int]] = {}
+    for i, bag in enumerate(ids):
+        order.setdefault(bag, []).append(i)
+    feats, bag_labels, bag_ids = [], [], []
+    for bag, idx in order.items():
+        labs = sorted({labels[i] for i in idx})
+        if len(labs) != 1:
+            raise InputError(f"{path}: bag {bag} has mixed labels {labs}; one label per bag")
+        feats.append(x[idx])
+        bag_labels.append(labs[0])
+        bag_ids.append(f"{path.stem}_{bag}")
+    return BagDataset.from_arrays(feats, bag_labels, classes=["0", "1"], slide_ids=bag_ids)
 
 
 def _kv(arg: str) -> dict[str, str]:

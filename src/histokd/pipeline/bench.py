@@ -20,6 +20,8 @@ import numpy as np
 
 from histokd.config import deep_merge, parse_overrides, validate_config
 from histokd.data.bags import BagDataset
+from histokd.data.benchmarks import dataset_source
+from histokd.errors import InputError
 from histokd.evaluate.bench import format_row, format_table, summarise
 from histokd.evaluate.metrics import bag_metrics, instance_metrics
 from histokd.evaluate.protocols import Fold, cv_folds, parse_protocol, split_fold
@@ -68,6 +70,17 @@ def run_fold(method: str, ds: BagDataset, fold: Fold, overrides: dict[str, Any],
     return rec
 
 
+def check_classes(ds: BagDataset, labels: np.ndarray, where: str, part: str) -> None:
+    """Refuse, with one line, a dataset (or a fold's training part) whose bags are all of one class: a method
+    fit on it predicts that class everywhere and scores accuracy 1.000 on a test part of the same class."""
+    present = sorted(set(np.asarray(labels).tolist()))
+    if len(present) < 2:
+        names = [ds.classes[i] for i in present]
+        raise InputError(f"{where}: {part} has {len(labels)} bag(s), all of class {names[0] if names else '(none)'!r}; "
+                         f"bench needs bags of at least two classes (as train does): add bags of another class or fix "
+                         f"the labels" + (", or use fewer folds / another split" if part != "the dataset" else ""))
+
+
 def bench(
     dataset: str | BagDataset,
     methods: list[str] | str,
@@ -92,10 +105,15 @@ def bench(
         METHODS.get(n)  # unknown names fail before any training
     ds = load_benchmark(dataset) if isinstance(dataset, str) else dataset
     kind, k, r = parse_protocol(protocol)
+    where = dataset_source(dataset) if isinstance(dataset, str) else "<in-memory dataset>"
+    check_classes(ds, ds.labels, where, "the dataset")  # one class: accuracy 1.000 that means nothing
     if kind == "cv":
         folds = list(cv_folds(ds.labels, k, r, seed, val_fraction, groups=None))
     else:
         folds = [split_fold(ds.splits)]
+    for f in folds:  # every training part, before any training
+        part = "the train split" if kind == "split" else f"the training part of {protocol} repeat {f.repeat} fold {f.fold}"
+        check_classes(ds, ds.labels[f.train], where, part)
     common = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
     results: dict[str, Any] = {"dataset": dataset if isinstance(dataset, str) else "<in-memory>",
                                "protocol": protocol, "seed": seed, "n_bags": len(ds), "classes": ds.classes,
