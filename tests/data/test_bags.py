@@ -12,7 +12,6 @@ from histokd.data.bags import (
     BagDataset,
     class_names,
     collate_bags,
-    positive_class,
     read_instance_labels,
     write_instance_labels,
 )
@@ -25,9 +24,6 @@ def test_class_order() -> None:
     assert class_names(["tumour", "normal", "tumour"]) == ["normal", "tumour"]
     assert class_names(["10", "2", "1"]) == ["1", "2", "10"]
     assert class_names(["luad", "lusc", "normal"]) == ["normal", "luad", "lusc"]
-    assert positive_class(["normal", "tumour"]) == 1
-    assert positive_class(["tumour", "other"]) == 0
-    assert positive_class(["a", "b", "c"]) == 2
 
 
 def test_collate_pads_with_mask() -> None:

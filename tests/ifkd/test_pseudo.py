@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from histokd.models.segnet import build_segnet
-from histokd.segmentation.pseudo import positive_index, tile_map, tile_means
+from histokd.segmentation.pseudo import tile_map, tile_means
 from histokd.segmentation.regions import predict_map, sample_regions
 
 
@@ -22,12 +22,6 @@ def test_tile_map_paints_and_averages():
     assert m2[0, 0] == 1.0 and m2[0, 1] == 1.0 and m2[0, 2] == 0.0
     back = tile_means(m, coords, 8, 4.0)
     assert back[0] == pytest.approx(0.75) and back[1] == pytest.approx(0.25)
-
-
-def test_positive_index():
-    assert positive_index(["normal", "tumour"]) == 1
-    assert positive_index(["Tumor", "normal"]) == 0
-    assert positive_index(["a", "b", "c"]) == 2
 
 
 @pytest.mark.parametrize("name", ["sidenet", "unet"])

@@ -71,5 +71,6 @@ def test_max_bag_rule_and_negative_class() -> None:
     assert torch.allclose(max_bag_probs(p, neg=0), torch.tensor([0.3, 0.7]))
     assert negative_class_index(["normal", "tumour"]) == 0
     assert negative_class_index(["tumour", "normal"]) == 1
+    assert negative_class_index(["Tumor", "normal"]) == 1  # one rule, any case (was case-sensitive here)
     with pytest.raises(InputError):
         negative_class_index(["a", "b"], "c")

@@ -3,7 +3,7 @@
 Slides are 1024 x 768 px at 0.5 µm/px; tiles are 128 level-0 px (64 px at 1 µm/px). Slide ``t1`` has a
 tumour square (PNG ground truth) and a pixel mask in its prediction, ``t2`` a tumour disc (ASAP XML
 ground truth), ``n1`` is normal, ``gone`` has a prediction but no slide file, ``nopred`` a slide but no
-prediction.
+prediction. ``label``'s tile truth (contract 6) is under ``features/enc/instance_labels/``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from histokd.classes import positive_class
+from histokd.data.bags import instance_labels_path, write_instance_labels
 from histokd.synth.tiff import write_pyramid_tiff
+from histokd.workspace import Workspace
 
 W, H, MPP, TILE_L0 = 1024, 768, 0.5, 128
 MODEL = "abmil-test"
+FEATURES = "enc"
 
 
 @dataclass
@@ -58,7 +62,7 @@ def _write_tiles(path: Path, sid: str, slide_path: Path, coords: np.ndarray) -> 
 def _write_prediction(path: Path, sid: str, coords: np.ndarray, p: np.ndarray, classes: list[str],
                       pixel_mask: np.ndarray | None = None) -> np.ndarray:
     path.parent.mkdir(parents=True, exist_ok=True)
-    pos = classes.index("tumour") if "tumour" in classes else len(classes) - 1
+    pos = positive_class(classes)
     probs = np.zeros((len(coords), len(classes)), np.float32)
     probs[:, pos] = p
     probs[:, [i for i in range(len(classes)) if i != pos][0]] = 1 - p
@@ -117,6 +121,8 @@ def make_run(root: Path, classes: list[str] | None = None, tumour_label: str = "
         if sid == "nopred":
             continue
         frac = np.array([tum[y:y + TILE_L0, x:x + TILE_L0].mean() for x, y in coords])
+        # the tile truth `histokd label` writes beside the features (contract 6), read by the report
+        write_instance_labels(instance_labels_path(Workspace(ws), FEATURES, sid), frac, 0.5)
         p = np.clip(0.1 + 0.8 * frac + rng.normal(0, 0.05, len(coords)), 0, 1).astype(np.float32)
         pix = tum[::16, ::16] if sid == "t1" else None
         bag = _write_prediction(ws / "predictions" / MODEL / f"{sid}.h5", sid, coords, p, classes, pix)
@@ -132,7 +138,7 @@ def make_run(root: Path, classes: list[str] | None = None, tumour_label: str = "
         wr.writerow(header)
         wr.writerows(bag_rows)
     (pdir / "metrics.json").write_text(json.dumps(
-        {"threshold": 0.5, "test": {"bag_auc": {"value": 0.91, "low": 0.8, "high": 1.0}, "n": 3}}))
+        {"threshold": 0.5, "features": FEATURES, "test": {"bag_auc": {"value": 0.91, "low": 0.8, "high": 1.0}, "n": 3}}))
     return Run(ws, MODEL, classes)
 
 

@@ -9,15 +9,9 @@ import pytest
 from PIL import Image
 from shapely.geometry import shape
 
-from histokd.outputs.geojson import positive_index, prediction_geojson, tile_regions
+from histokd.outputs.geojson import prediction_geojson, tile_regions
 from histokd.outputs.heatmaps import Overlay, render_heatmap, resample_mask, tile_value_grid
 from histokd.outputs.plots import expected_calibration_error, plot_calibration, plot_confusion, plot_pr, plot_roc
-
-
-def test_positive_class_rule():
-    assert positive_index(["normal", "tumour"]) == 1
-    assert positive_index(["Tumor", "normal"]) == 0
-    assert positive_index(["a", "b", "c"]) == 2
 
 
 def test_regions_merge_adjacent_tiles_and_keep_holes():

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from histokd.classes import positive_class  # the one rule, re-exported for its importers
 from histokd.errors import FeatureError, InputError
 from histokd.workspace import Workspace, atomic_path, check_id
 
@@ -49,15 +50,6 @@ def class_names(labels: Sequence[Any]) -> list[str]:
         return (0 if low in NEGATIVE_NAMES else 2 if low in POSITIVE_NAMES else 1), n
 
     return sorted(names, key=key)
-
-
-def positive_class(classes: Sequence[str]) -> int:
-    """Index of the positive class: the class named ``tumour`` (or ``tumor``), else the last (contract 7)."""
-    low = [c.lower() for c in classes]
-    for name in ("tumour", "tumor"):
-        if name in low:
-            return low.index(name)
-    return len(classes) - 1
 
 
 def _known(v: Any) -> bool:

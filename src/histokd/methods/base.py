@@ -4,7 +4,7 @@ A *method* owns its losses and stages (teacher, student, mining, role swaps). It
 name (``@register_method("weno")``) and picked with ``histokd train --method NAME``.
 ``fit(train, val, config) -> Labeler``; a :class:`Labeler` predicts one bag at a time and saves to /
 loads from a model folder (contract 7): ``model.pt`` (state dicts only), ``config.yaml`` (``method``,
-``config`` and what is needed to rebuild: ``in_dim``, ``classes``), ``classes.json``.
+``config`` and what is needed to rebuild: ``in_dim``, ``classes``, ``positive_class``), ``classes.json``.
 
 A method class sets ``config_cls`` (its pydantic config, ``extra="forbid"``, in its own file) and
 ``labeler_cls``; the seed and the training-log path reach ``fit`` as ``self.seed`` / ``self.log_path``.
@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from histokd.classes import positive_class, stored_positive_class
 from histokd.config import BaseConfig, read_yaml, write_yaml
 from histokd.errors import ModelError, one_line
 from histokd.registry import Registry
@@ -73,11 +74,14 @@ register_method = METHODS.register
 
 def write_model_meta(directory: str | Path, method: str, config: BaseConfig | dict[str, Any], classes: list[str],
                      **extra: Any) -> None:
-    """Write ``config.yaml`` (method, config and ``extra`` such as in_dim) and ``classes.json``."""
+    """Write ``config.yaml`` (method, classes, the positive class, config and ``extra`` such as in_dim) and
+    ``classes.json``. The positive class is decided here, once (:func:`histokd.classes.positive_class`), and
+    read back by every later stage (:func:`model_positive_class`)."""
     import histokd
 
     directory = Path(directory)
     cfg = config.model_dump(mode="json") if isinstance(config, BaseConfig) else dict(config)
+    extra.setdefault("positive_class", str(classes[positive_class(classes)]) if len(classes) else None)
     meta = {"method": method, "histokd_version": histokd.__version__, "classes": list(classes), **extra,
             "config": cfg}
     write_yaml(directory / "config.yaml", meta)
@@ -96,6 +100,12 @@ def read_model_meta(directory: str | Path) -> dict[str, Any]:
     if "classes" not in meta and cpath.exists():
         meta["classes"] = json.loads(cpath.read_text())
     return meta
+
+
+def model_positive_class(meta: dict[str, Any]) -> int:
+    """Index of the positive class of a model (its ``config.yaml`` read by :func:`read_model_meta`): the
+    stored ``positive_class``; the rule for models trained before it was stored."""
+    return stored_positive_class(list(meta.get("classes") or []), meta.get("positive_class"))
 
 
 def load_model_state(directory: str | Path, retrain: str = "`histokd train ... --overwrite`") -> dict[str, Any]:

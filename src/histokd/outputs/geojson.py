@@ -22,6 +22,7 @@ import numpy as np
 import shapely
 from shapely.geometry import box
 
+from histokd.classes import positive_class
 from histokd.slides.annotations import CLASS_COLOURS, qupath_feature
 from histokd.workspace import write_text
 
@@ -29,14 +30,6 @@ from histokd.workspace import write_text
 _PALETTE = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [148, 103, 189], [140, 86, 75],
             [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]]
 _NEGATIVE_NAMES = {"normal", "benign", "negative", "healthy", "background"}
-
-
-def positive_index(classes: list[str]) -> int:
-    """Index of the positive class: the one named ``tumour``/``tumor`` (any case), else the last class."""
-    for i, c in enumerate(classes):
-        if str(c).strip().lower() in {"tumour", "tumor"}:
-            return i
-    return len(classes) - 1
 
 
 def qupath_class(name: str, is_positive: bool) -> tuple[str, list[int]]:
@@ -70,16 +63,18 @@ def prediction_geojson(
     classes: list[str],
     threshold: float = 0.5,
     slide_id: str | None = None,
+    positive: int | None = None,
 ) -> dict:
     """FeatureCollection of tiles and merged regions for one slide.
 
     ``coords`` [N, 2] int level-0 top-left (x, y); ``patch_size_level0`` tile side in level-0 px;
-    ``probs`` [N, C] class probabilities; ``classes`` the C class names (positive class from
-    :func:`positive_index`); ``threshold`` on the positive-class probability for the regions.
+    ``probs`` [N, C] class probabilities; ``classes`` the C class names; ``positive`` the index of the
+    positive class stored with the model (default: :func:`histokd.classes.positive_class`); ``threshold``
+    on the positive-class probability for the regions.
     """
     coords = np.asarray(coords)
     probs = np.asarray(probs, dtype=np.float64)
-    pos = positive_index(classes)
+    pos = positive_class(classes) if positive is None else positive
     p_pos = probs[:, pos]
     s = float(patch_size_level0)
     qclasses = [qupath_class(str(c), i == pos) for i, c in enumerate(classes)]

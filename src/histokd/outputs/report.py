@@ -18,97 +18,21 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import math
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from histokd.errors import InputError
-from histokd.outputs.geojson import positive_index
+from histokd.classes import positive_class
 from histokd.outputs.heatmaps import write_bytes
 from histokd.outputs.plots import plot_calibration, plot_confusion, plot_pr, plot_roc
 from histokd.outputs.tables import MetricRow, binary_metrics, confusion_matrix
+from histokd.predictions import SlidePrediction, attr_value, read_prediction  # noqa: F401  (the store; re-exported)
 
 #: Tile side (px) of the top / bottom tile images in the HTML.
 TILE_DISPLAY_PX = 128
-#: A tile counts as tumour in the ground truth when this fraction of it is inside the mask (contract 6).
-GT_TILE_FRACTION = 0.5
-
-
-@dataclass
-class SlidePrediction:
-    """One ``RUN/predictions/<id>/<slide>.h5`` (contract 7)."""
-
-    slide_id: str
-    coords: np.ndarray  # [N, 2] int64 level-0 top-left (x, y)
-    probs: np.ndarray  # [N, C] float32
-    classes: list[str]
-    patch_size_level0: float
-    bag_probs: np.ndarray  # [C]
-    scores: np.ndarray | None = None  # [N] raw teacher evidence
-    mask: np.ndarray | None = None  # [H, W] uint8 pixel mask
-    mask_downsample: float | None = None
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-
-def read_prediction(path: str | os.PathLike[str]) -> SlidePrediction:
-    """Read one prediction file; a damaged or incomplete file raises a one-line :class:`InputError`."""
-    import h5py
-
-    path = Path(path)
-    try:
-        with h5py.File(path, "r") as f:
-            attrs = {k: attr_value(v) for k, v in f.attrs.items()}
-            probs = np.asarray(f["instance_probs"][()], dtype=np.float32)
-            coords = np.asarray(f["coords"][()], dtype=np.int64)
-            scores = np.asarray(f["instance_scores"][()], dtype=np.float32) if "instance_scores" in f else None
-            mask, mds = None, None
-            if "mask" in f:
-                mask = np.asarray(f["mask"][()])
-                mds = float(f["mask"].attrs.get("mask_downsample", attrs.get("mask_downsample", 0)) or 0) or None
-    except (OSError, KeyError) as e:
-        raise InputError(f"{path}: unreadable prediction file ({e}); run `histokd label` again") from None
-    if probs.ndim == 1:
-        probs = np.stack([1 - probs, probs], axis=1)
-    classes = attrs.get("classes")
-    if isinstance(classes, str):
-        classes = json.loads(classes)
-    classes = [str(c) for c in (classes or [f"class{i}" for i in range(probs.shape[1])])]
-    if probs.shape[0] != coords.shape[0] or probs.shape[1] != len(classes):
-        raise InputError(
-            f"{path}: instance_probs {probs.shape} does not match coords {coords.shape} / {len(classes)} classes; "
-            f"run `histokd label` again"
-        )
-    if mask is not None and mds is None:
-        raise InputError(f"{path}: dataset 'mask' has no attr 'mask_downsample'; run `histokd label` again")
-    bag = np.asarray(attrs.get("bag_probs", probs.mean(axis=0) if len(probs) else np.zeros(len(classes))), np.float32)
-    return SlidePrediction(
-        slide_id=str(attrs.get("slide_id") or path.stem),
-        coords=coords,
-        probs=probs,
-        classes=classes,
-        patch_size_level0=float(attrs.get("patch_size_level0", 0) or 0),
-        bag_probs=bag.reshape(-1),
-        scores=scores,
-        mask=mask,
-        mask_downsample=mds,
-        attrs=attrs,
-    )
-
-
-def attr_value(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return v.decode("utf-8")
-    if isinstance(v, np.ndarray):
-        return v.tolist() if v.dtype.kind != "S" else [x.decode() for x in v.tolist()]
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
 
 
 def tile_card(slide: Any, pred: SlidePrediction, i: int, pos: int, psl0: float, tiles_attrs: dict) -> dict:
@@ -135,13 +59,15 @@ def tile_card(slide: Any, pred: SlidePrediction, i: int, pos: int, psl0: float, 
 
 def report_evaluation(
     bags: pd.DataFrame, inst: dict[str, list[np.ndarray]], classes: list[str], threshold: float, n_boot: int,
-    seed: int, out: Path,
+    seed: int, out: Path, positive: int | None = None,
 ) -> dict:
-    """Metric tables (bag and tile level, per split) and the four plots, written to ``plots/``."""
+    """Metric tables (bag and tile level, per split) and the four plots, written to ``plots/``; ``positive``
+    is the index of the positive class stored with the model (default: the rule of
+    :func:`histokd.classes.positive_class`)."""
     ctx: dict[str, Any] = {"bag_tables": [], "tile_tables": [], "plots": []}
     if not classes:
         return ctx
-    pos = positive_index(classes)
+    pos = positive_class(classes) if positive is None else positive
     pos_name = classes[pos]
     roc: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if len(bags) and f"prob_{pos_name}" in bags:

@@ -22,10 +22,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from histokd.data.bags import BagDataset, ensure_instance_labels, positive_class
+from histokd.data.bags import BagDataset, ensure_instance_labels
 from histokd.errors import FeatureError, HistokdError, ModelError
+from histokd.predictions import is_prediction_of, read_prediction, write_prediction
 from histokd.progress import progress
-from histokd.workspace import Workspace, atomic_path, read_csv, write_csv, write_json
+from histokd.workspace import Workspace, read_csv, write_csv, write_json
 
 log = logging.getLogger("histokd")
 
@@ -39,30 +40,6 @@ class LabelResult:
     n_total: int = 0  # distinct slides attempted: predicted or failed, each counted once
 
 
-def write_prediction(path: Path, pred: Any, coords: np.ndarray, attrs: dict[str, Any]) -> None:
-    """One slide's prediction file (contract 7), atomically."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("instance_probs", data=np.asarray(pred.instance_probs, np.float32))
-        f.create_dataset("coords", data=np.asarray(coords, np.int64))
-        if pred.instance_scores is not None:
-            f.create_dataset("instance_scores", data=np.asarray(pred.instance_scores, np.float32).reshape(-1))
-        if pred.mask is not None:
-            d = f.create_dataset("mask", data=np.asarray(pred.mask, np.uint8), compression="gzip")
-            d.attrs["mask_downsample"] = float(getattr(pred, "mask_downsample", attrs.get("mask_downsample", 1.0)))
-            f.attrs["mask_downsample"] = d.attrs["mask_downsample"]
-        f.attrs["bag_probs"] = np.asarray(pred.bag_probs, np.float32)
-        for k, v in attrs.items():
-            if v is not None:
-                f.attrs[k] = v
-
-
-def read_prediction(path: Path) -> dict[str, Any]:
-    with h5py.File(path, "r") as f:
-        out = {k: f[k][()] for k in ("instance_probs", "instance_scores") if k in f}
-        out.update({k: v for k, v in f.attrs.items()})
-    return out
-
-
 def label(
     workspace: str | os.PathLike[str] | Workspace,
     model: str,
@@ -74,7 +51,7 @@ def label(
     wait: bool = False,
 ) -> LabelResult:
     """Label every slide with features using model ``RUN/models/<model>/``; write predictions and metrics."""
-    from histokd.methods.base import load_labeler, read_model_meta
+    from histokd.methods.base import load_labeler, model_positive_class, read_model_meta
 
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     mdir = ws.model_dir(model)
@@ -100,7 +77,7 @@ def label(
                 f"encoder (--features), or retrain the model on these"
             )
         splits = _model_splits(mdir)
-        pos = positive_class(classes)
+        pos = model_positive_class({**meta, "classes": classes})  # decided at training, stored with the model
         rows, inst = [], []
         cohort = None  # read on first use by segmenting labellers
         with progress() as bar:
@@ -109,9 +86,9 @@ def label(
                 sid = rec.slide_id
                 path = ws.predictions_h5(model, sid)
                 try:
-                    if path.exists() and not overwrite and _same_model(path, model):
+                    if path.exists() and not overwrite and is_prediction_of(path, model):
                         p = read_prediction(path)
-                        bag_probs, probs, scores = p["bag_probs"], p["instance_probs"], p.get("instance_scores")
+                        bag_probs, probs, scores = p.bag_probs, p.probs, p.scores
                         inst_labels = ds[i].instance_labels
                     else:
                         bag = ds[i]
@@ -124,7 +101,8 @@ def label(
                         else:
                             pred = labeler.predict(bag.features.numpy())
                         write_prediction(path, pred, bag.coords if bag.coords is not None else np.zeros((len(bag.features), 2)),
-                                         {"classes": json.dumps(classes), "model_id": model, "method": meta["method"],
+                                         {"classes": json.dumps(classes), "positive_class": classes[pos],
+                                          "model_id": model, "method": meta["method"],
                                           "slide_id": sid, "patch_size_level0": _feature_attr(rec.path, "patch_size_level0")})
                         bag_probs, probs, scores, inst_labels = pred.bag_probs, pred.instance_probs, pred.instance_scores, bag.instance_labels
                 except (HistokdError, OSError) as e:
@@ -139,7 +117,7 @@ def label(
                                  None if scores is None else np.asarray(scores).reshape(-1)))
                 bar.advance(task)
         _write_bags_csv(out / "bags.csv", rows, classes)
-        metrics = evaluate_predictions(rows, inst, classes, n_boot, seed)
+        metrics = evaluate_predictions(rows, inst, classes, n_boot, seed, positive=pos)
         if hasattr(labeler, "predict_slide"):  # pixel masks: PNGs + Dice/IoU/AUC/Hausdorff/FROC per split
             from histokd.methods.ifkd_label import finish_pixel_outputs
 
@@ -154,14 +132,6 @@ def _feature_attr(path: Path | None, key: str) -> Any:
         return None
     with h5py.File(path, "r") as f:
         return f.attrs.get(key)
-
-
-def _same_model(path: Path, model: str) -> bool:
-    try:
-        with h5py.File(path, "r") as f:
-            return f.attrs.get("model_id") == model and "instance_probs" in f
-    except OSError:
-        return False
 
 
 def _model_splits(mdir: Path) -> dict[str, str]:
@@ -186,12 +156,14 @@ def _write_bags_csv(path: Path, rows: list[tuple[str, str, int, np.ndarray]], cl
 
 
 def evaluate_predictions(rows: list[tuple[str, str, int, np.ndarray]], inst: list[tuple], classes: list[str],
-                         n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Bag metrics with bootstrap CIs per split and ``all``; pooled instance AUC/AP where labels exist."""
+                         n_boot: int = 1000, seed: int = 0, positive: int | None = None) -> dict[str, Any]:
+    """Bag metrics with bootstrap CIs per split and ``all``; pooled instance AUC/AP where labels exist.
+    ``positive``: index of the model's stored positive class (default: the rule)."""
+    from histokd.classes import positive_class
     from histokd.evaluate.bootstrap import bootstrap_bag_metrics
     from histokd.evaluate.metrics import instance_metrics
 
-    pos = positive_class(classes)
+    pos = positive_class(classes) if positive is None else positive
     out: dict[str, Any] = {"classes": classes, "positive_class": classes[pos], "splits": {}}
     names = sorted({r[1] for r in rows if r[1]}) + ["all"]
     for name in names:

@@ -18,19 +18,13 @@ import numpy as np
 import pandas as pd
 
 from histokd import __version__
+from histokd.classes import stored_positive_class
 from histokd.errors import HistokdError, InputError
-from histokd.outputs.geojson import positive_index, prediction_geojson, write_geojson
+from histokd.outputs.geojson import prediction_geojson, write_geojson
 from histokd.outputs.heatmaps import Overlay, render_heatmap, write_bytes
-from histokd.outputs.report import (
-    GT_TILE_FRACTION,
-    attr_value,
-    data_uri,
-    read_prediction,
-    render_report_html,
-    report_evaluation,
-    tile_card,
-)
+from histokd.outputs.report import attr_value, data_uri, render_report_html, report_evaluation, tile_card
 from histokd.outputs.tables import flatten_metrics, tiles_frame, write_csv
+from histokd.predictions import read_prediction
 from histokd.progress import progress
 from histokd.workspace import Workspace, read_csv, write_text
 
@@ -73,6 +67,7 @@ def report(
         model_metrics = _read_json(ws.model_dir(model_id) / "metrics.json")
         if threshold is None:
             threshold = _find_threshold(pred_metrics, model_metrics)
+        features = _label_features(ws, model_id, pred_metrics)
 
         slide_ids = list(slides) if slides else sorted(p.stem for p in pred_dir.glob("*.h5"))
         sections: list[dict] = []
@@ -84,7 +79,7 @@ def report(
             task = bar.add_task("report", total=len(slide_ids), unit="slide")
             for sid in slide_ids:
                 try:
-                    sec, df, gt = _slide(ws, model_id, sid, cohort, out, top_k, threshold, thumbnail_size)
+                    sec, df, gt = _slide(ws, model_id, sid, cohort, out, top_k, threshold, thumbnail_size, features)
                 except HistokdError as e:
                     log.warning("report: skipping slide %s: %s", sid, e)
                     skipped.append({"slide_id": sid, "reason": str(e)})
@@ -103,12 +98,14 @@ def report(
             write_csv(out / "tiles.csv", pd.concat(tile_frames, ignore_index=True))
         bags = _bags_frame(pred_dir, sections, cohort)
         classes = classes or _classes_from(pred_dir, bags)
-        ctx = report_evaluation(bags, inst, classes, threshold, n_boot, seed, out)
+        stored = _first(sections, "positive_class") or pred_metrics.get("positive_class")
+        pos = stored_positive_class(classes, stored) if classes else None
+        ctx = report_evaluation(bags, inst, classes, threshold, n_boot, seed, out, positive=pos)
         ctx.update(
             model_id=model_id,
             method=_first(sections, "method") or str(pred_metrics.get("method", "")),
             classes=classes,
-            positive=classes[positive_index(classes)] if classes else "",
+            positive=classes[pos] if classes else "",
             threshold=threshold,
             slides=sections,
             skipped=skipped,
@@ -126,9 +123,10 @@ def report(
 
 def _slide(
     ws: Workspace, model_id: str, sid: str, cohort: pd.DataFrame, out: Path, top_k: int, threshold: float,
-    thumbnail_size: int,
+    thumbnail_size: int, features: str | None,
 ) -> tuple[dict, pd.DataFrame, dict | None]:
-    """Everything of one slide: heatmap, GeoJSON, tile rows, top / bottom tiles, tile ground truth."""
+    """Everything of one slide: heatmap, GeoJSON, tile rows, top / bottom tiles, and the tile ground truth
+    that ``histokd label`` wrote beside the features (contract 6, its ``--tumour-threshold``)."""
     from histokd.slides.reader import open_slide
 
     pred_path = ws.predictions_h5(model_id, sid)
@@ -138,24 +136,24 @@ def _slide(
         raise InputError(f"{ws.cohort_csv}: slide {sid!r} is not in the workspace cohort; re-run `histokd tile`")
     row = cohort.loc[sid]
     pred = read_prediction(pred_path)
-    pos = positive_index(pred.classes)
+    pos = pred.positive
     tiles_attrs = _tiles_attrs(ws, sid)
     psl0 = pred.patch_size_level0 or float(tiles_attrs.get("patch_size_level0", 0) or 0)
     if psl0 <= 0:
         raise InputError(f"{pred_path}: attr patch_size_level0 missing; run `histokd label` again")
     p_pos = pred.probs[:, pos]
 
-    with open_slide(row["path"]) as slide:
+    with open_slide(row["path"], mpp=row.get("level0_mpp")) as slide:  # the mpp it was tiled with (--slide-mpp)
         thumb = slide.get_thumbnail(thumbnail_size)
         dims = slide.dimensions
-        gt_overlay, gt_fraction = None, None
+        gt_overlay = None
         mask_path = row.get("mask_path")
-        if isinstance(mask_path, str) and mask_path:
-            from histokd.slides.masks import load_mask, tile_fractions
+        if isinstance(mask_path, str) and mask_path:  # drawn as a contour; the tile truth is label's
+            from histokd.slides.masks import load_mask
 
-            gmask, gds = load_mask(mask_path, dims)
-            gt_overlay = Overlay(gmask, gds)
-            gt_fraction = tile_fractions(gmask, gds, pred.coords, psl0)
+            gt_overlay = Overlay(*load_mask(mask_path, dims))
+        truth = _tile_truth(ws, features, sid, len(pred.coords))
+        gt_fraction = truth[0] if truth is not None else None
         pixel = Overlay(pred.mask > 0, pred.mask_downsample) if pred.mask is not None else None
         png = render_heatmap(
             thumb, dims, pred.coords, psl0, p_pos, ground_truth=gt_overlay, pixel_mask=pixel,
@@ -169,7 +167,7 @@ def _slide(
 
     write_bytes(out / "heatmaps" / f"{sid}.png", png)
     write_geojson(out / "geojson" / f"{sid}.geojson",
-                  prediction_geojson(pred.coords, psl0, pred.probs, pred.classes, threshold, slide_id=sid))
+                  prediction_geojson(pred.coords, psl0, pred.probs, pred.classes, threshold, slide_id=sid, positive=pos))
     df = tiles_frame(sid, pred.coords, pred.probs, pred.classes, pred.scores, gt_fraction)
     split = str(row.get("split")) if isinstance(row.get("split"), str) else ""
     sec = {
@@ -177,6 +175,7 @@ def _slide(
         "label": str(row.get("label", "")),
         "split": split,
         "classes": pred.classes,
+        "positive_class": pred.classes[pos],
         "method": str(pred.attrs.get("method", "")),
         "bag_prob": float(pred.bag_probs[pos]),
         "pred": pred.classes[int(np.argmax(pred.bag_probs))],
@@ -189,9 +188,48 @@ def _slide(
         "bottom": bottom,
     }
     gt = None
-    if gt_fraction is not None:
-        gt = {"y": (gt_fraction > GT_TILE_FRACTION).astype(int), "p": p_pos.astype(np.float64)}
+    if truth is not None and (truth[1] >= 0).any():
+        known = truth[1] >= 0
+        gt = {"y": truth[1][known].astype(int), "p": p_pos[known].astype(np.float64)}
     return sec, df, gt
+
+
+def _label_features(ws: Workspace, model_id: str, pred_metrics: dict) -> str | None:
+    """The feature set ``histokd label`` predicted from (its ``metrics.json``, else the model's)."""
+    if isinstance(pred_metrics.get("features"), str):
+        return pred_metrics["features"]
+    try:
+        from histokd.methods.base import read_model_meta
+
+        return read_model_meta(ws.model_dir(model_id)).get("features")
+    except HistokdError:
+        return None
+
+
+def _tile_truth(ws: Workspace, features: str | None, sid: str, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(tumour fraction [N], label [N] int8, -1 unknown) of one slide's tiles, as ``histokd label`` wrote
+    them (contract 6); None where it wrote none (no mask) or the file does not fit the prediction."""
+    import h5py
+
+    from histokd.data.bags import instance_labels_path
+
+    if not features:
+        return None
+    path = instance_labels_path(ws, features, sid)
+    if not path.is_file():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            frac = np.asarray(f["tumour_fraction"][()], np.float32)
+            lab = np.asarray(f["label"][()], np.int8)
+    except (OSError, KeyError) as e:
+        log.warning("report: %s unreadable (%s); slide %s has no tile ground truth", path, e, sid)
+        return None
+    if len(lab) != n or len(frac) != n:
+        log.warning("report: %s has %d tiles, the prediction %d; slide %s has no tile ground truth "
+                    "(run `histokd label --overwrite`)", path, len(lab), n, sid)
+        return None
+    return frac, lab
 
 
 def _bags_frame(pred_dir: Path, sections: list[dict], cohort: pd.DataFrame) -> pd.DataFrame:
@@ -208,7 +246,7 @@ def _bags_frame(pred_dir: Path, sections: list[dict], cohort: pd.DataFrame) -> p
         rows = []
         for s in sections:
             r = {"slide_id": s["slide_id"], "split": s["split"], "label": s["label"], "pred": s["pred"]}
-            r[f"prob_{s['classes'][positive_index(s['classes'])]}"] = s["bag_prob"]
+            r[f"prob_{s['positive_class']}"] = s["bag_prob"]
             rows.append(r)
         df = pd.DataFrame(rows, columns=["slide_id", "split", "label", "pred"] if not rows else None)
     if "split" not in df:

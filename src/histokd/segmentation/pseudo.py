@@ -14,10 +14,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from histokd.errors import FeatureError
+from histokd.classes import positive_class as positive_index  # the one rule; this name is kept for ifkd
+from histokd.errors import FeatureError, InputError
+from histokd.predictions import read_prediction
 
 
 def _axis_weights(starts: np.ndarray, size: float, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,15 +88,6 @@ def tile_means(
     return out
 
 
-def positive_index(classes: list[str]) -> int:
-    """Index of the tumour class: the class named ``tumour`` (or ``tumor``), else the last class."""
-    lowered = [str(c).lower() for c in classes]
-    for name in ("tumour", "tumor"):
-        if name in lowered:
-            return lowered.index(name)
-    return len(classes) - 1
-
-
 @dataclass
 class TileProbs:
     probs: np.ndarray  # [N] probability of the positive class
@@ -105,26 +97,16 @@ class TileProbs:
 
 
 def read_prediction_probs(path: str | os.PathLike[str]) -> TileProbs:
-    """Positive-class tile probabilities of a predictions h5 (contract 7)."""
-    import json
-
+    """Positive-class tile probabilities of a predictions h5 (contract 7, read by :mod:`histokd.predictions`;
+    the positive class is the one stored with the teacher)."""
     path = Path(path)
     if not path.exists():
         raise FeatureError(f"{path}: predictions not found; run `histokd label -w RUN --model ID` for the teacher")
     try:
-        with h5py.File(path, "r") as f:
-            probs = np.asarray(f["instance_probs"][()], dtype=np.float32)
-            coords = np.asarray(f["coords"][()], dtype=np.int64)
-            raw = f.attrs.get("classes", "[]")
-            classes = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
-            ps = float(f.attrs["patch_size_level0"])
-    except KeyError as e:
-        raise FeatureError(f"{path}: missing {e} in predictions file; re-run `histokd label` for the teacher") from e
-    except OSError as e:
-        raise FeatureError(f"{path}: cannot read predictions ({e}); delete it and re-run `histokd label`") from e
-    if probs.ndim == 1:
-        probs = probs[:, None]
-    if not classes:
-        classes = [str(i) for i in range(probs.shape[1])]
-    col = positive_index(classes) if probs.shape[1] > 1 else 0
-    return TileProbs(probs[:, col], coords, ps, classes)
+        p = read_prediction(path)
+    except InputError as e:
+        raise FeatureError(f"{e}; delete it and re-run `histokd label` for the teacher") from None
+    if not p.patch_size_level0:
+        raise FeatureError(f"{path}: missing 'patch_size_level0' in predictions file; re-run `histokd label` for the teacher")
+    col = p.positive if p.probs.shape[1] > 1 else 0
+    return TileProbs(p.probs[:, col], p.coords, p.patch_size_level0, p.classes)

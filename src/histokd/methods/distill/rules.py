@@ -11,20 +11,18 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from histokd.classes import negative_class as negative_class_rule
 from histokd.errors import InputError
 
 
 def negative_class_index(classes: list[str], negative_class: str | None = None) -> int:
-    """The class whose bags hold only negative instances: ``negative_class`` when given; for two classes the
-    one that is not ``tumour`` (the first when no class is called so); else the first class."""
+    """The class whose bags hold only negative instances: ``negative_class`` when given; else the rule of
+    :func:`histokd.classes.negative_class` (for two classes the one that is not positive, else the first)."""
     if negative_class is not None:
         if negative_class not in classes:
             raise InputError(f"negative_class {negative_class!r} is not one of the classes {classes}")
         return classes.index(negative_class)
-    if len(classes) == 2:
-        pos = classes.index("tumour") if "tumour" in classes else 1
-        return 1 - pos
-    return 0
+    return negative_class_rule(classes)
 
 
 def minmax_pseudo_labels(
