@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
         loss: str = typer.Option("vicreg", "--loss", help="vicreg | barlow."),
         arch: str = typer.Option("tiny", "--arch", help="CNN: tiny | small | resnet18."),
         epochs: int = typer.Option(5, "--epochs", help="Passes over the sampled tiles."),
+        max_epochs: int = typer.Option(None, "--max-epochs", help="Caps --epochs (as in histokd train)."),
         batch_size: int = typer.Option(128, "--batch-size", "-b", help="Pairs per step."),
         tile_size: int = typer.Option(64, "--tile-size", help="Tile side in px."),
         mpp: float = typer.Option(None, "--mpp", help="Tile resolution µm/px (default: tile-size px cover the grid tile)."),
@@ -37,7 +38,7 @@ def register(app: typer.Typer) -> None:
             workspace, method=method, epochs=epochs, batch_size=batch_size, tile_size=tile_size, mpp=mpp,
             max_tiles=max_tiles, seed=seed, loss=loss, encoder_id=encoder_id, overwrite=overwrite, arch=arch, lr=lr,
             splits=[s.strip() for s in splits.split(",") if s.strip()], shared_geometry=shared_geometry,
-            threads=threads,
+            threads=threads, max_epochs=max_epochs,
         )
         typer.echo(f"{out}: use it with `histokd embed -w {workspace} --encoder mfl:{out}`")
 

@@ -41,6 +41,7 @@ def train_encoder(
     overwrite: bool = False,
     show_progress: bool | None = None,
     threads: int | None = None,
+    max_epochs: int | None = None,
     **overrides: Any,
 ) -> Path:
     """Train a More From Less (``more-from-less``) or H&E-only SSL (``ssl-he``) encoder on a tiled workspace.
@@ -49,8 +50,12 @@ def train_encoder(
     slides in ``splits`` (default: train), the same tiles for both methods at a given seed. ``mpp=None``
     picks the resolution at which ``tile_size`` px cover the grid's tile, which is how ``histokd embed``
     will read tiles for this encoder (the whole grid tile resized to ``tile_size``). Returns the model
-    folder ``RUN/encoders/<id>/``, usable as ``histokd embed --encoder mfl:<folder>``.
+    folder ``RUN/encoders/<id>/``, usable as ``histokd embed --encoder mfl:<folder>``. ``max_epochs`` caps
+    ``epochs`` (``--max-epochs``, as for every ``histokd train`` stage).
     """
+    from histokd.engine.epochs import stage_epochs
+
+    epochs = stage_epochs(epochs, max_epochs)
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     if method not in MFL_METHODS:
         raise InputError(f"unknown encoder method {method!r}; choose one of: {', '.join(MFL_METHODS)}")
