@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 from shapely.geometry import shape
 
+from histokd.evaluate.binary import expected_calibration_error
 from histokd.outputs.geojson import prediction_geojson, tile_regions
 from histokd.outputs.heatmaps import Overlay, render_heatmap, resample_mask, tile_value_grid
-from histokd.outputs.plots import expected_calibration_error, plot_calibration, plot_confusion, plot_pr, plot_roc
+from histokd.outputs.plots import plot_calibration, plot_confusion, plot_pr, plot_roc
 
 
 def test_regions_merge_adjacent_tiles_and_keep_holes():

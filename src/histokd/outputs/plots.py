@@ -1,5 +1,7 @@
 """Evaluation plots as PNG bytes: ROC, precision-recall, calibration (reliability) and confusion matrix.
 
+The numbers in the legends (AUC, AP, ECE) are :mod:`histokd.evaluate.binary`'s; this module only draws.
+
 Each function takes one or several named curves so that bag- and tile-level results share a plot.
 matplotlib's object API (``Figure``) is used: no pyplot state, no window.
 """
@@ -10,6 +12,8 @@ import io
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from histokd.evaluate.binary import auc_score, average_precision, calibration_bins, expected_calibration_error
 
 Curve = tuple[np.ndarray, np.ndarray]  # (y_true [N] in {0, 1}, score [N])
 
@@ -41,7 +45,7 @@ def _usable(y: np.ndarray) -> bool:
 
 def plot_roc(curves: Mapping[str, Curve], title: str = "ROC") -> bytes:
     """ROC curves with their AUC in the legend; a curve with a single class present is listed as n/a."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from sklearn.metrics import roc_curve
 
     fig, ax = _figure()
     ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1)
@@ -51,7 +55,7 @@ def plot_roc(curves: Mapping[str, Curve], title: str = "ROC") -> bytes:
             ax.plot([], [], label=f"{text_safe(name)} (n/a: one class)")
             continue
         fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, lw=1.8, label=f"{text_safe(name)} (AUC {roc_auc_score(y, s):.3f}, n={len(y)})")
+        ax.plot(fpr, tpr, lw=1.8, label=f"{text_safe(name)} (AUC {auc_score(y, s):.3f}, n={len(y)})")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
     ax.set_title(text_safe(title), fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
@@ -60,7 +64,7 @@ def plot_roc(curves: Mapping[str, Curve], title: str = "ROC") -> bytes:
 
 def plot_pr(curves: Mapping[str, Curve], title: str = "Precision-recall") -> bytes:
     """Precision-recall curves with average precision; the dashed line of each is its prevalence."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve
+    from sklearn.metrics import precision_recall_curve
 
     fig, ax = _figure()
     for name, (y, s) in curves.items():
@@ -69,30 +73,12 @@ def plot_pr(curves: Mapping[str, Curve], title: str = "Precision-recall") -> byt
             ax.plot([], [], label=f"{text_safe(name)} (n/a: one class)")
             continue
         prec, rec, _ = precision_recall_curve(y, s)
-        (line,) = ax.plot(rec, prec, lw=1.8, label=f"{text_safe(name)} (AP {average_precision_score(y, s):.3f})")
+        (line,) = ax.plot(rec, prec, lw=1.8, label=f"{text_safe(name)} (AP {average_precision(y, s):.3f})")
         ax.axhline(y.mean(), ls="--", lw=1, c=line.get_color(), alpha=0.5)
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01))
     ax.set_title(text_safe(title), fontsize=10)
     ax.legend(loc="lower left", fontsize=8)
     return _png(fig)
-
-
-def calibration_bins(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Equal-width bins of predicted probability: ``(mean predicted [B], observed frequency [B], count [B])``
-    for the non-empty bins."""
-    y, p = np.asarray(y, dtype=float), np.clip(np.asarray(p, dtype=float), 0, 1)
-    idx = np.minimum((p * n_bins).astype(int), n_bins - 1)
-    count = np.bincount(idx, minlength=n_bins)
-    keep = count > 0
-    mean_p = np.bincount(idx, weights=p, minlength=n_bins)[keep] / count[keep]
-    freq = np.bincount(idx, weights=y, minlength=n_bins)[keep] / count[keep]
-    return mean_p, freq, count[keep]
-
-
-def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
-    """ECE: count-weighted mean |observed - predicted| over equal-width bins."""
-    mean_p, freq, count = calibration_bins(y, p, n_bins)
-    return float(np.sum(count * np.abs(freq - mean_p)) / max(count.sum(), 1))
 
 
 def plot_calibration(curves: Mapping[str, Curve], n_bins: int = 10, title: str = "Calibration") -> bytes:

@@ -26,9 +26,10 @@ import numpy as np
 import pandas as pd
 
 from histokd.classes import positive_class
+from histokd.evaluate.binary import MetricRow, binary_metrics, confusion_matrix
 from histokd.outputs.heatmaps import write_bytes
 from histokd.outputs.plots import plot_calibration, plot_confusion, plot_pr, plot_roc
-from histokd.outputs.tables import MetricRow, binary_metrics, confusion_matrix
+from histokd.outputs.tables import format_metric
 from histokd.predictions import SlidePrediction, attr_value, read_prediction  # noqa: F401  (the store; re-exported)
 
 #: Tile side (px) of the top / bottom tile images in the HTML.
@@ -147,7 +148,7 @@ def render_report_html(ctx: dict[str, Any]) -> str:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["metric"] = lambda r: r.formatted() if isinstance(r, MetricRow) else str(r)
+    env.filters["metric"] = lambda r: format_metric(r) if isinstance(r, MetricRow) else str(r)
     env.filters["pct"] = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
     defaults = {"bag_tables": [], "tile_tables": [], "plots": [], "slides": [], "skipped": [], "metrics_json": [],
                 "method": "", "classes": [], "positive": "", "threshold": 0.5, "n_slides": 0, "n_tiles": 0,
