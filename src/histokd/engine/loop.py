@@ -5,9 +5,11 @@ padded bags, class-weighted loss (``model.bag_loss`` + ``model.loss_extra``), a 
 subsample of bags larger than ``max_instances`` (training only: prediction always uses every tile),
 early stopping and checkpoint choice on the *validation* split (the test split never enters), seeded
 and deterministic, CPU / GPU / multi-device DDP through Fabric, mixed precision on GPU.
-Methods with their own steps (WENO, Distill-to-Label) reuse the pieces: :class:`TrainView`,
-:func:`bag_loader`, :func:`class_weights`, :class:`EarlyStopping`, :func:`predict_bag`,
-:func:`evaluate_bags`, :func:`make_optimizer`.
+Its early stopping is :mod:`histokd.engine.epochs`'s :class:`EarlyStopping`, the one every method's stages
+use through :func:`~histokd.engine.epochs.fit_epochs` (WENO, the Distill-to-Label student, IFKD rounds,
+More From Less); both loops end a stage with the same log line (``<stage>: <n> epochs in <s> s; best epoch
+...``). Pieces for other loops: :class:`TrainView`, :func:`bag_loader`, :func:`class_weights`,
+:func:`predict_bag`, :func:`evaluate_bags`, :func:`make_optimizer`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from histokd.data.bags import Bag, BagDataset, collate_bags
 from histokd.engine.config import TrainerConfig
+from histokd.engine.epochs import EarlyStopping
 from histokd.engine.fabric import make_fabric, seed_everything
 from histokd.models.base import MILModel, MILOutput
 from histokd.progress import progress
@@ -120,27 +123,6 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainerConfig,
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-class EarlyStopping:
-    """Tracks the best validation value; ``step`` returns True when it improved."""
-
-    def __init__(self, mode: str = "min", patience: int = 10, min_epochs: int = 1) -> None:
-        self.mode, self.patience, self.min_epochs = mode, patience, min_epochs
-        self.best = math.inf if mode == "min" else -math.inf
-        self.best_epoch = -1
-        self.bad = 0
-
-    def step(self, value: float, epoch: int) -> bool:
-        better = value < self.best if self.mode == "min" else value > self.best
-        if better and not math.isnan(value):
-            self.best, self.best_epoch, self.bad = value, epoch, 0
-            return True
-        self.bad += 1
-        return False
-
-    def should_stop(self, epoch: int) -> bool:
-        return epoch + 1 >= self.min_epochs and self.bad >= self.patience
-
-
 @dataclass
 class BagOutput:
     """Whole-bag prediction: ``bag_probs`` [C], ``instance_scores`` [N] or [N, C] (raw evidence),
@@ -226,10 +208,12 @@ def fit_mil(
     seed: int = 0,
     log_path: str | Path | None = None,
     extra_loss: Callable[[MILModel, MILOutput, Any], torch.Tensor | None] | None = None,
+    stage: str = "train",
 ) -> FitResult:
     """Train ``model`` on ``train``; choose the epoch on ``val`` (last epoch when ``val`` is empty/None).
 
-    ``extra_loss(model, out, batch)`` adds a method-specific term (e.g. VAT) to every step.
+    ``extra_loss(model, out, batch)`` adds a method-specific term (e.g. VAT) to every step; ``stage`` names
+    the stage in the log (``<stage>: <n> epochs in ...``).
     Multi-process strategies (``ddp``/``ddp_spawn``) run the loop on every process; the result comes
     from rank 0.
     """
@@ -237,7 +221,7 @@ def fit_mil(
     threads = _cpu_threads(cfg, model, fabric)
     # a partial of a module-level function, so that spawned processes can unpickle it
     run = functools.partial(_fit, model=model, train=train, val=val, cfg=cfg, seed=seed, extra_loss=extra_loss,
-                            threads=threads)
+                            threads=threads, stage=stage)
     with log_to_file(log_path):
         if "spawn" in cfg.strategy:
             # rank 0's result comes back through a file: Fabric joins the workers *before* reading its
@@ -330,10 +314,13 @@ def is_rank_zero() -> bool:
 
 
 def _fit(fabric: Any, model: MILModel, train: BagDataset, val: BagDataset | None, cfg: TrainerConfig,
-         seed: int, extra_loss: Any, threads: int | None = None) -> FitResult:
+         seed: int, extra_loss: Any, threads: int | None = None, stage: str = "train") -> FitResult:
     # threads are set here, in every process (spawned ranks start with torch's default)
     with torch_threads(threads):
-        return _fit_loop(fabric, model, train, val, cfg, seed, extra_loss)
+        res = _fit_loop(fabric, model, train, val, cfg, seed, extra_loss)
+    log.info("%s: %d epochs in %.1f s; best epoch %d (validation %s %s)", stage, len(res.history), res.seconds,
+             res.best_epoch, cfg.monitor, res.best_value)
+    return res
 
 
 def _fit_loop(fabric: Any, model: MILModel, train: BagDataset, val: BagDataset | None, cfg: TrainerConfig,
