@@ -16,7 +16,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -51,6 +51,42 @@ class Labeler(ABC):
     @classmethod
     @abstractmethod
     def load(cls, directory: str | Path) -> "Labeler": ...
+
+
+# What a labeller can do beyond :meth:`Labeler.predict`, declared here once with its signature; the pipeline
+# asks ``isinstance(labeler, SlideLabeler)`` instead of probing attribute names.
+
+
+@runtime_checkable
+class SlideLabeler(Protocol):
+    """Labels a slide from its pixels (segmenters: IFKD, end-to-end WENO): the pipeline hands it the cohort
+    row (``path``, ...), the bag's features [N, D] (or None), the tile ``coords`` [N, 2] level-0 px and the tile
+    side in level-0 px; it returns a :class:`Prediction` (with ``mask`` where it segments)."""
+
+    def predict_slide(self, slide_row: Any, features: np.ndarray | None, coords: np.ndarray,
+                      patch_size_level0: float) -> Prediction: ...
+
+
+@runtime_checkable
+class PixelBagLabeler(Protocol):
+    """Predicts bag ``i`` of a dataset by reading its tiles itself (models on pixels, end-to-end WENO)."""
+
+    def predict_bag(self, ds: Any, i: int) -> Prediction: ...
+
+
+@runtime_checkable
+class TeacherBagScorer(Protocol):
+    """A distilled student that also gives its teacher's own bag probabilities [C] for features [N, D]."""
+
+    def teacher_bag_probs(self, features: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class SingletonTeacher(Protocol):
+    """A teacher that scores every instance as a bag of one: features [N, D] -> probabilities [N, C]
+    (Distill-to-Label)."""
+
+    def teacher_singleton_probs(self, features: np.ndarray) -> np.ndarray: ...
 
 
 class Method(ABC):

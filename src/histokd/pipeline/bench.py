@@ -35,7 +35,7 @@ log = logging.getLogger("histokd")
 
 def run_fold(method: str, ds: BagDataset, fold: Fold, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
     """Fit ``method`` on one fold and score its test part -> per-fold record."""
-    from histokd.methods.base import METHODS
+    from histokd.methods.base import METHODS, SingletonTeacher, TeacherBagScorer
 
     mcls = METHODS.get(method)
     tr = ds.subset(fold.train)
@@ -54,7 +54,7 @@ def run_fold(method: str, ds: BagDataset, fold: Fold, overrides: dict[str, Any],
     preds = [labeler.predict(te[i].features.numpy()) for i in range(len(te))]
     rec: dict[str, Any] = {"repeat": fold.repeat, "fold": fold.fold, "fit_seconds": fit_s, "n_test": len(te)}
     rec.update(bag_metrics(te.labels, np.stack([p.bag_probs for p in preds]), te.positive_index))
-    if hasattr(labeler, "teacher_bag_probs"):  # distilled students: also score their teacher's own bag output
+    if isinstance(labeler, TeacherBagScorer):  # distilled students: also score their teacher's own bag output
         t_probs = np.stack([labeler.teacher_bag_probs(te[i].features.numpy()) for i in range(len(te))])
         rec["bag_teacher"] = bag_metrics(te.labels, t_probs, te.positive_index)
     labs = [te[i].instance_labels for i in range(len(te))]
@@ -64,10 +64,38 @@ def run_fold(method: str, ds: BagDataset, fold: Fold, overrides: dict[str, Any],
         rec["instance_from_probs"] = instance_metrics(y, np.concatenate([p.instance_probs[:, pos] for p in preds]))
         if all(p.instance_scores is not None for p in preds):
             rec["instance_from_scores"] = instance_metrics(y, np.concatenate([p.instance_scores for p in preds]))
-        if hasattr(labeler, "teacher_singleton_probs"):  # Distill-to-Label: the teacher on bags of one
+        if isinstance(labeler, SingletonTeacher):  # Distill-to-Label: the teacher on bags of one
             single = [labeler.teacher_singleton_probs(te[i].features.numpy())[:, pos] for i in range(len(te))]
             rec["instance_from_teacher_singleton"] = instance_metrics(y, np.concatenate(single))
     return rec
+
+
+def _ensure_instance_labels(spec: str) -> None:
+    """``workspace:RUN:ENC``: the tile truth from the cohort's masks (contract 6) is written here when no stage
+    wrote it yet, so bench's instance metrics exist on a fresh workspace; files already written (by ``label``,
+    at its ``--tumour-threshold``) are kept, and missing ones are made at the same threshold."""
+    kind, _, rest = spec.partition(":")
+    run, sep, enc = rest.rpartition(":")
+    if kind != "workspace" or not sep or not run or not enc:
+        return  # not a workspace, or a malformed spec that load_benchmark reports
+    import h5py
+
+    from histokd.data.bags import DEFAULT_TUMOUR_THRESHOLD, ensure_instance_labels
+    from histokd.workspace import Workspace
+
+    ws = Workspace(run)
+    if not ws.features_dir(enc).is_dir():
+        return  # load_benchmark says what is missing
+    threshold = DEFAULT_TUMOUR_THRESHOLD
+    for path in sorted((ws.features_dir(enc) / "instance_labels").glob("*.h5")):
+        try:
+            with h5py.File(path, "r") as f:
+                threshold = float(f.attrs.get("threshold", threshold))
+            break
+        except OSError:
+            continue
+    for sid, why in ensure_instance_labels(ws, enc, threshold=threshold).items():
+        log.warning("bench: no instance labels for %s: %s", sid, why)
 
 
 def check_classes(ds: BagDataset, labels: np.ndarray, where: str, part: str) -> None:
@@ -103,6 +131,8 @@ def bench(
     names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
     for n in names:
         METHODS.get(n)  # unknown names fail before any training
+    if isinstance(dataset, str):
+        _ensure_instance_labels(dataset)
     ds = load_benchmark(dataset) if isinstance(dataset, str) else dataset
     kind, k, r = parse_protocol(protocol)
     where = dataset_source(dataset) if isinstance(dataset, str) else "<in-memory dataset>"

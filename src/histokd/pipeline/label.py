@@ -51,7 +51,7 @@ def label(
     wait: bool = False,
 ) -> LabelResult:
     """Label every slide with features using model ``RUN/models/<model>/``; write predictions and metrics."""
-    from histokd.methods.base import load_labeler, model_positive_class, read_model_meta
+    from histokd.methods.base import SlideLabeler, load_labeler, model_positive_class, read_model_meta
 
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     mdir = ws.model_dir(model)
@@ -69,7 +69,8 @@ def label(
         ds = BagDataset.from_workspace(ws, features, classes=classes, require_labels=False, preload=False)
         for sid, why in ds.skipped.items():  # empty bags, missing or damaged feature files: failures, not silence
             failures[sid] = why
-        in_dim = None if hasattr(labeler, "predict_slide") else meta.get("in_dim")  # pixel labellers: no features
+        reads_pixels = isinstance(labeler, SlideLabeler)  # segmenters (ifkd, end-to-end weno)
+        in_dim = None if reads_pixels else meta.get("in_dim")  # pixel labellers: no feature dimension
         if in_dim is not None and int(in_dim) != ds.dim:
             raise FeatureError(
                 f"{ws.features_dir(features)}: features are {ds.dim}-d but model {model!r} was trained on {in_dim}-d "
@@ -92,7 +93,7 @@ def label(
                         inst_labels = ds[i].instance_labels
                     else:
                         bag = ds[i]
-                        if hasattr(labeler, "predict_slide"):  # segmenters (ifkd) read the slide's pixels
+                        if reads_pixels:  # segmenters read the slide's pixels
                             from histokd.data.cohort import load_workspace_cohort
 
                             cohort = cohort or load_workspace_cohort(ws)
@@ -118,7 +119,7 @@ def label(
                 bar.advance(task)
         _write_bags_csv(out / "bags.csv", rows, classes)
         metrics = evaluate_predictions(rows, inst, classes, n_boot, seed, positive=pos)
-        if hasattr(labeler, "predict_slide"):  # pixel masks: PNGs + Dice/IoU/AUC/Hausdorff/FROC per split
+        if reads_pixels:  # pixel masks: PNGs + Dice/IoU/AUC/Hausdorff/FROC per split
             from histokd.methods.ifkd_label import finish_pixel_outputs
 
             metrics["pixel"] = finish_pixel_outputs(ws, model)
