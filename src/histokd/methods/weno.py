@@ -37,7 +37,8 @@ What we implement (``histokd train --method weno``):
 - **Validation, never test**: the checkpoint is the epoch with the best validation score (mean of the
   teacher's bag AUC and the student's max-tile bag AUC, minus 0.1 x the teacher's validation
   cross-entropy, :func:`selection_score`), with early
-  stopping (``patience``). ``hpm_threshold_grid`` trains once per threshold and keeps the best on
+  stopping (``patience``), both the engine's (:func:`histokd.engine.fit_epochs`); ``max_epochs``
+  (``histokd train --max-epochs``) caps ``epochs``. ``hpm_threshold_grid`` trains once per threshold and keeps the best on
   validation. The instance decision threshold is the validation F1-optimal one where the validation
   bags carry instance labels, else 0.5.
 - **Outputs**: ``instance_probs`` = the student's probabilities, ``instance_scores`` = the teacher's
@@ -58,10 +59,8 @@ target ``y·e_c + (1-y)·e_neg``.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -71,6 +70,8 @@ import torch
 from torch import nn
 
 from histokd.config import BaseConfig, read_yaml, validate_config
+from histokd.engine.epochs import fit_epochs, stage_epochs
+from histokd.engine.fabric import seed_everything
 from histokd.errors import InputError
 from histokd.evaluate.metrics import bag_auc
 from histokd.methods.base import Method, Prediction, register_method
@@ -110,6 +111,7 @@ class WenoConfig(BaseConfig):
     student_hidden: list[int] = [256]
     student_dropout: float = 0.0
     epochs: int = 60
+    max_epochs: int | None = None  # caps ``epochs`` (histokd train --max-epochs)
     lr: float = 1e-3
     weight_decay: float = 1e-4
     bag_batch: int = 1
@@ -316,48 +318,71 @@ def _meta(cfg: WenoConfig, tr: Bags, thr: float) -> dict[str, Any]:
 
 
 def _fit_weno(tr: Bags, va: Bags, cfg: WenoConfig, seed: int) -> _Fitted:
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    """One WENO run through the engine's epoch loop (:func:`histokd.engine.fit_epochs`): each epoch is a
+    teacher pass, new pseudo-labels and a student pass (:class:`_WenoEpoch`); the checkpoint is the epoch
+    with the best :func:`selection_score` on validation, with early stopping after ``patience`` epochs."""
+    seed_everything(seed)
     meta = _meta(cfg, tr, cfg.hpm_threshold)
-    neg, C = int(meta["negative_class"]), int(meta["n_classes"])
     mods = build_modules(meta)
     labeler = WenoLabeler.class_for(meta)(mods, meta)
-    enc_t: nn.Module = mods["encoder"]
-    enc_s: nn.Module = mods.get("student_encoder", enc_t)
-    teacher: MILModel = mods["teacher"]  # type: ignore[assignment]
-    student: nn.Module = mods["student"]
-    params_t = list(enc_t.parameters()) + list(teacher.parameters())
-    params_s = list(student.parameters()) + ([] if cfg.shared_encoder else list(enc_s.parameters()))
-    if cfg.shared_encoder:
-        params_s += list(enc_t.parameters())
-    # separate optimisers, as in the authors' code: each step moves its own head and the shared encoder
-    opt_t = torch.optim.Adam(params_t, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    opt_s = torch.optim.Adam(list(dict.fromkeys(params_s)), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    all_x = torch.cat(tr.features)
-    w: torch.Tensor | None = None  # the student loss's class weights of the last epoch
-    bag_of = np.concatenate([np.full(len(b), i) for i, b in enumerate(tr.features)])
-    best: tuple[float, float] | None = None
-    best_state: dict[str, Any] | None = None
-    history: list[dict[str, float]] = []
-    stale = 0
-    best_w: torch.Tensor | None = None
-    t0 = time.time()
-    for epoch in range(cfg.epochs):
-        # ---- teacher pass (with hard positive mining after the warm-up) ----
+    ep = _WenoEpoch(tr, cfg, mods, meta, seed)
+    best_w: list[torch.Tensor | None] = [None]
+
+    def keep_weights(epoch: int) -> None:
+        best_w[0] = None if ep.w is None else ep.w.clone()
+
+    res = fit_epochs(mods, ep, stage_epochs(cfg.epochs, cfg.max_epochs), validate=lambda e: _validate(labeler, va),
+                     score=selection_score, patience=cfg.patience, stage="weno", on_best=keep_weights)
+    return _Fitted(mods, res.best_score, res.history, best_w[0])
+
+
+class _WenoEpoch:
+    """One WENO training epoch (the engine's ``train_epoch`` hook): teacher pass with hard positive
+    mining after the warm-up, pseudo-labels from the teacher, student pass over every instance."""
+
+    def __init__(self, tr: Bags, cfg: WenoConfig, mods: dict[str, nn.Module], meta: dict[str, Any], seed: int) -> None:
+        self.tr, self.cfg, self.mods = tr, cfg, mods
+        self.gen = torch.Generator().manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        self.neg, self.C = int(meta["negative_class"]), int(meta["n_classes"])
+        self.enc_t: nn.Module = mods["encoder"]
+        self.enc_s: nn.Module = mods.get("student_encoder", self.enc_t)
+        self.teacher: MILModel = mods["teacher"]  # type: ignore[assignment]
+        self.student: nn.Module = mods["student"]
+        params_t = list(self.enc_t.parameters()) + list(self.teacher.parameters())
+        params_s = list(self.student.parameters()) + ([] if cfg.shared_encoder else list(self.enc_s.parameters()))
+        if cfg.shared_encoder:
+            params_s += list(self.enc_t.parameters())
+        # separate optimisers, as in the authors' code: each step moves its own head and the shared encoder
+        self.opt_t = torch.optim.Adam(params_t, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt_s = torch.optim.Adam(list(dict.fromkeys(params_s)), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.all_x = torch.cat(tr.features)
+        self.w: torch.Tensor | None = None  # the student loss's class weights of the last epoch
+
+    def __call__(self, epoch: int) -> dict[str, float]:
+        t_loss = self._teacher_pass(epoch)
+        # ---- pseudo-labels from the teacher (eval mode, full bags) ----
+        targets = _pseudo_targets(self.tr, self.enc_t, self.teacher, self.cfg.pseudo_norm, self.neg, self.C,
+                                  self.cfg.pseudo_neg_quantile)
+        self.w = _class_weights(self.cfg, targets, self.neg)
+        s_loss, n_inst = self._student_pass(targets)
+        return {"teacher_loss": t_loss / len(self.tr), "student_loss": s_loss / max(1, n_inst)}
+
+    def _teacher_pass(self, epoch: int) -> float:
+        cfg, tr = self.cfg, self.tr
         # BatchNorm statistics of one bag are biased by its own content (a bag of 10 tiles with 3
         # tumour tiles normalises the tumour away), so the teacher pass uses population statistics,
         # refreshed from random training instances, and never per-bag batch statistics.
-        for e in {id(enc_t): enc_t, id(enc_s): enc_s}.values():
-            refresh_batchnorm(e, all_x, gen)
-        mods_train(mods)
-        bn_eval(enc_t)
+        for e in {id(self.enc_t): self.enc_t, id(self.enc_s): self.enc_s}.values():
+            refresh_batchnorm(e, self.all_x, self.gen)
+        mods_train(self.mods)
+        bn_eval(self.enc_t)
         mine = cfg.hpm and epoch >= cfg.hpm_warmup
         # the threshold applies to calibrated probabilities, as at prediction: with the authors' 0.1/0.9
         # weights a raw probability of 0.5 means a target of only 0.1, and mining would empty the bags
-        calibrated = mine and cfg.calibrate and w is not None
-        mine_offset = torch.as_tensor(student_logit_offset(w, neg)) if calibrated else None
-        order = rng.permutation(len(tr))
+        calibrated = mine and cfg.calibrate and self.w is not None
+        mine_offset = torch.as_tensor(student_logit_offset(self.w, self.neg)) if calibrated else None
+        order = self.rng.permutation(len(tr))
         t_loss = 0.0
         for s in range(0, len(order), cfg.bag_batch):
             idx = order[s : s + cfg.bag_batch]
@@ -365,58 +390,37 @@ def _fit_weno(tr: Bags, va: Bags, cfg: WenoConfig, seed: int) -> _Fitted:
             for i in idx:
                 x = tr.features[i]
                 if cfg.max_bag_size and len(x) > cfg.max_bag_size:
-                    x = x[torch.randperm(len(x), generator=gen)[: cfg.max_bag_size]]
-                if mine and int(tr.labels[i]) != neg:
-                    p = _student_probs(enc_s, student, x, mine_offset)[:, int(tr.labels[i])]
+                    x = x[torch.randperm(len(x), generator=self.gen)[: cfg.max_bag_size]]
+                if mine and int(tr.labels[i]) != self.neg:
+                    p = _student_probs(self.enc_s, self.student, x, mine_offset)[:, int(tr.labels[i])]
                     x = x[hard_positive_keep(p, cfg.hpm_threshold)]
                 bags.append(x)
             xb, mb = pad_bags(bags)
             y = torch.as_tensor(tr.labels[idx])
-            out = teacher(enc_t(xb, mb), mb)
-            loss = teacher.bag_loss(out, y)
-            extra = teacher.loss_extra(out, y)
+            out = self.teacher(self.enc_t(xb, mb), mb)
+            loss = self.teacher.bag_loss(out, y)
+            extra = self.teacher.loss_extra(out, y)
             if extra is not None:
                 loss = loss + extra
-            opt_t.zero_grad()
+            self.opt_t.zero_grad()
             loss.backward()
-            opt_t.step()
+            self.opt_t.step()
             t_loss += loss.item() * len(idx)
-        # ---- pseudo-labels from the teacher (eval mode, full bags) ----
-        targets = _pseudo_targets(tr, enc_t, teacher, cfg.pseudo_norm, neg, C, cfg.pseudo_neg_quantile)
-        w = _class_weights(cfg, targets, neg)
-        # ---- student pass over every training instance ----
-        mods_train(mods)
-        perm = student_schedule(len(all_x), cfg.instance_batch, cfg.min_student_steps, gen)
+        return t_loss
+
+    def _student_pass(self, targets: torch.Tensor) -> tuple[float, int]:
+        mods_train(self.mods)
+        perm = student_schedule(len(self.all_x), self.cfg.instance_batch, self.cfg.min_student_steps, self.gen)
         s_loss = 0.0
         for j in perm:
             if len(j) < 2:
                 continue  # BatchNorm needs two instances
-            loss = weighted_soft_ce(student(enc_s(all_x[j])), targets[j], w)
-            opt_s.zero_grad()
+            loss = weighted_soft_ce(self.student(self.enc_s(self.all_x[j])), targets[j], self.w)
+            self.opt_s.zero_grad()
             loss.backward()
-            opt_s.step()
+            self.opt_s.step()
             s_loss += loss.item() * len(j)
-        # ---- validation ----
-        v = _validate(labeler, va)
-        v.update(epoch=epoch, teacher_loss=t_loss / len(tr), student_loss=s_loss / max(1, sum(len(j) for j in perm)))
-        history.append(v)
-        score = selection_score(v)
-        if best is None or score > best:
-            best, stale = score, 0
-            best_state = {k: copy.deepcopy(m.state_dict()) for k, m in mods.items()}
-            best_w = None if w is None else w.clone()
-        else:
-            stale += 1
-        log.debug("weno epoch %d: %s", epoch, v)
-        if stale >= cfg.patience:
-            break
-    log.info("weno: %d epochs in %.1f s; best validation score %s", len(history), time.time() - t0, best)
-    assert best_state is not None and best is not None
-    for k, m in mods.items():
-        m.load_state_dict(best_state[k])
-        m.eval()
-    _ = bag_of
-    return _Fitted(mods, best, history, best_w)
+        return s_loss, sum(len(j) for j in perm)
 
 
 def selection_score(v: dict[str, float]) -> tuple[float, float]:

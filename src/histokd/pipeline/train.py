@@ -50,8 +50,11 @@ def build_config(method_cls: Any, config: str | os.PathLike[str] | dict[str, Any
     ov = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
     data = deep_merge(data, ov)
     flags = {k: v for k, v in train_flags.items() if v is not None}
+    fields = method_cls.config_cls.model_fields
+    if "max_epochs" in flags and "max_epochs" in fields:  # methods of several stages: caps every stage
+        data = deep_merge(data, {"max_epochs": flags.pop("max_epochs")})
     if flags:
-        if "train" not in method_cls.config_cls.model_fields:
+        if "train" not in fields:
             raise InputError(f"method {method_cls.name!r} has no 'train' section for {sorted(flags)}; use --set")
         data = deep_merge(data, {"train": flags})
     return validate_config(method_cls.config_cls, data, source=f"config of method {method_cls.name!r}")
