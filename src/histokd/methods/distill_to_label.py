@@ -44,8 +44,10 @@ Stage 2 -- the student, trained to reproduce the (frozen) teacher:
   on probabilities.
 
 The student's checkpoint is chosen on the validation bags (bag AUC of the student's bag output minus
-0.1 x its validation cross-entropy, early stopping), the instance decision threshold on the validation
-instance labels where they exist (else 0.5); never on test.
+0.1 x its validation cross-entropy, :func:`student_score`, early stopping) in the engine's epoch loop
+(:func:`histokd.engine.fit_epochs`), the instance decision threshold on the validation instance labels
+where they exist (else 0.5); never on test. ``max_epochs`` (``histokd train --max-epochs``) caps both
+stages: the teacher's ``train.max_epochs`` and the student's ``epochs``.
 
 Outputs: ``instance_probs`` = the student, ``instance_scores`` = the teacher's attention logits; the
 bag probability is the student's max-tile rule (``bag_score=max``) or the teacher's (``teacher``).
@@ -53,7 +55,6 @@ bag probability is the student's max-tile rule (``bag_score=max``) or the teache
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -65,6 +66,8 @@ import torch.nn.functional as F
 
 from histokd.config import BaseConfig, validate_config
 from histokd.engine import TrainerConfig, fit_mil
+from histokd.engine.epochs import fit_epochs, stage_epochs
+from histokd.engine.fabric import seed_everything
 from histokd.methods.base import Method, register_method
 from histokd.methods.vat import vat_loss
 from histokd.evaluate.metrics import bag_auc
@@ -112,6 +115,7 @@ class D2LConfig(BaseConfig):
     tau: float = 2.0
     loss: Literal["kl", "mse"] = "kl"
     epochs: int = 40
+    max_epochs: int | None = None  # caps both stages: train.max_epochs and epochs (histokd train --max-epochs)
     lr: float = 1e-3
     weight_decay: float = 1e-4
     instance_batch: int = 256
@@ -188,8 +192,10 @@ class DistillToLabel(Method):
         mods = build_modules(meta)
         teacher: MILModel = mods["teacher"]  # type: ignore[assignment]
         t0 = time.time()
-        res = fit_mil(teacher, _bags_to_dataset(tr), _bags_to_dataset(va), cfg.train, seed=self.seed,
-                      log_path=self.log_path, extra_loss=self._vat_hook(cfg) if cfg.vat else None)
+        tcfg = cfg.train.model_copy(update={"max_epochs": stage_epochs(cfg.train.max_epochs, cfg.max_epochs)})
+        res = fit_mil(teacher, _bags_to_dataset(tr), _bags_to_dataset(va), tcfg, seed=self.seed,
+                      log_path=self.log_path, extra_loss=self._vat_hook(cfg) if cfg.vat else None,
+                      stage="distill-to-label teacher")
         teacher = res.model.eval()
         mods["teacher"] = teacher
         log.info("distill-to-label: teacher trained in %.1f s (best epoch %d)", time.time() - t0, res.best_epoch)
@@ -297,34 +303,55 @@ def _student_bag_probs(labeler: InstanceLabeler, x: torch.Tensor, mask: torch.Te
 
 
 def _distill(labeler: InstanceLabeler, tr: Bags, va: Bags, cfg: D2LConfig, seed: int) -> list[dict[str, float]]:
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    teacher: MILModel = labeler.modules["teacher"]  # type: ignore[assignment]
-    student = labeler.modules["student"]
-    neg, C = labeler.neg, len(tr.classes)
-    all_x = torch.cat(tr.features)
-    targets, weights = singleton_targets(teacher, tr, cfg, neg)
-    use = torch.nonzero(weights > 0).flatten()
-    opt = torch.optim.Adam(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    best: tuple[float, float] | None = None
-    best_state: dict[str, Any] | None = None
-    history: list[dict[str, float]] = []
-    stale = 0
-    for epoch in range(cfg.epochs):
-        student.train()
-        subs = sample_subbags(teacher, tr, cfg, neg, rng)
+    """Stage 2 through the engine's epoch loop (:func:`histokd.engine.fit_epochs`): each epoch is one
+    :class:`_StudentEpoch`; the checkpoint is the epoch with the best :func:`student_score` on validation,
+    with early stopping after ``patience`` epochs."""
+    seed_everything(seed)
+    ep = _StudentEpoch(labeler, tr, cfg, seed)
+    res = fit_epochs({"student": labeler.modules["student"]}, ep, stage_epochs(cfg.epochs, cfg.max_epochs),
+                     validate=lambda e: _validate_student(labeler, va), score=student_score, patience=cfg.patience,
+                     stage="distill-to-label student")
+    return res.history
+
+
+def student_score(v: dict[str, float]) -> tuple[float, float]:
+    """Checkpoint score on validation: the student's bag AUC minus 0.1 x its validation cross-entropy,
+    ties broken by the loss alone."""
+    auc = 0.0 if math.isnan(v["student_bag_auc"]) else v["student_bag_auc"]
+    return (round(auc - 0.1 * v["student_val_loss"], 4), -v["student_val_loss"])
+
+
+class _StudentEpoch:
+    """One distillation epoch (the engine's ``train_epoch`` hook): singleton targets, sub-bags and full
+    bags, spread over the student's minibatches."""
+
+    def __init__(self, labeler: InstanceLabeler, tr: Bags, cfg: D2LConfig, seed: int) -> None:
+        self.labeler, self.tr, self.cfg = labeler, tr, cfg
+        self.gen = torch.Generator().manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        self.teacher: MILModel = labeler.modules["teacher"]  # type: ignore[assignment]
+        self.student = labeler.modules["student"]
+        self.neg, self.C = labeler.neg, len(tr.classes)
+        self.all_x = torch.cat(tr.features)
+        self.targets, weights = singleton_targets(self.teacher, tr, cfg, self.neg)
+        self.use = torch.nonzero(weights > 0).flatten()
+        self.opt = torch.optim.Adam(self.student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def __call__(self, epoch: int) -> dict[str, float]:
+        cfg, tr, rng, labeler = self.cfg, self.tr, self.rng, self.labeler
+        self.student.train()
+        subs = sample_subbags(self.teacher, tr, cfg, self.neg, rng)
         sub_order = rng.permutation(len(subs)) if subs else np.array([], int)
         full_order = rng.permutation(len(tr)) if cfg.full_bags else np.array([], int)
-        steps = student_schedule(len(use), cfg.instance_batch, cfg.min_student_steps, gen)
+        steps = student_schedule(len(self.use), cfg.instance_batch, cfg.min_student_steps, self.gen)
         n = len(steps)
         total = 0.0
         for k, j in enumerate(steps):
             loss = torch.zeros(())
-            idx = use[j]
+            idx = self.use[j]
             if len(idx):
-                p = torch.softmax(_singleton_logits(labeler, all_x[idx]), -1)
-                loss = loss + distill_loss(p, targets[idx], cfg.loss)
+                p = torch.softmax(_singleton_logits(labeler, self.all_x[idx]), -1)
+                loss = loss + distill_loss(p, self.targets[idx], cfg.loss)
             chunk = sub_order[k * len(sub_order) // n : (k + 1) * len(sub_order) // n]
             if len(chunk):
                 xb, mb = pad_bags([subs[i][0] for i in chunk])
@@ -333,29 +360,14 @@ def _distill(labeler: InstanceLabeler, tr: Bags, va: Bags, cfg: D2LConfig, seed:
             chunk = full_order[k * len(full_order) // n : (k + 1) * len(full_order) // n]
             if len(chunk):
                 xb, mb = pad_bags([tr.features[i] for i in chunk])
-                tb = F.one_hot(torch.as_tensor(tr.labels[chunk]), C).float()
+                tb = F.one_hot(torch.as_tensor(tr.labels[chunk]), self.C).float()
                 loss = loss + distill_loss(_student_bag_probs(labeler, xb, mb), tb, cfg.loss)
             if loss.requires_grad:
-                opt.zero_grad()
+                self.opt.zero_grad()
                 loss.backward()
-                opt.step()
+                self.opt.step()
             total += loss.item()
-        v = _validate_student(labeler, va)
-        v.update(epoch=epoch, train_loss=total / max(n, 1))
-        history.append(v)
-        auc = 0.0 if math.isnan(v["student_bag_auc"]) else v["student_bag_auc"]
-        score = (round(auc - 0.1 * v["student_val_loss"], 4), -v["student_val_loss"])
-        if best is None or score > best:
-            best, stale, best_state = score, 0, copy.deepcopy(student.state_dict())
-        else:
-            stale += 1
-        if stale >= cfg.patience:
-            break
-    assert best_state is not None
-    student.load_state_dict(best_state)
-    student.eval()
-    log.info("distill-to-label: student %d epochs; best validation score %s", len(history), best)
-    return history
+        return {"train_loss": total / max(n, 1)}
 
 
 def _singleton_logits(labeler: InstanceLabeler, x: torch.Tensor) -> torch.Tensor:
