@@ -23,7 +23,7 @@ def _scripted(monkeypatch, scores, student_maps):
 
     def fake_train(net, opt, slides, cfg, rng, desc):
         seen_targets.append([s.target.copy() for s in slides])
-        return 0.0
+        return 0.0, cfg.epochs_per_round
 
     calls = iter(scores)
     monkeypatch.setattr(core, "_train_round", fake_train)

@@ -18,7 +18,9 @@ What we implement:
    ``none``; images whose target has a single class get ``w = 1``.
 3. **Fusion and role swaps** (:mod:`histokd.methods.ifkd_core`): K ``rounds``; after each, the next
    target is ``teacher_weight · teacher + (1 - teacher_weight) · student``; teacher and student swap
-   when the student's validation score is strictly higher.
+   when the student's validation score is strictly higher. Each round's ``epochs_per_round`` epochs run in
+   the engine's epoch loop (:func:`histokd.engine.fit_epochs`); ``max_epochs`` (``histokd train
+   --max-epochs``) caps them.
 4. **Validation, never test**: the score is the best pooled Dice over thresholds against the val
    slides' ground-truth masks when they have ``mask_path``; otherwise agreement with the MIL
    pseudo-masks (tumour-free slides: all background). The returned net, the Gaussian smoothing
@@ -44,6 +46,7 @@ import torch
 from pydantic import Field
 
 from histokd.config import BaseConfig, read_yaml, validate_config, write_yaml
+from histokd.engine.epochs import stage_epochs
 from histokd.errors import HistokdError, InputError, ModelError, one_line
 from histokd.evaluate.pixel import detect_lesions, froc, summarise_slides
 from histokd.methods.base import (
@@ -80,6 +83,8 @@ class IFKDConfig(BaseConfig):
     side_weights: list[float] | None = None
     rounds: int = Field(3, ge=1)
     epochs_per_round: int = Field(15, ge=1)
+    max_epochs: int | None = Field(None, ge=1)
+    """Caps ``epochs_per_round`` (``histokd train --max-epochs``)."""
     regions_per_slide: int = Field(8, ge=1)
     region_size: int = Field(96, ge=16)
     batch_size: int = Field(16, ge=2)
@@ -98,7 +103,8 @@ class IFKDConfig(BaseConfig):
     def loop(self) -> LoopSettings:
         return LoopSettings(
             net=self.net, widths=tuple(self.widths), side_weights=self.side_weights, rounds=self.rounds,
-            epochs_per_round=self.epochs_per_round, regions_per_slide=self.regions_per_slide,
+            epochs_per_round=stage_epochs(self.epochs_per_round, self.max_epochs),
+            regions_per_slide=self.regions_per_slide,
             region_size=self.region_size, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
             teacher_weight=self.teacher_weight, dice_weight=self.dice_weight, ce_weight=self.ce_weight,
             example_weighting=self.example_weighting, temperature=self.temperature, window=self.window,

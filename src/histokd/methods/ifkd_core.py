@@ -31,6 +31,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from histokd.engine.epochs import fit_epochs
+from histokd.engine.fabric import seed_everything
 from histokd.evaluate.pixel import dice
 from histokd.models.segnet import build_segnet
 from histokd.progress import progress
@@ -84,6 +86,7 @@ class RoundRecord:
     student_val: float
     swapped: bool
     train_loss: float
+    epochs: int = 0  # student epochs of the round
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -149,30 +152,38 @@ def _train_round(
     cfg: LoopSettings,
     rng: np.random.Generator,
     desc: str,
-) -> float:
-    net.train()
-    losses = []
+) -> tuple[float, int]:
+    """One round of student training: ``epochs_per_round`` epochs through the engine's epoch loop (no
+    per-epoch validation: the round's student is scored after the round). Returns the mean step loss and
+    the number of epochs run."""
+    losses: list[float] = []
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        net.train()
+        first = len(losses)
+        imgs, tgts = sample_regions(slides, cfg.regions_per_slide, cfg.region_size, rng)
+        order = rng.permutation(len(imgs))
+        for b in range(0, len(order), cfg.batch_size):
+            idx = order[b : b + cfg.batch_size]
+            if len(idx) < 2:  # BatchNorm needs more than one sample
+                continue
+            x = to_tensor(imgs[idx])
+            y = torch.from_numpy(tgts[idx]).unsqueeze(1)
+            out = net(x)
+            side_probs = [torch.sigmoid(s) for s in out.side_logits]
+            loss = seg_loss(side_probs, out.fused, y, cfg.dice_weight, cfg.ce_weight, cfg.example_weighting,
+                            cfg.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        return {"train_loss": float(np.mean(losses[first:])) if len(losses) > first else float("nan")}
+
     with progress() as bar:
         task = bar.add_task(desc, total=cfg.epochs_per_round, unit="epoch")
-        for _ in range(cfg.epochs_per_round):
-            imgs, tgts = sample_regions(slides, cfg.regions_per_slide, cfg.region_size, rng)
-            order = rng.permutation(len(imgs))
-            for b in range(0, len(order), cfg.batch_size):
-                idx = order[b : b + cfg.batch_size]
-                if len(idx) < 2:  # BatchNorm needs more than one sample
-                    continue
-                x = to_tensor(imgs[idx])
-                y = torch.from_numpy(tgts[idx]).unsqueeze(1)
-                out = net(x)
-                side_probs = [torch.sigmoid(s) for s in out.side_logits]
-                loss = seg_loss(side_probs, out.fused, y, cfg.dice_weight, cfg.ce_weight, cfg.example_weighting,
-                                cfg.temperature)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
-            bar.advance(task)
-    return float(np.mean(losses)) if losses else float("nan")
+        res = fit_epochs({"student": net}, train_epoch, cfg.epochs_per_round, stage=desc,
+                         on_epoch_end=lambda row: bar.advance(task))
+    return (float(np.mean(losses)) if losses else float("nan")), res.epochs_run
 
 
 def _maps(net: torch.nn.Module, slides: Sequence[SlideImage], window: int) -> list[np.ndarray]:
@@ -191,7 +202,7 @@ def run_ifkd(
     """
     if not train:
         raise ValueError("IFKD needs at least one training slide")
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     mil_val = list(mil_val_maps) if mil_val_maps is not None else [s.target.copy() for s in val]
     scorer, score_name = make_scorer(val, mil_val) if val else (lambda maps, **k: float("nan"), "none")
@@ -211,7 +222,7 @@ def run_ifkd(
         work = [copy.copy(s) for s in train]
         for s, t in zip(work, targets, strict=True):
             s.target = t
-        loss = _train_round(net, opt, work, cfg, rng, f"IFKD round {k}/{cfg.rounds}")
+        loss, n_epochs = _train_round(net, opt, work, cfg, rng, f"IFKD round {k}/{cfg.rounds}")
         s_train = _maps(net, train, cfg.window)
         s_val = _maps(net, val, cfg.window)
         s_score = scorer(s_val) if val else float("nan")
@@ -221,7 +232,7 @@ def run_ifkd(
         if best_student is None or (np.isfinite(s_score) and s_score > best_student[0]):
             best_student = (s_score, state, name)
         swap = should_swap(s_score, teacher.score)
-        history.append(RoundRecord(k, teacher.name, teacher.score, s_score, swap, loss))
+        history.append(RoundRecord(k, teacher.name, teacher.score, s_score, swap, loss, n_epochs))
         log.info("IFKD round %d: teacher %s %s=%.4f, student %.4f%s", k, teacher.name, score_name, teacher.score,
                  s_score, " -> swap" if swap else "")
         if swap:
