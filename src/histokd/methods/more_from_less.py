@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from histokd.engine.epochs import fit_epochs
 from histokd.errors import InputError, ModelError
 from histokd.features.mfl_encoder import load_encoder_folder  # noqa: F401  (re-exported)
 from histokd.registry import Registry
@@ -365,52 +366,57 @@ def _fit_encoders(
 
     jit_he = lambda x, g: jitter_he(x, g, config.color_strength, config.noise_p)  # noqa: E731
     jit_dense = lambda x, g: jitter_dense(x, g, config.channel_drop_p, config.noise_p)  # noqa: E731
-    history: list[dict[str, float]] = []
     step = 0
     disable = None if show_progress is None else not show_progress
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        nonlocal step
+        perm = torch.randperm(n, generator=gen)
+        sums: dict[str, float] = {}
+        for i in range(steps_per_epoch):
+            idx = perm[i * bs : (i + 1) * bs].numpy()
+            a = _to_tensor(he[idx])
+            if config.method == "more-from-less":
+                assert dense is not None
+                va, vb = augment_pair(
+                    a, _to_tensor(dense[idx]), jit_he, jit_dense, gen, config.shared_geometry, config.crop_scale
+                )
+                vb = norm(vb, stats["dense_mean"], stats["dense_std"])
+            else:
+                va, vb = augment_pair(a, a, jit_he, jit_he, gen, config.shared_geometry, config.crop_scale)
+                vb = norm(vb, he_mean, he_std)
+            va = norm(va, he_mean, he_std)
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, total, config.lr, config.warmup_frac)
+            za, zb = nets.embed_pair(va, vb)
+            loss, terms = loss_fn(za, zb, config)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            # The reference code replaces NaN gradients; we stop instead, since NaN means a bug or a bad lr.
+            if not torch.isfinite(loss):
+                raise ModelError(f"{config.method}: loss became {float(loss.detach())} at step {step}; lower --lr")
+            torch.nn.utils.clip_grad_norm_(nets.parameters(), config.grad_clip)
+            opt.step()
+            step += 1
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            # collapse monitor, whatever the loss: mean per-dimension batch std of each projection
+            # (VICReg pushes it to gamma = 1; a value drifting to 0 means the branch collapsed)
+            terms = {**terms, "std_a": float(za.detach().std(0).mean()), "std_b": float(zb.detach().std(0).mean())}
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.update(task, advance=1, description=f"{config.method} ep {epoch + 1} loss {float(loss.detach()):.3f}")
+        row = {k: v / max(1, steps_per_epoch) for k, v in sums.items()}
+        log.info("%s epoch %d/%d: %s", config.method, epoch + 1, config.epochs,
+                 ", ".join(f"{k}={v:.4f}" for k, v in row.items()))
+        return row
+
     t0 = time.time()
+    # no validation split: every epoch runs and the last weights are kept (the engine's loop without a scorer)
     with progress(disable=disable) as bar:
         task = bar.add_task(f"training {config.method}", total=total, unit="step")
-        for epoch in range(config.epochs):
-            perm = torch.randperm(n, generator=gen)
-            sums: dict[str, float] = {}
-            for i in range(steps_per_epoch):
-                idx = perm[i * bs : (i + 1) * bs].numpy()
-                a = _to_tensor(he[idx])
-                if config.method == "more-from-less":
-                    assert dense is not None
-                    va, vb = augment_pair(
-                        a, _to_tensor(dense[idx]), jit_he, jit_dense, gen, config.shared_geometry, config.crop_scale
-                    )
-                    vb = norm(vb, stats["dense_mean"], stats["dense_std"])
-                else:
-                    va, vb = augment_pair(a, a, jit_he, jit_he, gen, config.shared_geometry, config.crop_scale)
-                    vb = norm(vb, he_mean, he_std)
-                va = norm(va, he_mean, he_std)
-                for g in opt.param_groups:
-                    g["lr"] = _lr_at(step, total, config.lr, config.warmup_frac)
-                za, zb = nets.embed_pair(va, vb)
-                loss, terms = loss_fn(za, zb, config)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                # The reference code replaces NaN gradients; we stop instead, since NaN means a bug or a bad lr.
-                if not torch.isfinite(loss):
-                    raise ModelError(f"{config.method}: loss became {float(loss.detach())} at step {step}; lower --lr")
-                torch.nn.utils.clip_grad_norm_(nets.parameters(), config.grad_clip)
-                opt.step()
-                step += 1
-                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-                # collapse monitor, whatever the loss: mean per-dimension batch std of each projection
-                # (VICReg pushes it to gamma = 1; a value drifting to 0 means the branch collapsed)
-                terms = {**terms, "std_a": float(za.detach().std(0).mean()), "std_b": float(zb.detach().std(0).mean())}
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                bar.update(task, advance=1, description=f"{config.method} ep {epoch + 1} loss {float(loss.detach()):.3f}")
-            row = {k: v / max(1, steps_per_epoch) for k, v in sums.items()}
-            row["epoch"] = epoch + 1
-            history.append(row)
-            log.info("%s epoch %d/%d: %s", config.method, epoch + 1, config.epochs,
-                     ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
+        res = fit_epochs({"nets": nets}, train_epoch, config.epochs, stage=config.method)
+    # history rows as before: the terms, then the epoch counted from 1
+    history = [{**{k: v for k, v in r.items() if k != "epoch"}, "epoch": r["epoch"] + 1} for r in res.history]
     nets.eval()
     return nets, {"history": history, "stats": stats, "steps": total, "seconds": time.time() - t0}
 
