@@ -111,3 +111,24 @@ def test_writer_lock_wait_blocks_until_free(tmp_path: Path):
         waited = time.monotonic() - t0
     holder.wait()
     assert waited > 0.5  # it waited for the holder's 1.5 s instead of being refused
+
+
+def test_artefact_paths_come_from_the_workspace(tmp_path):
+    from histokd.workspace import ModelFiles, Workspace
+
+    ws = Workspace(tmp_path / "run")
+    m = ws.model_files("m1")
+    assert isinstance(m, ModelFiles) and m.dir == ws.model_dir("m1")
+    assert [p.name for p in (m.weights, m.config, m.classes, m.metrics, m.log, m.splits)] == [
+        "model.pt", "config.yaml", "classes.json", "metrics.json", "train.log", "splits.csv"]
+    assert ws.predictions_bags_csv("m1") == ws.predictions_dir("m1") / "bags.csv"
+    assert ws.predictions_metrics("m1") == ws.predictions_dir("m1") / "metrics.json"
+    assert ws.predictions_mask_png("m1", "s") == ws.predictions_dir("m1") / "masks" / "s.png"
+    assert ws.report_index("m1") == ws.reports_dir("m1") / "index.html"
+    assert ws.report_tiles_csv("m1").name == "tiles.csv"
+    assert ws.report_heatmap("m1", "s") == ws.reports_dir("m1") / "heatmaps" / "s.png"
+    assert ws.report_geojson("m1", "s") == ws.reports_dir("m1") / "geojson" / "s.geojson"
+    assert ws.report_plot("m1", "roc") == ws.reports_dir("m1") / "plots" / "roc.png"
+    inst = ws.instance_labels_h5("enc", "s")
+    assert inst == ws.features_dir("enc") / "instance_labels" / "s.h5"
+    assert Workspace.of_features_file(ws.features_h5("enc", "s")).root == ws.root.resolve()

@@ -257,6 +257,40 @@ def writer_lock(folder: str | os.PathLike[str], command: str = "", wait: bool = 
 WORKSPACE_FORMAT = 1
 
 
+class ModelFiles:
+    """The files of one model folder (contract 7): ``RUN/models/<id>/``, or a model folder anywhere (a bundle)."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.dir = Path(directory)
+
+    @property
+    def weights(self) -> Path:
+        """``model.pt``: state dicts only."""
+        return self.dir / "model.pt"
+
+    @property
+    def config(self) -> Path:
+        """``config.yaml``: method, classes, positive class, config, what is needed to rebuild."""
+        return self.dir / "config.yaml"
+
+    @property
+    def classes(self) -> Path:
+        return self.dir / "classes.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics.json"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "train.log"
+
+    @property
+    def splits(self) -> Path:
+        """``splits.csv``: slide_id, split, label of the bags the model was trained / validated / tested on."""
+        return self.dir / "splits.csv"
+
+
 class Workspace:
     """Paths of one run folder (``-w RUN``). Creates nothing until asked to write."""
 
@@ -326,9 +360,47 @@ class Workspace:
     def features_h5(self, encoder: str, slide_id: str) -> Path:
         return self.features_dir(encoder) / f"{check_id(slide_id)}.h5"
 
+    def instance_labels_h5(self, encoder: str, slide_id: str) -> Path:
+        """Tile ground truth from the masks (contract 6), beside the features it was made for."""
+        return self.features_dir(encoder) / "instance_labels" / f"{check_id(slide_id)}.h5"
+
+    @classmethod
+    def of_features_file(cls, path: str | os.PathLike[str]) -> Workspace:
+        """The workspace a feature file ``RUN/features/<encoder>/<slide>.h5`` lies in."""
+        return cls(Path(path).resolve().parents[2])
+
     # models / predictions / reports ------------------------------------------
     def model_dir(self, model_id: str) -> Path:
         return self.root / "models" / check_id(model_id, "model id")
+
+    def model_files(self, model_id: str) -> ModelFiles:
+        return ModelFiles(self.model_dir(model_id))
+
+    def predictions_bags_csv(self, model_id: str) -> Path:
+        """``bags.csv``: slide_id, split, label, pred, prob_<class>... of every labelled slide."""
+        return self.predictions_dir(model_id) / "bags.csv"
+
+    def predictions_metrics(self, model_id: str) -> Path:
+        return self.predictions_dir(model_id) / "metrics.json"
+
+    def predictions_mask_png(self, model_id: str, slide_id: str) -> Path:
+        """The pixel mask of a segmenting labeller as an 8-bit PNG."""
+        return self.predictions_dir(model_id) / "masks" / f"{check_id(slide_id)}.png"
+
+    def report_index(self, model_id: str) -> Path:
+        return self.reports_dir(model_id) / "index.html"
+
+    def report_tiles_csv(self, model_id: str) -> Path:
+        return self.reports_dir(model_id) / "tiles.csv"
+
+    def report_heatmap(self, model_id: str, slide_id: str) -> Path:
+        return self.reports_dir(model_id) / "heatmaps" / f"{check_id(slide_id)}.png"
+
+    def report_geojson(self, model_id: str, slide_id: str) -> Path:
+        return self.reports_dir(model_id) / "geojson" / f"{check_id(slide_id)}.geojson"
+
+    def report_plot(self, model_id: str, name: str) -> Path:
+        return self.reports_dir(model_id) / "plots" / f"{name}.png"
 
     def predictions_dir(self, model_id: str) -> Path:
         return self.root / "predictions" / check_id(model_id, "model id")

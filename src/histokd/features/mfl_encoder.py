@@ -17,6 +17,7 @@ import torch
 
 from histokd.errors import InputError, ModelError
 from histokd.features.encoders import Encoder, register_encoder
+from histokd.workspace import ModelFiles
 
 
 class MFLEncoder(Encoder):
@@ -65,7 +66,8 @@ def load_encoder_folder(model_dir: str | os.PathLike[str]) -> tuple[dict[str, An
     import yaml
 
     d = Path(model_dir)
-    cfg_p, model_p = d / "config.yaml", d / "model.pt"
+    files = ModelFiles(d)
+    cfg_p, model_p = files.config, files.weights
     if not cfg_p.exists() or not model_p.exists():
         raise ModelError(
             f"{d}: not an encoder folder (needs config.yaml and model.pt); train one with "

@@ -24,7 +24,7 @@ from histokd.classes import positive_class, stored_positive_class
 from histokd.config import BaseConfig, read_yaml, write_yaml
 from histokd.errors import ModelError, one_line
 from histokd.registry import Registry
-from histokd.workspace import write_json
+from histokd.workspace import ModelFiles, write_json
 
 
 @dataclass
@@ -120,19 +120,20 @@ def write_model_meta(directory: str | Path, method: str, config: BaseConfig | di
     extra.setdefault("positive_class", str(classes[positive_class(classes)]) if len(classes) else None)
     meta = {"method": method, "histokd_version": histokd.__version__, "classes": list(classes), **extra,
             "config": cfg}
-    write_yaml(directory / "config.yaml", meta)
-    write_json(directory / "classes.json", list(classes))
+    files = ModelFiles(directory)
+    write_yaml(files.config, meta)
+    write_json(files.classes, list(classes))
 
 
 def read_model_meta(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
-    path = directory / "config.yaml"
+    path = ModelFiles(directory).config
     if not path.exists():
         raise ModelError(f"{directory}: not a model folder (no config.yaml); train one with `histokd train`")
     meta = read_yaml(path)
     if "method" not in meta:
         raise ModelError(f"{path}: no 'method' key; the model folder is damaged, retrain it")
-    cpath = directory / "classes.json"
+    cpath = ModelFiles(directory).classes
     if "classes" not in meta and cpath.exists():
         meta["classes"] = json.loads(cpath.read_text())
     return meta
@@ -153,7 +154,7 @@ def load_model_state(directory: str | Path, retrain: str = "`histokd train ... -
     """
     import torch
 
-    path = Path(directory) / "model.pt"
+    path = ModelFiles(directory).weights
     if not path.is_file():
         raise ModelError(f"{path}: model file missing; retrain with {retrain}")
     try:

@@ -35,6 +35,7 @@ from histokd.methods.base import (
     write_model_meta,
 )
 from histokd.models import MODELS, MILModel, build_model
+from histokd.workspace import ModelFiles
 
 
 class MILConfig(BaseConfig):
@@ -86,7 +87,7 @@ class MILLabeler(Labeler):
         if self.mean is not None:
             state["mean"] = torch.from_numpy(np.asarray(self.mean, np.float32))
             state["std"] = torch.from_numpy(np.asarray(self.std, np.float32))
-        with atomic_path(directory / "model.pt") as tmp:
+        with atomic_path(ModelFiles(directory).weights) as tmp:
             torch.save(state, tmp)
         write_model_meta(directory, self.method, self.config, self.classes, model=self.model_name,
                          in_dim=self.model.in_dim)
@@ -98,7 +99,7 @@ class MILLabeler(Labeler):
         mcls = METHODS_BY_NAME.get(meta["method"])
         if mcls is None:
             raise ModelError(f"{directory}: method {meta['method']!r} is not a plain MIL method")
-        cfg = validate_config(mcls.config_cls, meta.get("config"), source=str(directory / "config.yaml"))
+        cfg = validate_config(mcls.config_cls, meta.get("config"), source=str(ModelFiles(directory).config))
         classes = list(meta["classes"])
         model = build_model(meta.get("model", mcls.model_name), int(meta["in_dim"]), len(classes), cfg.model)
         state = load_model_state(directory)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,9 @@ def tile_card(slide: Any, pred: SlidePrediction, i: int, pos: int, psl0: float, 
 
 def report_evaluation(
     bags: pd.DataFrame, inst: dict[str, list[np.ndarray]], classes: list[str], threshold: float, n_boot: int,
-    seed: int, out: Path, positive: int | None = None,
+    seed: int, plot_path: Callable[[str], Path], positive: int | None = None,
 ) -> dict:
-    """Metric tables (bag and tile level, per split) and the four plots, written to ``plots/``; ``positive``
+    """Metric tables (bag and tile level, per split) and the four plots, written to ``plot_path(name)``; ``positive``
     is the index of the positive class stored with the model (default: the rule of
     :func:`histokd.classes.positive_class`)."""
     ctx: dict[str, Any] = {"bag_tables": [], "tile_tables": [], "plots": []}
@@ -106,7 +107,7 @@ def report_evaluation(
         cm = confusion_matrix(sub["label"].astype(str).tolist(), sub["pred"].astype(str).tolist(), classes)
         plots.append(("confusion", "Confusion matrix", plot_confusion(cm, classes, f"Slides ({main})")))
     for name, title, png in plots:
-        write_bytes(out / "plots" / f"{name}.png", png)
+        write_bytes(plot_path(name), png)
         ctx["plots"].append({"name": name, "title": title, "img": data_uri(png, "image/png")})
     return ctx
 

@@ -87,7 +87,7 @@ def _ensure_instance_labels(spec: str) -> None:
     if not ws.features_dir(enc).is_dir():
         return  # load_benchmark says what is missing
     threshold = DEFAULT_TUMOUR_THRESHOLD
-    for path in sorted((ws.features_dir(enc) / "instance_labels").glob("*.h5")):
+    for path in sorted(ws.instance_labels_h5(enc, "x").parent.glob("*.h5")):
         try:
             with h5py.File(path, "r") as f:
                 threshold = float(f.attrs.get("threshold", threshold))

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from histokd.workspace import ModelFiles, Workspace
+
 log = logging.getLogger("histokd")
 
 
@@ -64,7 +66,7 @@ def demo(
     stage("tile", tile, cohort_csv, ws, mpp=0.5, size=224, workers=workers)
     stage("embed", embed, ws, encoder=encoder, workers=workers)
     model_id = f"{method}-demo"
-    if _model_complete(Path(ws) / "models" / model_id):
+    if _model_complete(Workspace(ws).model_files(model_id)):
         log.info("demo: model %s already trained; skipped", model_id)
     else:
         stage("train", train, ws, features=encoder, method=method, seed=seed, model_id=model_id, overwrite=True)
@@ -73,6 +75,6 @@ def demo(
     return DemoResult(workspace=ws, model_id=model_id, report=Path(index), timings=timings)
 
 
-def _model_complete(model_dir: Path) -> bool:
+def _model_complete(files: ModelFiles) -> bool:
     """A model folder is complete when its weights, config and metrics are all there (train writes them last)."""
-    return all((model_dir / name).exists() for name in ("model.pt", "config.yaml", "metrics.json"))
+    return all(p.exists() for p in (files.weights, files.config, files.metrics))

@@ -26,7 +26,7 @@ from histokd.data.bags import BagDataset, ensure_instance_labels
 from histokd.errors import FeatureError, HistokdError, ModelError
 from histokd.predictions import is_prediction_of, read_prediction, write_prediction
 from histokd.progress import progress
-from histokd.workspace import Workspace, read_csv, write_csv, write_json
+from histokd.workspace import ModelFiles, Workspace, read_csv, write_csv, write_json
 
 log = logging.getLogger("histokd")
 
@@ -117,14 +117,14 @@ def label(
                     inst.append((split, np.asarray(inst_labels), np.asarray(probs)[:, pos],
                                  None if scores is None else np.asarray(scores).reshape(-1)))
                 bar.advance(task)
-        _write_bags_csv(out / "bags.csv", rows, classes)
+        _write_bags_csv(ws.predictions_bags_csv(model), rows, classes)
         metrics = evaluate_predictions(rows, inst, classes, n_boot, seed, positive=pos)
         if reads_pixels:  # pixel masks: PNGs + Dice/IoU/AUC/Hausdorff/FROC per split
             from histokd.methods.ifkd_label import finish_pixel_outputs
 
             metrics["pixel"] = finish_pixel_outputs(ws, model)
         metrics.update({"model_id": model, "method": meta["method"], "features": features, "failures": failures})
-        write_json(out / "metrics.json", metrics)
+        write_json(ws.predictions_metrics(model), metrics)
         return LabelResult(out, len(rows), failures, metrics, n_total=len({r[0] for r in rows} | set(failures)))
 
 
@@ -136,7 +136,7 @@ def _feature_attr(path: Path | None, key: str) -> Any:
 
 
 def _model_splits(mdir: Path) -> dict[str, str]:
-    p = mdir / "splits.csv"
+    p = ModelFiles(mdir).splits
     if not p.exists():
         return {}
     try:

@@ -63,8 +63,8 @@ def report(
     out = ws.reports_dir(model_id)
     with ws.writer(out, wait=wait):
         cohort = _cohort_frame(ws)
-        pred_metrics = _read_json(pred_dir / "metrics.json")
-        model_metrics = _read_json(ws.model_dir(model_id) / "metrics.json")
+        pred_metrics = _read_json(ws.predictions_metrics(model_id))
+        model_metrics = _read_json(ws.model_files(model_id).metrics)
         if threshold is None:
             threshold = _find_threshold(pred_metrics, model_metrics)
         features = _label_features(ws, model_id, pred_metrics)
@@ -79,7 +79,7 @@ def report(
             task = bar.add_task("report", total=len(slide_ids), unit="slide")
             for sid in slide_ids:
                 try:
-                    sec, df, gt = _slide(ws, model_id, sid, cohort, out, top_k, threshold, thumbnail_size, features)
+                    sec, df, gt = _slide(ws, model_id, sid, cohort, top_k, threshold, thumbnail_size, features)
                 except HistokdError as e:
                     log.warning("report: skipping slide %s: %s", sid, e)
                     skipped.append({"slide_id": sid, "reason": str(e)})
@@ -95,12 +95,13 @@ def report(
                 bar.advance(task)
 
         if tile_frames:
-            write_csv(out / "tiles.csv", pd.concat(tile_frames, ignore_index=True))
-        bags = _bags_frame(pred_dir, sections, cohort)
+            write_csv(ws.report_tiles_csv(model_id), pd.concat(tile_frames, ignore_index=True))
+        bags = _bags_frame(ws.predictions_bags_csv(model_id), sections, cohort)
         classes = classes or _classes_from(pred_dir, bags)
         stored = _first(sections, "positive_class") or pred_metrics.get("positive_class")
         pos = stored_positive_class(classes, stored) if classes else None
-        ctx = report_evaluation(bags, inst, classes, threshold, n_boot, seed, out, positive=pos)
+        ctx = report_evaluation(bags, inst, classes, threshold, n_boot, seed,
+                                lambda name: ws.report_plot(model_id, name), positive=pos)
         ctx.update(
             model_id=model_id,
             method=_first(sections, "method") or str(pred_metrics.get("method", "")),
@@ -115,14 +116,14 @@ def report(
             n_tiles=int(sum(len(df) for df in tile_frames)),
             version=__version__,
         )
-        index = out / "index.html"
+        index = ws.report_index(model_id)
         write_text(index, render_report_html(ctx))
         log.info("report: %d slides (%d skipped) -> %s", len(sections), len(skipped), index)
         return index
 
 
 def _slide(
-    ws: Workspace, model_id: str, sid: str, cohort: pd.DataFrame, out: Path, top_k: int, threshold: float,
+    ws: Workspace, model_id: str, sid: str, cohort: pd.DataFrame, top_k: int, threshold: float,
     thumbnail_size: int, features: str | None,
 ) -> tuple[dict, pd.DataFrame, dict | None]:
     """Everything of one slide: heatmap, GeoJSON, tile rows, top / bottom tiles, and the tile ground truth
@@ -165,8 +166,8 @@ def _slide(
         top = [tile_card(slide, pred, i, pos, psl0, tiles_attrs) for i in order[:k]]
         bottom = [tile_card(slide, pred, i, pos, psl0, tiles_attrs) for i in order[::-1][:k]]
 
-    write_bytes(out / "heatmaps" / f"{sid}.png", png)
-    write_geojson(out / "geojson" / f"{sid}.geojson",
+    write_bytes(ws.report_heatmap(model_id, sid), png)
+    write_geojson(ws.report_geojson(model_id, sid),
                   prediction_geojson(pred.coords, psl0, pred.probs, pred.classes, threshold, slide_id=sid, positive=pos))
     df = tiles_frame(sid, pred.coords, pred.probs, pred.classes, pred.scores, gt_fraction)
     split = str(row.get("split")) if isinstance(row.get("split"), str) else ""
@@ -211,11 +212,9 @@ def _tile_truth(ws: Workspace, features: str | None, sid: str, n: int) -> tuple[
     them (contract 6); None where it wrote none (no mask) or the file does not fit the prediction."""
     import h5py
 
-    from histokd.data.bags import instance_labels_path
-
     if not features:
         return None
-    path = instance_labels_path(ws, features, sid)
+    path = ws.instance_labels_h5(features, sid)
     if not path.is_file():
         return None
     try:
@@ -232,10 +231,9 @@ def _tile_truth(ws: Workspace, features: str | None, sid: str, n: int) -> tuple[
     return frac, lab
 
 
-def _bags_frame(pred_dir: Path, sections: list[dict], cohort: pd.DataFrame) -> pd.DataFrame:
+def _bags_frame(path: Path, sections: list[dict], cohort: pd.DataFrame) -> pd.DataFrame:
     """``bags.csv`` with labels as class names and a ``split`` column ('all' where unknown); built from
     the reported slides when the file is missing."""
-    path = pred_dir / "bags.csv"
     if path.is_file():
         try:
             df = read_csv(path, dtype={"slide_id": str, "label": str, "pred": str, "split": str})

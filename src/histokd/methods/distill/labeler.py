@@ -21,7 +21,7 @@ from histokd.methods.distill.bags import Bags
 from histokd.methods.distill.rules import max_bag_probs
 from histokd.models.base import MILModel, build_model
 from histokd.models.student import InstanceHead, ProjectionEncoder
-from histokd.workspace import atomic_path
+from histokd.workspace import ModelFiles, atomic_path
 
 
 class InstanceLabeler(Labeler):
@@ -123,7 +123,7 @@ class InstanceLabeler(Labeler):
         blob: dict[str, Any] = {f"{k}.{n}": v for k, m in self.modules.items() for n, v in m.state_dict().items()}
         if self.mean is not None and self.std is not None:
             blob["feature_mean"], blob["feature_std"] = self.mean, self.std
-        with atomic_path(directory / "model.pt") as tmp:
+        with atomic_path(ModelFiles(directory).weights) as tmp:
             torch.save(blob, tmp)
         meta = _jsonable({k: v for k, v in self.meta.items() if k not in ("config", "classes")})
         write_model_meta(directory, self.method, self.meta.get("config", {}), self.classes,
@@ -135,7 +135,7 @@ class InstanceLabeler(Labeler):
         info = read_model_meta(directory)
         meta = dict(info.get("labeler") or {})
         meta.update(classes=list(info["classes"]), config=info.get("config", {}))
-        path = directory / "model.pt"
+        path = ModelFiles(directory).weights
         blob = load_model_state(directory)
         modules = build_modules(meta)
         try:
