@@ -73,6 +73,9 @@ def test_graph_is_cached_under_its_key(lite0):
     with torch.no_grad():
         next(other.parameters()).add_(0.01)
     assert graph_key(other, "fp32") != graph_key(lite0, "fp32") != graph_key(lite0, "int8")
+    renormalised = build_encoder("efficientnet_lite0")
+    renormalised.mean = (0.4, 0.5, 0.5)  # the normalisation is part of the graph, not of the state dict
+    assert graph_key(renormalised, "fp32") != graph_key(lite0, "fp32")
 
 
 def test_embed_defaults_to_onnx_on_cpu_and_matches_torch(workspace):
@@ -106,6 +109,8 @@ def test_handcrafted_runs_on_torch(workspace, lite0):
         resolve_runtime("onnx", lite0, "cuda", "fp32")
     with pytest.raises(InputError, match="--runtime 'tensorrt'"):
         resolve_runtime("tensorrt", lite0, "cpu", "fp32")
+    with pytest.raises(InputError, match="int8 runs through ONNX Runtime on the CPU; add --device cpu"):
+        resolve_runtime("auto", lite0, "cuda", "int8")
     with pytest.raises(InputError, match="PyTorch autocast precision"):
         resolve_runtime("onnx", lite0, "cpu", "bf16")
     assert resolve_runtime("auto", lite0, "cpu", "bf16") == "torch"

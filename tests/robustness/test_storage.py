@@ -45,8 +45,11 @@ def test_a_missing_run_folder_is_not_created(tmp_path):
     assert not (tmp_path / "typo").exists()
 
 
-@pytest.mark.parametrize(("code", "text"), [(errno.EROFS, "cannot write here"), (errno.EACCES, "cannot write here"),
-                                            (errno.ENOSPC, "no space left on the device")])
+@pytest.mark.parametrize(("code", "text"), [
+    (errno.EROFS, "Read-only file system; make it"),
+    (errno.EACCES, "Permission denied; make it"),
+    (errno.ENOSPC, "no space left on the device"),
+])
 def test_read_only_and_full_storage_are_one_line(run, monkeypatch, code, text):
     import histokd.workspace as w
 

@@ -100,8 +100,8 @@ def storage_error(e: OSError) -> str | None:
     own message instead of the unexpected-error line."""
     where = e.filename or "the workspace"
     if e.errno in _READ_ONLY:
-        return (f"{where}: cannot write here ({e.strerror or 'permission denied'}); make the folder writable, "
-                f"or choose another -w folder / output path")
+        return (f"{where}: {e.strerror or 'permission denied'}; make it readable / writable for this user (a "
+                f"read-only workspace cannot be written: choose another -w folder or output path)")
     if e.errno in _FULL or "No space left" in str(e) or "Disk quota" in str(e):
         return (f"{where}: no space left on the device; free some space (or use -w on another disk), then re-run "
                 f"the same command: finished outputs are kept and the run resumes")

@@ -6,9 +6,9 @@ Runtime on CPU for every encoder that exports, and PyTorch on GPU and for encode
 (``handcrafted`` mixes torch with ``scipy.ndimage``).
 
 The exported graph (opset :data:`OPSET`, dynamic batch axis) is cached as
-``<cache dir>/onnx/<key>.onnx``; the key hashes the encoder's weights, its class, input size, the opset,
-the torch and onnxruntime versions and the precision, so a cached graph is never used for other weights
-or another runtime. The cache folder is ``$HISTOKD_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/histokd``,
+``<cache dir>/onnx/<key>.onnx``; the key hashes the encoder's weights, its class, input size and
+normalisation, the opset, the histokd, torch and onnxruntime versions and the precision, so a cached graph
+is never used for other weights, another normalisation or another runtime. The cache folder is ``$HISTOKD_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/histokd``,
 else ``~/.cache/histokd``. At export, PyTorch's features of a few fixed random tiles are stored beside the
 graph (``<key>.probe.npz``); every time the graph is loaded its own features of those tiles are compared
 with them (cosine >= :data:`MIN_COSINE` per tile: 0.9999 at fp32, 0.98 at int8). A graph that disagrees,
@@ -80,6 +80,9 @@ def resolve_runtime(runtime: str, enc: Encoder, device: str, precision: str) -> 
     on_cpu = device == "cpu"
     if runtime == "auto":
         if precision == "int8":  # only ONNX Runtime runs int8: refused below where it cannot
+            if not on_cpu:
+                raise InputError(f"--precision int8 runs through ONNX Runtime on the CPU; add --device cpu "
+                                 f"(or use fp32 / bf16 / fp16 on {device})")
             runtime = "onnx"
         else:
             ok = on_cpu and enc.exportable and precision in ONNX_PRECISIONS and onnxruntime_version() is not None
@@ -140,8 +143,15 @@ def weights_digest(enc: Encoder) -> str:
 
 def graph_key(enc: Encoder, precision: str) -> str:
     """Cache key of ``enc``'s exported graph (see the module docstring)."""
+    import histokd
+
     doc = {
         "weights": weights_digest(enc),
+        # the graph holds the normalisation too (non-persistent buffers, so not in the weights digest) and
+        # histokd's own wrapper code: a change of either must not reuse an old graph
+        "mean": list(enc.mean),
+        "std": list(enc.std),
+        "histokd": histokd.__version__,
         "encoder_class": type(enc).__qualname__,
         "input_size": enc.input_size,
         "dim": enc.dim,
@@ -261,7 +271,7 @@ def warnings_silenced():  # noqa: ANN201 - a context manager
 class OnnxRunner:
     """An encoder's forward through an ONNX Runtime CPU session (the graph exported once, then cached)."""
 
-    def __init__(self, enc: Encoder, threads: int | None = None, precision: str = "fp32") -> None:
+    def __init__(self, enc: Encoder, threads: int | None = None, precision: str = "fp32", spin: bool = True) -> None:
         import onnxruntime as ort
 
         if precision not in ONNX_PRECISIONS:
@@ -282,6 +292,8 @@ class OnnxRunner:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        if not spin:  # idle intra-op threads sleep instead of spinning (leaves the cores to tile readers)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.size = enc.input_size

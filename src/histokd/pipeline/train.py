@@ -108,7 +108,8 @@ def train(
         if (out / "model.pt").exists() and not overwrite:
             raise ModelError(f"{out}: a model with this id exists; pass --overwrite or another --model-id")
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train.log").unlink(missing_ok=True)
+        if is_rank_zero():  # the extra DDP ranks re-run this function while rank 0 logs to the file
+            (out / "train.log").unlink(missing_ok=True)
         ds = assign_splits(BagDataset.from_workspace(ws, features), seed)
         tr, va = ds.split("train"), ds.split("val")
         if len(tr) == 0:
