@@ -133,6 +133,9 @@ def test_bag_auc_scores_not_negative() -> None:
     # three classes: macro one-vs-rest
     probs = np.array([[0.8, 0.1, 0.1], [0.6, 0.2, 0.2], [0.1, 0.8, 0.1], [0.3, 0.6, 0.1], [0.1, 0.1, 0.8]])
     assert bag_auc(probs, np.array([0, 0, 1, 1, 2]), neg=0) == pytest.approx(1.0)
+    # three classes, one absent from the labels: not-negative vs negative, never NaN (it scores checkpoints)
+    absent = np.array([[0.8, 0.1, 0.1], [0.3, 0.6, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1]])
+    assert bag_auc(absent, np.array([0, 1, 0, 1]), neg=0) == pytest.approx(1.0)
 
 
 def test_best_f1_threshold() -> None:

@@ -59,17 +59,25 @@ def instance_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]
 def bag_auc(probs: np.ndarray, labels: np.ndarray, neg: int) -> float:
     """Bag AUC as the distillation methods select checkpoints: ``probs`` [n, C], ``labels`` [n], ``neg`` the
     negative class. Two classes: "not negative" scored by ``1 - P(neg)``; more: macro one-vs-rest on the
-    raw probabilities (not-negative-vs-negative where scikit-learn raises; with a class absent from
-    ``labels`` recent versions return NaN with a warning instead); NaN with one class.
+    raw probabilities, falling back to not-negative-vs-negative when a class is absent from ``labels``
+    (older scikit-learn raises there, recent versions return NaN with a warning: both fall back, so a
+    validation split that lacks a class still scores checkpoints); NaN with one class.
     (:func:`bag_metrics` scores the positive class and is NaN when a class is absent: the reports use it.)"""
+    import warnings
+
     if len(np.unique(labels)) < 2:
         return float("nan")
     if probs.shape[1] == 2:
         return float(roc_auc_score(labels != neg, 1 - probs[:, neg]))
     try:
-        return float(roc_auc_score(labels, probs, multi_class="ovr", labels=list(range(probs.shape[1]))))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            v = float(roc_auc_score(labels, probs, multi_class="ovr", labels=list(range(probs.shape[1]))))
     except ValueError:
-        return float(roc_auc_score(labels != neg, 1 - probs[:, neg]))
+        v = float("nan")
+    if np.isnan(v):
+        v = float(roc_auc_score(labels != neg, 1 - probs[:, neg]))
+    return v
 
 
 def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
