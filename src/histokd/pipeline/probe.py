@@ -31,7 +31,7 @@ def collect_tile_set(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Features ``[N, D]`` float32, labels ``[N]`` int8 (0/1) and slide index ``[N]`` int64 (0..slides-1)
     of the labelled tiles of ``splits``."""
-    from histokd.data.bags import ensure_instance_labels, instance_labels_path, read_instance_labels
+    from histokd.data.bags import ensure_instance_labels, read_instance_labels
     from histokd.data.cohort import load_workspace_cohort
     from histokd.features.store import read_features
 
@@ -48,7 +48,7 @@ def collect_tile_set(
             log.warning("probe: %s has no tile grid (tiling failed?); slide skipped", sid)
             continue
         fpath = ws.features_h5(features, sid)
-        lpath = instance_labels_path(ws, features, sid)
+        lpath = ws.instance_labels_h5(features, sid)
         if not fpath.exists():
             raise FeatureError(f"{fpath}: no features for slide {sid}; run `histokd embed -w {ws.root} "
                                f"--encoder {features}` first")
