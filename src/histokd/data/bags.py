@@ -490,8 +490,9 @@ def _mask_fractions(ws: Workspace, row: dict[str, Any], ff: Any) -> np.ndarray:
             ps0 = ps0 if ps0 is not None else f.attrs.get("patch_size_level0")
     try:
         from histokd.slides.reader import open_slide
+        from histokd.slides.tiling import tiled_level0_mpp
 
-        with open_slide(row["path"]) as s:
+        with open_slide(row["path"], mpp=tiled_level0_mpp(tiles_h5)) as s:  # the mpp it was tiled with
             dims = tuple(s.dimensions)
     except Exception as e:  # noqa: BLE001
         raise InputError(f"{row['path']}: cannot read slide dimensions for its mask ({e})") from None

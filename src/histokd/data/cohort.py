@@ -305,8 +305,21 @@ def _check_row(row: dict, path: Path, i: int) -> None:
 
 
 def load_workspace_cohort(ws: Workspace | str | os.PathLike[str]) -> Cohort:
-    """The cohort copied into the workspace by ``histokd tile`` (``RUN/cohort.csv``)."""
+    """The cohort copied into the workspace by ``histokd tile`` (``RUN/cohort.csv``), with one derived column,
+    ``level0_mpp``: the level-0 µm/px each slide was tiled with (``RUN/tiles/<slide>.h5``; None before
+    tiling). Stages that read a slide's pixels open it with ``open_slide(row["path"], mpp=row["level0_mpp"])``,
+    so slides tiled with ``--slide-mpp`` (no resolution metadata) are read at the mpp they were tiled with."""
+    from histokd.slides.tiling import tiled_level0_mpp
+
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     if not ws.cohort_csv.exists():
         raise InputError(f"{ws.cohort_csv}: no cohort in this workspace; run `histokd tile COHORT.csv -w {ws.root}` first")
-    return read_cohort(ws.cohort_csv)
+    co = read_cohort(ws.cohort_csv)
+    mpps = []
+    for sid in co.df["slide_id"].astype(str):
+        try:
+            mpps.append(tiled_level0_mpp(ws.tiles_h5(sid)))
+        except HistokdError:  # an id the workspace cannot hold: no grid
+            mpps.append(None)
+    co.df["level0_mpp"] = pd.Series(mpps, index=co.df.index, dtype=object)
+    return co

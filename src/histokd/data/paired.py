@@ -264,7 +264,7 @@ def _read_slide_tiles(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     he_tiles = np.empty((len(coords), tile_size, tile_size, 3), np.uint8)
     dense_tiles: np.ndarray | None = None
-    with open_slide(row["path"]) as he:
+    with open_slide(row["path"], mpp=row.get("level0_mpp")) as he:  # the mpp it was tiled with (--slide-mpp)
         for i, (x, y) in enumerate(coords):
             he_tiles[i] = he.read_region_mpp(int(x), int(y), tile_size, mpp)
         he_mpp = float(he.mpp)

@@ -40,11 +40,12 @@ def tile_mpp(patch_size_level0: float, level0_mpp: float, size: int) -> float:
     return float(patch_size_level0) * float(level0_mpp) / float(size)
 
 
-def _key(path: Path, coords: np.ndarray, patch_size_level0: float, size: int, target_mpp: float | None) -> tuple:
+def _key(path: Path, coords: np.ndarray, patch_size_level0: float, size: int, target_mpp: float | None,
+         slide_mpp: float | None = None) -> tuple:
     st = path.stat()
     h = hashlib.sha1(np.ascontiguousarray(coords, dtype=np.int64).tobytes()).hexdigest()
     return (str(path.resolve()), st.st_mtime_ns, st.st_size, float(patch_size_level0), int(size),
-            None if target_mpp is None else float(target_mpp), h)
+            None if target_mpp is None else float(target_mpp), None if slide_mpp is None else float(slide_mpp), h)
 
 
 def read_tile_images(
@@ -65,7 +66,8 @@ def read_tile_images(
         size: output side in px (64-96 for a CPU).
         target_mpp: µm/px to read at; ``None`` = the whole tile squeezed into ``size`` px
             (:func:`tile_mpp`). With a value, a ``size`` px window at that resolution centred on the tile.
-        slide_mpp: level-0 µm/px for slides without resolution metadata.
+        slide_mpp: level-0 µm/px for slides without resolution metadata (a workspace slide: the mpp it was
+            tiled with, the cohort's ``level0_mpp``; :func:`dataset_tile_images` passes it).
         cache: keep the result in memory (see the module docstring).
 
     Returns:
@@ -83,7 +85,7 @@ def read_tile_images(
         raise InputError(f"{path}: tile image size must be at least 8 px, got {size}")
     if not path.exists():
         raise SlideError(f"{path}: slide not found; check the cohort's path column")
-    key = _key(path, coords, patch_size_level0, size, target_mpp) if cache else None
+    key = _key(path, coords, patch_size_level0, size, target_mpp, slide_mpp) if cache else None
     if key is not None:
         with _CACHE_LOCK:
             if key in _CACHE:
@@ -173,7 +175,8 @@ def dataset_tile_images(
                 if ps is None:
                     raise InputError(f"{rec.path}: no patch_size_level0 attribute; re-run `histokd embed`")
                 row = cohort.row(rec.slide_id)
-                img = read_tile_images(row["path"], bag.coords, float(ps), size, target_mpp)
+                img = read_tile_images(row["path"], bag.coords, float(ps), size, target_mpp,
+                                       slide_mpp=row.get("level0_mpp"))  # as tiled (--slide-mpp)
                 images.append(np.ascontiguousarray(img.transpose(0, 3, 1, 2)))
                 kept.append(i)
                 sizes.append(float(ps))

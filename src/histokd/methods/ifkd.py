@@ -122,6 +122,7 @@ class SlideRef:
     label: int  # 1 tumour, 0 tumour-free, -1 unknown
     mask_path: str | None
     split: str | None
+    level0_mpp: float | None = None  # the mpp it was tiled with (``--slide-mpp`` for slides without metadata)
 
 
 def _records(ds: Any) -> list[Any]:
@@ -157,7 +158,7 @@ def _cohort_refs(ws: Workspace, pos_class: str | None) -> dict[str, SlideRef]:
         mp = None if mp is None or str(mp) in ("", "nan", "None") else str(mp)
         sp = r.get("split")
         out[str(r["slide_id"])] = SlideRef(str(r["slide_id"]), Path(r["path"]), lab, mp,
-                                           None if sp is None or str(sp) == "nan" else str(sp))
+                                           None if sp is None or str(sp) == "nan" else str(sp), r.get("level0_mpp"))
     return out
 
 
@@ -202,7 +203,7 @@ def load_slides(
         for ref in refs:
             try:
                 tiles = teacher_tiles(ws, teacher, ref.slide_id, feature_paths.get(ref.slide_id))
-                image, dims0, _ = read_slide_image(ref.path, work_mpp)
+                image, dims0, _ = read_slide_image(ref.path, work_mpp, slide_mpp=ref.level0_mpp)
                 out.append(build_slide_image(ref.slide_id, image, dims0, tiles, ref.label, ref.mask_path))
             except HistokdError as e:
                 failed[ref.slide_id] = str(e)
@@ -220,6 +221,15 @@ class SegPrediction(Prediction):
     (written as the ``mask_downsample`` attribute of the predictions h5)."""
 
     mask_downsample: float | None = None
+
+
+def _row_mpp(row: Any) -> float | None:
+    """The level-0 µm/px a workspace cohort row's slide was tiled with (``level0_mpp``), or None."""
+    try:
+        v = row["level0_mpp"]
+    except (TypeError, KeyError, IndexError):
+        v = getattr(row, "level0_mpp", None)
+    return float(v) if isinstance(v, (int, float)) and v == v and v > 0 else None
 
 
 def _row_path(row: Any) -> Path:
@@ -275,7 +285,7 @@ class IFKDLabeler(Labeler):
         px, x axis), ``instance_probs`` [N, C] from the map, ``bag_probs`` [C] from the max tile.
         """
         path = _row_path(slide_row)
-        image, dims0, _ = read_slide_image(path, float(self.meta["work_mpp"]))
+        image, dims0, _ = read_slide_image(path, float(self.meta["work_mpp"]), slide_mpp=_row_mpp(slide_row))
         prob = self.prob_map(image)
         h, w = prob.shape
         ds = (dims0[0] / w, dims0[1] / h)

@@ -90,7 +90,7 @@ def pixel_metrics(ws: Workspace, model_id: str) -> dict[str, Any]:
             ds = float(f.attrs.get("mask_downsample", 0.0))
         from histokd.slides.reader import open_slide
 
-        with open_slide(r["path"]) as sl:
+        with open_slide(r["path"], mpp=r.get("level0_mpp")) as sl:  # the mpp it was tiled with (--slide-mpp)
             dims0, mpp0 = tuple(sl.dimensions), float(sl.mpp)
         gt, _ = load_mask(mp, dims0)
         gt = resize_mask(gt, mask.shape)

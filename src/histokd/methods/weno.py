@@ -174,8 +174,9 @@ class WenoPixelLabeler(WenoLabeler):
         path = slide_row["path"] if isinstance(slide_row, dict) else slide_row.path
         if patch_size_level0 is None:
             raise InputError(f"{path}: the feature file has no patch_size_level0; re-run `histokd embed`")
+        mpp0 = slide_row.get("level0_mpp") if isinstance(slide_row, dict) else getattr(slide_row, "level0_mpp", None)
         img = read_tile_images(path, coords, float(patch_size_level0), int(self.meta["tile_px"]),
-                               self.meta.get("tile_mpp"))
+                               self.meta.get("tile_mpp"), slide_mpp=mpp0)  # the mpp it was tiled with
         return self.predict(img.transpose(0, 3, 1, 2))
 
     def predict_bag(self, ds: Any, i: int) -> Prediction:

@@ -205,7 +205,7 @@ def tile(
             h5 = ws.tiles_h5(sid)
             expected = tiling_attrs(cfg, sid, str(row["path"]), user_mask if user_mask else "auto")
             if not overwrite:
-                n = tiles_up_to_date(h5, expected)
+                n = tiles_up_to_date(h5, expected, slide_mpp=cfg.slide_mpp)
                 if n is not None:
                     result.skipped[sid] = n
                     continue

@@ -207,8 +207,9 @@ class Slide:
     µm/px), ``channels`` (3 for RGB slides, C for multiplex), ``properties`` (backend metadata).
     """
 
-    def __init__(self, path: Path, backend: _Backend, mpp: float) -> None:
+    def __init__(self, path: Path, backend: _Backend, mpp: float, mpp_source: str = "metadata") -> None:
         self.path = path
+        self.mpp_source: str = mpp_source  # "metadata" (the file's) or "given" (open_slide(mpp=...), no metadata)
         self._b = backend
         self.backend: str = backend.name
         self.level_dimensions: list[tuple[int, int]] = list(backend.level_dimensions)
@@ -550,8 +551,8 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None, backend: 
         if not mpp > 0:
             b.close()
             raise SlideError(f"{path}: mpp must be > 0 (got {mpp})")
-        native = float(mpp)
-    elif mpp is not None and abs(mpp - native) > 0.05 * native:
+        return Slide(path, b, float(mpp), mpp_source="given")
+    if mpp is not None and abs(mpp - native) > 0.05 * native:
         log.warning("%s: slide metadata says %.4g µm/px; the given %.4g is ignored", path, native, mpp)
     return Slide(path, b, native)
 

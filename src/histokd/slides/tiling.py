@@ -151,6 +151,7 @@ def tile_slide(slide_id: str, slide_path: str | os.PathLike[str], out_h5: str | 
             "patch_size_level0": int(round(ps0)),
             "patch_size_level0_exact": float(ps0),
             "level0_mpp": float(slide.mpp),
+            "mpp_source": slide.mpp_source,  # "metadata" or "given" (--slide-mpp): see tiles_up_to_date
             "slide_dimensions": np.asarray(slide.dimensions, np.int64),
             "backend": slide.backend,
             "tissue_mask_downsample": float(tissue.downsample),
@@ -227,8 +228,13 @@ def read_tiles(path: str | os.PathLike[str], with_mask: bool = False) -> TileGri
     return TileGrid(coords=coords, tissue=tissue, attrs=attrs, tissue_mask=mask)
 
 
-def tiles_up_to_date(path: Path, expected: dict[str, Any]) -> int | None:
-    """Number of tiles if ``path`` holds a readable grid made with ``expected`` attrs, else None."""
+def tiles_up_to_date(path: Path, expected: dict[str, Any], slide_mpp: float | None = None) -> int | None:
+    """Number of tiles if ``path`` holds a readable grid made with ``expected`` attrs, else None.
+
+    ``slide_mpp`` (``--slide-mpp``, the level-0 µm/px given for slides without resolution metadata) is part
+    of the key: a grid made with another given mpp is redone. It does not matter for a grid whose mpp came
+    from the slide's own metadata (``open_slide`` ignores a given mpp then), nor when none is given now (the
+    grid keeps the mpp it was made with)."""
     if not path.exists():
         return None
     try:
@@ -237,6 +243,10 @@ def tiles_up_to_date(path: Path, expected: dict[str, Any]) -> int | None:
             n = int(f["coords"].shape[0])
     except Exception:  # noqa: BLE001 - unreadable: redo it
         return None
+    if slide_mpp is not None and attrs.get("mpp_source") != "metadata":  # given now, and the grid's was given
+        l0 = attrs.get("level0_mpp")
+        if not isinstance(l0, (int, float)) or abs(float(l0) - float(slide_mpp)) > 1e-9 * float(slide_mpp):
+            return None
     for k in _RESUME_KEYS:
         a, b = attrs.get(k), expected.get(k)
         if isinstance(b, float):
@@ -245,3 +255,19 @@ def tiles_up_to_date(path: Path, expected: dict[str, Any]) -> int | None:
         elif a != b:
             return None
     return n
+
+
+def tiled_level0_mpp(path: str | os.PathLike[str]) -> float | None:
+    """The level-0 µm/px a slide was tiled with (attr ``level0_mpp`` of ``RUN/tiles/<slide>.h5``: the slide's
+    metadata, or ``--slide-mpp`` for a slide without), or None when there is no readable grid. Every stage
+    that reads a tiled slide's pixels opens it with this (``open_slide(path, mpp=...)``), so a slide tiled
+    with ``--slide-mpp`` is read the same way by embed, label, report, IFKD and the tile images."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            v = _attr(f.attrs.get("level0_mpp"))
+    except Exception:  # noqa: BLE001 - an unreadable grid: the stage that needs it says so itself
+        return None
+    return float(v) if isinstance(v, (int, float)) and v > 0 else None
