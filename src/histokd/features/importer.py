@@ -122,49 +122,50 @@ def import_features(
     if encoder_dirname(name) != name:
         raise InputError(f"--name {name!r}: use only letters, digits, '.', '_' and '-' (e.g. {encoder_dirname(name)})")
     fmt, found = _detect(src, format)
-    existing = sorted(ws.features_dir(name).glob("*.h5"))
-    if existing and not overwrite:
-        raise InputError(
-            f"{ws.features_dir(name)}: feature set {name!r} already has {len(existing)} file(s); "
-            f"pass --overwrite to replace them or choose another --name"
-        )
-    result = ImportResult(out_dir=ws.features_dir(name), format=fmt)
-    dims = _probe_dims(found, result.failed)
-    result.dim = _majority_dim(src, dims, found)
-    with progress() as bar:
-        task = bar.add_task(f"import {fmt}", total=len(found), unit="slides")
-        for sid, path in found.items():
-            try:
-                if sid in result.failed:
-                    continue
-                if dims[sid] != result.dim:
-                    n_major = sum(d == result.dim for d in dims.values())
-                    raise FeatureError(
-                        f"{path}: features are {dims[sid]}-d but {n_major} of the {len(dims)} readable files in "
-                        f"{src} are {result.dim}-d (another encoder?); re-extract this slide with the encoder of "
-                        f"the others, or import it under its own --name"
+    with ws.writer(ws.features_dir(name), create=True):  # one writer per feature set
+        existing = sorted(ws.features_dir(name).glob("*.h5"))
+        if existing and not overwrite:
+            raise InputError(
+                f"{ws.features_dir(name)}: feature set {name!r} already has {len(existing)} file(s); "
+                f"pass --overwrite to replace them or choose another --name"
+            )
+        result = ImportResult(out_dir=ws.features_dir(name), format=fmt)
+        dims = _probe_dims(found, result.failed)
+        result.dim = _majority_dim(src, dims, found)
+        with progress() as bar:
+            task = bar.add_task(f"import {fmt}", total=len(found), unit="slides")
+            for sid, path in found.items():
+                try:
+                    if sid in result.failed:
+                        continue
+                    if dims[sid] != result.dim:
+                        n_major = sum(d == result.dim for d in dims.values())
+                        raise FeatureError(
+                            f"{path}: features are {dims[sid]}-d but {n_major} of the {len(dims)} readable files in "
+                            f"{src} are {result.dim}-d (another encoder?); re-extract this slide with the encoder of "
+                            f"the others, or import it under its own --name"
+                        )
+                    out = ws.features_h5(name, sid)
+                    ff = read_features(path, expected_dim=result.dim)
+                    attrs = _source_attrs(path)
+                    if path.suffix == ".pt":
+                        ff.coords = _coords_from_grid(ws, sid, len(ff), path)
+                    attrs.update(
+                        encoder=name,
+                        weights_hash="imported",
+                        histokd_version=_version(),
+                        imported_from=str(path.resolve()),
+                        import_format=fmt,
+                        slide_id=sid,
                     )
-                out = ws.features_h5(name, sid)
-                ff = read_features(path, expected_dim=result.dim)
-                attrs = _source_attrs(path)
-                if path.suffix == ".pt":
-                    ff.coords = _coords_from_grid(ws, sid, len(ff), path)
-                attrs.update(
-                    encoder=name,
-                    weights_hash="imported",
-                    histokd_version=_version(),
-                    imported_from=str(path.resolve()),
-                    import_format=fmt,
-                    slide_id=sid,
-                )
-                write_features(out, ff.features, ff.coords, attrs)
-                result.imported.append(sid)
-            except HistokdError as e:
-                result.failed[sid] = str(e)
-            finally:
-                bar.advance(task)
-    log.info("imported %d %s feature file(s) (%s-d) into %s", len(result.imported), fmt, result.dim, result.out_dir)
-    return result
+                    write_features(out, ff.features, ff.coords, attrs)
+                    result.imported.append(sid)
+                except HistokdError as e:
+                    result.failed[sid] = str(e)
+                finally:
+                    bar.advance(task)
+        log.info("imported %d %s feature file(s) (%s-d) into %s", len(result.imported), fmt, result.dim, result.out_dir)
+        return result
 
 
 def _probe_dims(found: dict[str, Path], failed: dict[str, str]) -> dict[str, int]:
