@@ -94,7 +94,8 @@ def train_encoder(
         "failed_slides": tiles.failures,
         "config_hash": config_hash(config, {"tiles": coords_hash}),
     }
-    out = save_encoder(ws.encoders_dir() / eid, nets, config, info, provenance, overwrite=overwrite)
+    with ws.writer(ws.encoders_dir()):  # the save is atomic (a folder renamed into place); one saver at a time
+        out = save_encoder(ws.encoders_dir() / eid, nets, config, info, provenance, overwrite=overwrite)
     log.info("encoder saved to %s (use --encoder mfl:%s)", out, out)
     return out
 
