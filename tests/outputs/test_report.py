@@ -144,3 +144,37 @@ def test_cli_report(make_workspace, tmp_path):
     assert not (run.root / "reports" / run.model_id / "geojson" / "t1.geojson").exists()
     res = CliRunner().invoke(app, ["report", "-w", str(run.root), "--model", "missing"])
     assert res.exit_code == 2 and "error:" in res.output
+
+
+def test_tile_truth_is_what_label_wrote(tmp_path):
+    """The report's tile metrics use the instance labels of `histokd label` (its --tumour-threshold), not the
+    masks re-thresholded at 0.5 (issue 14)."""
+    import re
+
+    import h5py
+
+    from histokd.data.bags import write_instance_labels
+    from histokd.pipeline.report import report
+    from histokd.workspace import Workspace
+
+    from conftest import FEATURES, make_run
+
+    run = make_run(tmp_path)
+    ws = Workspace(run.root)
+
+    def n_pos_val(threshold: float) -> tuple[int, int]:
+        expected = 0
+        for sid in ("t2",):  # the val split: a disc, so tiles partly inside
+            path = ws.instance_labels_h5(FEATURES, sid)
+            with h5py.File(path, "r") as f:
+                frac = f["tumour_fraction"][()]
+            write_instance_labels(path, frac, threshold)
+            expected += int((frac > threshold).sum())
+        html = report(run.root, run.model_id, top_k=1, n_boot=0, thumbnail_size=64).read_text()
+        found = re.search(r"val &middot; n = \d+ tiles \((\d+) tumour\)", html)
+        assert found, "no tile table for the val split"
+        return int(found.group(1)), expected
+
+    low, high = n_pos_val(0.05), n_pos_val(0.95)
+    assert low[0] == low[1] and high[0] == high[1]
+    assert low[0] > high[0]
