@@ -19,13 +19,14 @@ def test_labeller_classes_match_their_protocols() -> None:
     assert issubclass(D2LLabeler, SingletonTeacher) and issubclass(D2LLabeler, TeacherBagScorer)
     assert issubclass(WenoLabeler, TeacherBagScorer) and not issubclass(WenoLabeler, SingletonTeacher)
     assert issubclass(WenoPixelLabeler, SlideLabeler) and issubclass(WenoPixelLabeler, PixelBagLabeler)
+    assert not issubclass(WenoLabeler, PixelBagLabeler)
     assert issubclass(IFKDLabeler, SlideLabeler)
     for proto in (SlideLabeler, PixelBagLabeler, TeacherBagScorer, SingletonTeacher):
         assert not issubclass(MILLabeler, proto)
 
 
-def test_label_and_bench_do_not_probe_attributes() -> None:
-    for name in ("label.py", "bench.py"):
+def test_label_bench_train_do_not_probe_attributes() -> None:
+    for name in ("label.py", "bench.py", "train.py"):
         tree = ast.parse((PIPELINE / name).read_text())
         probes = [n.lineno for n in ast.walk(tree)
                   if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "hasattr"]

@@ -410,7 +410,7 @@ def _cohort_frame(ws: Workspace, cohort: Any):  # noqa: ANN202 - pandas is impor
 # instance labels (contract 6) ------------------------------------------------------------------------
 
 def instance_labels_path(ws: Workspace, features: str, slide_id: str) -> Path:
-    return ws.features_dir(features) / "instance_labels" / f"{check_id(slide_id)}.h5"
+    return ws.instance_labels_h5(features, slide_id)
 
 
 def read_instance_labels(path: str | os.PathLike[str], n: int | None = None) -> np.ndarray:

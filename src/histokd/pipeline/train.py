@@ -101,15 +101,16 @@ def train(
                        accelerator=accelerator, max_epochs=max_epochs)
     model_id = model_id or f"{method}-{encoder_dirname(features)}-s{seed}"
     out = ws.model_dir(model_id)
+    files = ws.model_files(model_id)
     from histokd.engine.loop import is_rank_zero
 
     # the extra processes of a `--strategy ddp` launch run this command again: rank 0 holds the lock
     with ws.writer(out, wait=wait) if is_rank_zero() else contextlib.nullcontext():
-        if (out / "model.pt").exists() and not overwrite:
+        if files.weights.exists() and not overwrite:
             raise ModelError(f"{out}: a model with this id exists; pass --overwrite or another --model-id")
         out.mkdir(parents=True, exist_ok=True)
         if is_rank_zero():  # the extra DDP ranks re-run this function while rank 0 logs to the file
-            (out / "train.log").unlink(missing_ok=True)
+            files.log.unlink(missing_ok=True)
         ds = assign_splits(BagDataset.from_workspace(ws, features), seed)
         tr, va = ds.split("train"), ds.split("val")
         if len(tr) == 0:
@@ -117,7 +118,7 @@ def train(
         present = set(tr.labels.tolist())
         if len(present) < 2:
             raise InputError(f"the training split has only class {sorted(present)}; it needs at least two classes")
-        with log_to_file(out / "train.log"):
+        with log_to_file(files.log):
             log.info("train %s on %s: %d train / %d val / %d test bags, classes %s, seed %d", method, features, len(tr),
                      len(va), len(ds.split("test")), ds.classes, seed)
             t0 = time.perf_counter()
@@ -126,10 +127,10 @@ def train(
         if not is_rank_zero():  # extra DDP processes (`--strategy ddp`) train but do not write
             return out
         labeler.save(out)
-        meta = read_yaml(out / "config.yaml")
+        meta = read_yaml(files.config)
         meta.update({"features": features, "seed": seed, "model_id": model_id})
-        write_yaml(out / "config.yaml", meta)
-        write_csv(out / "splits.csv", ["slide_id", "split", "label"],
+        write_yaml(files.config, meta)
+        write_csv(files.splits, ["slide_id", "split", "label"],
                   ([s, sp, ds.classes[y]] for s, sp, y in zip(ds.slide_ids, ds.splits, ds.labels)))
         metrics: dict[str, Any] = {"method": method, "features": features, "seed": seed, "fit_seconds": seconds,
                                    "n_bags": {k: len(ds.split(k)) for k in ("train", "val", "test")},
@@ -138,15 +139,16 @@ def train(
                                    "history": getattr(labeler, "history", None)}
         if len(va):
             metrics["val"] = _quick_metrics(labeler, va)
-        write_json(out / "metrics.json", metrics)
+        write_json(files.metrics, metrics)
         log.info("model written to %s (%.1f s)", out, seconds)
         return out
 
 
 def _quick_metrics(labeler: Any, ds: BagDataset) -> dict[str, float]:
     from histokd.evaluate.metrics import bag_metrics
+    from histokd.methods.base import PixelBagLabeler
 
-    if hasattr(labeler, "predict_bag"):  # models on pixels (end-to-end WENO) read the bag's tiles themselves
+    if isinstance(labeler, PixelBagLabeler):  # models on pixels (end-to-end WENO) read the bag's tiles themselves
         probs = np.stack([labeler.predict_bag(ds, i).bag_probs for i in range(len(ds))])
     else:
         probs = np.stack([labeler.predict(ds[i].features.numpy()).bag_probs for i in range(len(ds))])
