@@ -206,6 +206,15 @@ def clean_stale_temps(folder: str | os.PathLike[str]) -> int:
     return n
 
 
+def _command_line() -> str:
+    """The running command, e.g. ``histokd embed -w RUN -e efficientnet_lite0`` (for a lock holder's record)."""
+    import sys
+
+    argv = [Path(sys.argv[0]).name if sys.argv else "python", *sys.argv[1:]]
+    text = " ".join(argv)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 class WorkspaceBusy(InputError):
     """Another histokd process is writing the same artefact folder."""
 
@@ -243,7 +252,7 @@ def writer_lock(folder: str | os.PathLike[str], command: str = "", wait: bool = 
         ) from None
     try:
         with contextlib.suppress(OSError):
-            write_json(info_path, {"pid": os.getpid(), "host": socket.gethostname(), "command": command or "histokd",
+            write_json(info_path, {"pid": os.getpid(), "host": socket.gethostname(), "command": command or _command_line(),
                                    "started": datetime.datetime.now().isoformat(timespec="seconds")})
         yield
     finally:

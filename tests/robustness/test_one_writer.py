@@ -72,3 +72,26 @@ def test_a_cohort_that_contradicts_the_workspace_is_refused(tmp_path, slide_file
     assert "cohort.csv: slide 'n0' is already in this workspace" in line and "(8 such slides)" in line
     assert "delete" in line and "tiles are kept" in line
     assert sorted(load_workspace_cohort(run).df["label"]) == sorted(r[2] for r in rows)  # unchanged
+
+
+def test_a_second_cohort_spelling_a_class_differently_is_refused_before_writing(tmp_path, slide_files):
+    rows = cohort_rows(slide_files)
+    run = tmp_path / "run"
+    assert cli("tile", write_cohort(tmp_path / "a.csv", rows[:6], tissue_png=slide_files.tissue_png),
+               "-w", run, *TILE_ARGS).exit_code == 0
+    before = (run / "cohort.csv").read_bytes()
+    more = [[r[0], r[1], "Tumor" if r[2] == "tumour" else r[2], r[3]] for r in rows[6:]]
+    r = cli("tile", write_cohort(tmp_path / "b.csv", more, tissue_png=slide_files.tissue_png), "-w", run, *TILE_ARGS)
+    assert r.exit_code == 2 and "differ only by case" in r.output and "--label-map" in r.output
+    assert (run / "cohort.csv").read_bytes() == before  # the workspace's table stays readable
+    assert cli("embed", "-w", run, "-e", "handcrafted", "-j", "0").exit_code == 0
+
+
+def test_the_lock_record_names_the_running_command(tmp_path):
+    import json
+
+    from histokd.workspace import writer_lock
+
+    with writer_lock(tmp_path / "f"):
+        doc = json.loads((tmp_path / "f" / ".histokd.lock.json").read_text())
+    assert doc["command"] and doc["command"] != "histokd" and doc["pid"] > 0

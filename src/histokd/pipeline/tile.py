@@ -87,7 +87,7 @@ def _merge_into_workspace(ws: Workspace, co: Any) -> Any:
     ``embed`` / ``train`` / ``label``). A slide id already there with another path or label is refused."""
     import pandas as pd
 
-    from histokd.data.cohort import Cohort, read_cohort
+    from histokd.data.cohort import Cohort, check_label_spelling, read_cohort
 
     if not ws.cohort_csv.exists():
         return co
@@ -106,7 +106,10 @@ def _merge_into_workspace(ws: Workspace, co: Any) -> Any:
     if len(kept):
         log.info("%s: %d slide(s) of earlier cohorts kept beside the %d of this one", ws.cohort_csv, len(kept),
                  len(co.df))
-    return Cohort(pd.concat([kept, co.df]), co.source, co.invalid)
+    merged = Cohort(pd.concat([kept, co.df]), co.source, co.invalid)
+    # one class spelt two ways across the two cohorts would make the workspace's table unreadable
+    check_label_spelling(merged.df["label"], ws.cohort_csv)
+    return merged
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -188,7 +191,6 @@ def tile(
     if mask_dir is not None and not mask_dir.is_dir():
         raise InputError(f"{mask_dir}: tissue mask folder not found; give a folder of <slide_id>.png/.geojson masks")
 
-    ws.tiles_dir.mkdir(parents=True, exist_ok=True)
     with ws.writer(ws.tiles_dir, wait=wait, create=True):
         n_stale = clean_stale_temps(ws.tiles_dir) + clean_stale_temps(ws.root)
         if n_stale:
