@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from histokd.errors import InputError, SlideError
+from histokd.workspace import Workspace
 
 log = logging.getLogger("histokd")
 
@@ -130,7 +131,7 @@ def workspace_of(ds: object) -> Path:
     for r in getattr(ds, "records", None) or []:
         p = getattr(r, "path", None)
         if p is not None:
-            return Path(p).resolve().parents[2]
+            return Workspace.of_features_file(p).root
     raise InputError("tile images need bags read from a workspace (histokd train -w RUN); "
                      "in-memory bags have no slides to read")
 
