@@ -44,10 +44,9 @@ def test_bad_mask_files_fail_their_slide_only(tmp_path: Path, slide_files):
     cli("label", "-w", ws, "--model", "m", "--bootstrap", "10")
     r = cli("report", "-w", ws, "-m", "m", "--bootstrap", "10", "--top-k", "1", "--thumbnail-size", "64")
     out = _squeeze(r.output)  # rich wraps long lines, even inside a word
-    # report lists a slide it cannot report as skipped, with its line (exit 0 today; whether skipped slides
-    # make the exit code 1 is the report verb's policy, pipeline/report.py)
-    assert r.exit_code in (0, 1), r.output
-    assert "Traceback" not in r.output and "3skipped" in out
+    # report lists a slide it cannot report as skipped, with its line, and counts it as a failure (exit 1)
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output and "3skipped" in out and "3of8slidesfailed:" in out
     assert _squeeze(f"{flat}: feature 0 (Polygon): coordinates are one level too flat ([[x, y], ...]); a Polygon is a list "
             f"of rings ([[[x, y], ...]]); fix the file or export the annotations again from QuPath") in out
     assert _squeeze(f"{strings}: feature 0 (Polygon): coordinate '0' is not a number; fix the file") in out

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from histokd.cli._common import run_command
+from histokd.cli._common import fail_summary, run_command
 
 
 def register(app: typer.Typer) -> None:
@@ -24,9 +24,12 @@ def register(app: typer.Typer) -> None:
         wait: bool = typer.Option(False, "--wait", help="Wait for another run writing the same folder (default: stop)."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
     ) -> None:
-        """Write RUN/reports/<model>/: index.html, heatmaps/, geojson/ (QuPath), tiles.csv, plots/."""
-        from histokd.pipeline.report import report as run_report
+        """Write RUN/reports/<model>/: index.html, heatmaps/, geojson/ (QuPath), tiles.csv, plots/.
 
-        index = run_report(workspace, model, slides=slides or None, top_k=top_k, threshold=threshold,
-                           thumbnail_size=thumbnail_size, n_boot=n_boot, wait=wait)
-        typer.echo(f"report: {index.resolve()}")
+        Slides that cannot be reported are listed in the report and make the exit code 1, each with its line."""
+        from histokd.pipeline.report import run_report
+
+        res = run_report(workspace, model, slides=slides or None, top_k=top_k, threshold=threshold,
+                         thumbnail_size=thumbnail_size, n_boot=n_boot, wait=wait)
+        typer.echo(f"report: {res.index.resolve()}")
+        fail_summary(res.failures, res.n_total)

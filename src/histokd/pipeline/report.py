@@ -4,7 +4,11 @@ self-contained ``index.html`` -> ``RUN/reports/<id>/``.
 Reads ``RUN/predictions/<id>/`` (contract 7), the workspace cohort (``RUN/cohort.csv``) and the slides;
 the pieces (prediction files, tile images, metric tables, plots, the HTML template) are
 :mod:`histokd.outputs.report`'s, the files it writes are listed there. A slide whose file or prediction is
-missing is skipped with a warning (listed in the report); the report itself is still written.
+cannot be reported (prediction or slide file missing or unreadable, bad mask file, ...) is skipped with a
+warning and listed in the report, which is still written; it is a failure of the run: :func:`run_report`
+returns it in ``ReportResult.failures`` and ``histokd report`` ends with ``N of M slides failed:``, one line
+per slide and exit code 1, as ``histokd label`` does. Slides left out by request (``slides=``, ``--slides``)
+are not attempted, so they are neither reported nor failures.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,16 @@ from histokd.workspace import Workspace, read_csv, write_text
 log = logging.getLogger("histokd")
 
 
+@dataclass
+class ReportResult:
+    """What ``report`` did: the ``index.html`` written, the slides that could not be reported (id -> one
+    line; each is also in the report's "Skipped slides") and how many slides were attempted."""
+
+    index: Path
+    failures: dict[str, str] = field(default_factory=dict)
+    n_total: int = 0
+
+
 def report(
     workspace: str | os.PathLike[str] | Workspace,
     model_id: str,
@@ -42,7 +57,24 @@ def report(
     seed: int = 0,
     wait: bool = False,
 ) -> Path:
-    """Write ``RUN/reports/<model_id>/`` and return the path of its ``index.html``.
+    """Write ``RUN/reports/<model_id>/`` and return the path of its ``index.html`` (see :func:`run_report`,
+    which also returns the slides that could not be reported)."""
+    return run_report(workspace, model_id, slides=slides, top_k=top_k, threshold=threshold,
+                      thumbnail_size=thumbnail_size, n_boot=n_boot, seed=seed, wait=wait).index
+
+
+def run_report(
+    workspace: str | os.PathLike[str] | Workspace,
+    model_id: str,
+    slides: list[str] | None = None,
+    top_k: int = 8,
+    threshold: float | None = None,
+    thumbnail_size: int = 1024,
+    n_boot: int = 1000,
+    seed: int = 0,
+    wait: bool = False,
+) -> ReportResult:
+    """Write ``RUN/reports/<model_id>/``; returns its ``index.html`` and the slides that could not be reported.
 
     Args:
         workspace: the run folder (``-w RUN``).
@@ -55,6 +87,7 @@ def report(
         thumbnail_size: longer side (px) of the slide thumbnails under the heatmaps.
         n_boot: bootstrap resamples for the 95% CIs.
         seed: seed of the bootstrap.
+        wait: wait for another run writing the same report folder instead of stopping.
     """
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     pred_dir = ws.predictions_dir(model_id)
@@ -119,7 +152,7 @@ def report(
         index = ws.report_index(model_id)
         write_text(index, render_report_html(ctx))
         log.info("report: %d slides (%d skipped) -> %s", len(sections), len(skipped), index)
-        return index
+        return ReportResult(index, {s["slide_id"]: s["reason"] for s in skipped}, len(slide_ids))
 
 
 def _slide(
