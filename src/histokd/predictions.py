@@ -70,15 +70,32 @@ def write_prediction(path: str | os.PathLike[str], pred: Any, coords: np.ndarray
     return path
 
 
-def is_prediction_of(path: str | os.PathLike[str], model_id: str) -> bool:
-    """Whether ``path`` is a complete prediction file of ``model_id`` (resume: such a file is read back)."""
+def is_prediction_of(path: str | os.PathLike[str], model_id: str, source_key: str | None = None) -> bool:
+    """Whether ``path`` is a complete prediction file of ``model_id`` (resume: such a file is read back).
+
+    ``source_key`` (see :func:`source_key`) also ties it to the model's weights and the slide's features,
+    so a model retrained under the same id, or a slide re-embedded, is predicted again."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            return f.attrs.get("model_id") == model_id and "instance_probs" in f
+            ok = f.attrs.get("model_id") == model_id and "instance_probs" in f
+            return ok and (source_key is None or f.attrs.get("source_key") == source_key)
     except OSError:
         return False
+
+
+def source_key(model_weights: str | os.PathLike[str], features: str | os.PathLike[str] | None) -> str:
+    """What a prediction was made from: sha256 of the model's weights file, and the feature file's size and
+    modification time (a rewrite of either changes the key)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(model_weights, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    st = os.stat(features) if features is not None and os.path.exists(features) else None
+    return f"{h.hexdigest()[:32]}:{st.st_size if st else 0}:{st.st_mtime_ns if st else 0}"
 
 
 def read_prediction(path: str | os.PathLike[str]) -> SlidePrediction:

@@ -50,3 +50,21 @@ def test_label_features_of_another_dimension_is_one_line(tmp_path, slide_files):
     assert r.exit_code == 2
     line = r.output.strip().splitlines()[-1]
     assert "features/handcrafted: features are 12-d but model 'm' was trained on 55-d" in line and "retrain" in line
+
+
+def test_a_model_retrained_under_its_id_is_not_served_stale_predictions(tmp_path, slide_files):
+    import h5py as h5
+
+    run = _trained(tmp_path, slide_files)
+    assert cli("label", "-w", run, "--model", "m").exit_code == 0
+    pred = run / "predictions" / "m" / "n0.h5"
+    with h5.File(pred) as f:
+        first_key, first = f.attrs["source_key"], f["instance_probs"][()]
+    assert cli("label", "-w", run, "--model", "m").exit_code == 0  # resume: same model, same features
+    with h5.File(pred) as f:
+        assert f.attrs["source_key"] == first_key
+    assert cli("train", "-w", run, "--method", "abmil", "--model-id", "m", "--max-epochs", "2", "--seed", "7",
+               "--overwrite").exit_code == 0
+    assert cli("label", "-w", run, "--model", "m").exit_code == 0  # no --overwrite: still predicted again
+    with h5.File(pred) as f:
+        assert f.attrs["source_key"] != first_key and not np.array_equal(f["instance_probs"][()], first)

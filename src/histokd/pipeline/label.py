@@ -24,7 +24,7 @@ import numpy as np
 
 from histokd.data.bags import BagDataset, ensure_instance_labels
 from histokd.errors import FeatureError, HistokdError, ModelError
-from histokd.predictions import is_prediction_of, read_prediction, write_prediction
+from histokd.predictions import is_prediction_of, read_prediction, source_key, write_prediction
 from histokd.progress import progress
 from histokd.workspace import ModelFiles, Workspace, read_csv, write_csv, write_json
 
@@ -78,6 +78,7 @@ def label(
                 f"encoder (--features), or retrain the model on these"
             )
         splits = _model_splits(mdir)
+        weights = ws.model_files(model).weights
         pos = model_positive_class({**meta, "classes": classes})  # decided at training, stored with the model
         rows, inst = [], []
         cohort = None  # read on first use by segmenting labellers
@@ -87,7 +88,8 @@ def label(
                 sid = rec.slide_id
                 path = ws.predictions_h5(model, sid)
                 try:
-                    if path.exists() and not overwrite and is_prediction_of(path, model):
+                    key = source_key(weights, rec.path)
+                    if path.exists() and not overwrite and is_prediction_of(path, model, key):
                         p = read_prediction(path)
                         bag_probs, probs, scores = p.bag_probs, p.probs, p.scores
                         inst_labels = ds[i].instance_labels
@@ -103,7 +105,7 @@ def label(
                             pred = labeler.predict(bag.features.numpy())
                         write_prediction(path, pred, bag.coords if bag.coords is not None else np.zeros((len(bag.features), 2)),
                                          {"classes": json.dumps(classes), "positive_class": classes[pos],
-                                          "model_id": model, "method": meta["method"],
+                                          "model_id": model, "method": meta["method"], "source_key": key,
                                           "slide_id": sid, "patch_size_level0": _feature_attr(rec.path, "patch_size_level0")})
                         bag_probs, probs, scores, inst_labels = pred.bag_probs, pred.instance_probs, pred.instance_scores, bag.instance_labels
                 except (HistokdError, OSError) as e:
