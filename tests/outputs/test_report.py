@@ -146,7 +146,7 @@ def test_cli_report(make_workspace, tmp_path):
     assert res.exit_code == 2 and "error:" in res.output
 
 
-def test_tile_truth_is_what_label_wrote(tmp_path):
+def test_tile_truth_is_what_label_wrote(tmp_path, make_workspace):
     """The report's tile metrics use the instance labels of `histokd label` (its --tumour-threshold), not the
     masks re-thresholded at 0.5 (issue 14)."""
     import re
@@ -157,15 +157,13 @@ def test_tile_truth_is_what_label_wrote(tmp_path):
     from histokd.pipeline.report import report
     from histokd.workspace import Workspace
 
-    from conftest import FEATURES, make_run
-
-    run = make_run(tmp_path)
+    run = make_workspace(tmp_path)
     ws = Workspace(run.root)
 
     def n_pos_val(threshold: float) -> tuple[int, int]:
         expected = 0
         for sid in ("t2",):  # the val split: a disc, so tiles partly inside
-            path = ws.instance_labels_h5(FEATURES, sid)
+            path = ws.instance_labels_h5("enc", sid)  # the conftest's feature set
             with h5py.File(path, "r") as f:
                 frac = f["tumour_fraction"][()]
             write_instance_labels(path, frac, threshold)
