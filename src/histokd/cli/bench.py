@@ -22,12 +22,14 @@ def register(app: typer.Typer) -> None:
         set_: list[str] = typer.Option(None, "--set", help="Config override for every method, e.g. train.max_epochs=40."),
         val_fraction: float = typer.Option(0.0, "--val-fraction",
                                            help="Part of each training fold held out for early stopping (0: fixed epochs)."),
+        engine: str = typer.Option("local", "--engine", help="local | ray (train the folds on a Ray cluster)."),
+        address: str = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
     ) -> None:
         """Cross-validate METHODS on DATASET; print a table (mean ± std over folds) and write JSON."""
         from histokd.pipeline.bench import bench as bench_fn
         from histokd.pipeline.bench import format_table
 
         res = bench_fn(dataset, method, protocol, seed=seed, overrides=list(set_ or []), val_fraction=val_fraction,
-                       json_out=json_out)
+                       json_out=json_out, engine=engine, address=address)
         typer.echo(f"{dataset}  {protocol}  seed {seed}")
         typer.echo(format_table(res))

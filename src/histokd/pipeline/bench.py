@@ -118,12 +118,18 @@ def bench(
     method_overrides: dict[str, dict[str, Any]] | None = None,
     val_fraction: float = 0.0,
     json_out: str | Path | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> dict[str, Any]:
     """Run ``methods`` on ``dataset`` under ``protocol``; returns (and writes to ``json_out``) the results.
 
     ``overrides`` apply to every method's config (``["train.max_epochs=40"]`` or a nested dict);
-    ``method_overrides[name]`` to one method only.
+    ``method_overrides[name]`` to one method only. ``engine="ray"`` trains the folds as tasks on a Ray
+    cluster (``address``; a local one when None): every fold is the same function of its data, config
+    and seed as in the local loop, so the records are the same.
     """
+    if engine not in ("local", "ray"):
+        raise InputError(f"--engine {engine!r}: choose local or ray")
     import histokd.methods  # noqa: F401  (registers methods)
     from histokd.data.benchmarks import load_benchmark
     from histokd.methods.base import METHODS
@@ -148,16 +154,55 @@ def bench(
     results: dict[str, Any] = {"dataset": dataset if isinstance(dataset, str) else "<in-memory>",
                                "protocol": protocol, "seed": seed, "n_bags": len(ds), "classes": ds.classes,
                                "val_fraction": val_fraction, "overrides": common, "methods": {}}
+    jobs = [(name, f, deep_merge(common, (method_overrides or {}).get(name, {})), seed + 1000 * f.repeat + f.fold)
+            for name in names for f in folds]
     with progress() as bar:
-        for name in names:
-            ov = deep_merge(common, (method_overrides or {}).get(name, {}))
-            task = bar.add_task(name, total=len(folds), unit="fold")
+        task = bar.add_task("bench", total=len(jobs), unit="fold")
+        if engine == "ray":
+            recs = _run_folds_ray(ds, jobs, address, lambda: bar.advance(task))
+        else:
             recs = []
-            for f in folds:
-                recs.append(run_fold(name, ds, f, ov, seed + 1000 * f.repeat + f.fold))
+            for job in jobs:
+                recs.append(run_fold(job[0], ds, *job[1:]))
                 bar.advance(task)
-            results["methods"][name] = {**summarise(recs), "folds": recs, "config": ov}
-            log.info("%s: %s", name, format_row(name, results["methods"][name]))
+    for name in names:
+        mine = [rec for job, rec in zip(jobs, recs) if job[0] == name]
+        ov = next(job[2] for job in jobs if job[0] == name)
+        results["methods"][name] = {**summarise(mine), "folds": mine, "config": ov}
+        log.info("%s: %s", name, format_row(name, results["methods"][name]))
     if json_out is not None:
         write_json(json_out, results)
     return results
+
+
+def _run_folds_ray(ds: BagDataset, jobs: list[tuple], address: str | None, advance: Any) -> list[dict[str, Any]]:
+    """The folds of ``jobs`` as Ray tasks (one CPU each; the dataset is shared through the object store);
+    records come back in ``jobs`` order."""
+    try:
+        import ray
+    except ImportError as e:
+        raise InputError(f"--engine ray: ray is not installed ({e}); pip install 'histokd[ray]'") from e
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    import torch
+
+    remote = ray.remote(num_cpus=1)(_ray_fold)
+    ds_ref = ray.put(ds)
+    threads = torch.get_num_threads()  # the driver's: the same float reductions, so the same numbers
+    refs = [remote.remote(job[0], ds_ref, *job[1:], threads) for job in jobs]
+    pending = list(refs)
+    while pending:  # progress as folds finish, in any order
+        done, pending = ray.wait(pending, num_returns=1)
+        for _ in done:
+            advance()
+    return ray.get(refs)
+
+
+def _ray_fold(method: str, ds: BagDataset, fold: Fold, overrides: dict[str, Any], seed: int,
+              threads: int) -> dict[str, Any]:
+    import torch
+
+    import histokd.methods  # noqa: F401  (registers methods in the worker process)
+
+    torch.set_num_threads(threads)  # Ray gives a task one thread; the local run predicts with the driver's
+    return run_fold(method, ds, fold, overrides, seed)
