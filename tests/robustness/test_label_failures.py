@@ -68,3 +68,14 @@ def test_a_model_retrained_under_its_id_is_not_served_stale_predictions(tmp_path
     assert cli("label", "-w", run, "--model", "m").exit_code == 0  # no --overwrite: still predicted again
     with h5.File(pred) as f:
         assert f.attrs["source_key"] != first_key and not np.array_equal(f["instance_probs"][()], first)
+
+
+def test_train_on_one_class_names_the_cohort_and_the_class(tmp_path, slide_files):
+    rows = [r if r[3] != "train" or r[2] == "normal" else [r[0], r[1], r[2], "test"] for r in cohort_rows(slide_files)]
+    co = write_cohort(tmp_path / "a.csv", rows, tissue_png=slide_files.tissue_png)
+    run = tmp_path / "run"
+    assert cli("tile", co, "-w", run, *TILE_ARGS).exit_code == 0
+    assert cli("embed", "-w", run, "-e", "handcrafted", "-j", "0").exit_code == 0
+    r = cli("train", "-w", run, "--method", "abmil", "--max-epochs", "1")
+    assert r.exit_code == 2
+    assert "cohort.csv: the training split has 2 slide(s), all of class 'normal'" in r.output

@@ -117,7 +117,10 @@ def train(
             raise InputError("no training slides (split == train); fix the cohort's split column")
         present = set(tr.labels.tolist())
         if len(present) < 2:
-            raise InputError(f"the training split has only class {sorted(present)}; it needs at least two classes")
+            names = ", ".join(repr(ds.classes[i]) for i in sorted(present))
+            raise InputError(f"{ws.cohort_csv}: the training split has {len(tr)} slide(s), all of class {names}; "
+                             f"training needs slides of at least two classes: add slides of another class to the "
+                             f"train split (split column) or fix the labels")
         with log_to_file(files.log):
             log.info("train %s on %s: %d train / %d val / %d test bags, classes %s, seed %d", method, features, len(tr),
                      len(va), len(ds.split("test")), ds.classes, seed)
