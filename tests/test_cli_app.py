@@ -53,6 +53,11 @@ def test_an_option_means_the_same_in_every_command():
                     assert long in opts, (name, p.opts)
             if p.name == "method":
                 assert "--method" in opts and "-m" not in opts, (name, p.opts)
-            assert "--n-boot" not in opts, (name, p.opts)
+            assert "--n-boot" not in opts or p.hidden, (name, p.opts)  # report keeps it as a hidden alias
             if p.name == "n_boot":
                 assert "--bootstrap" in opts, (name, p.opts)
+
+
+def test_report_keeps_n_boot_as_a_hidden_deprecated_alias():
+    res = runner.invoke(app, ["report", "--help"])
+    assert res.exit_code == 0 and "--bootstrap" in res.output and "--n-boot" not in res.output

@@ -21,6 +21,8 @@ def register(app: typer.Typer) -> None:
                                         help="Tumour probability for regions (default: from metrics.json, else 0.5)."),
         thumbnail_size: int = typer.Option(1024, "--thumbnail-size", min=64, help="Longer side of heatmap thumbnails (px)."),
         n_boot: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for the 95% CIs."),
+        n_boot_old: int = typer.Option(None, "--n-boot", min=0, hidden=True,
+                                       help="Deprecated spelling of --bootstrap."),
         wait: bool = typer.Option(False, "--wait", help="Wait for another run writing the same folder (default: stop)."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
     ) -> None:
@@ -29,6 +31,9 @@ def register(app: typer.Typer) -> None:
         Slides that cannot be reported are listed in the report and make the exit code 1, each with its line."""
         from histokd.pipeline.report import run_report
 
+        if n_boot_old is not None:
+            typer.echo("warning: --n-boot is deprecated; use --bootstrap (as in `histokd label`)", err=True)
+            n_boot = n_boot_old
         res = run_report(workspace, model, slides=slides or None, top_k=top_k, threshold=threshold,
                          thumbnail_size=thumbnail_size, n_boot=n_boot, wait=wait)
         typer.echo(f"report: {res.index.resolve()}")
