@@ -14,9 +14,9 @@ from shapely.geometry import shape
 from typer.testing import CliRunner
 
 from histokd.errors import InputError
-from histokd.outputs.report import read_prediction, render_report_html
+from histokd.outputs.report import render_report_html
 from histokd.pipeline.report import report
-
+from histokd.predictions import read_prediction
 
 
 def test_report_writes_every_artefact(built_report):

@@ -31,7 +31,7 @@ from histokd.evaluate.binary import MetricRow, binary_metrics, confusion_matrix
 from histokd.outputs.heatmaps import write_bytes
 from histokd.outputs.plots import plot_calibration, plot_confusion, plot_pr, plot_roc
 from histokd.outputs.tables import format_metric
-from histokd.predictions import SlidePrediction, attr_value, read_prediction  # noqa: F401  (the store; re-exported)
+from histokd.predictions import SlidePrediction
 
 #: Tile side (px) of the top / bottom tile images in the HTML.
 TILE_DISPLAY_PX = 128

@@ -27,9 +27,9 @@ from histokd.classes import stored_positive_class
 from histokd.errors import HistokdError, InputError
 from histokd.outputs.geojson import prediction_geojson, write_geojson
 from histokd.outputs.heatmaps import Overlay, render_heatmap, write_bytes
-from histokd.outputs.report import attr_value, data_uri, render_report_html, report_evaluation, tile_card
+from histokd.outputs.report import data_uri, render_report_html, report_evaluation, tile_card
 from histokd.outputs.tables import flatten_metrics, tiles_frame, write_csv
-from histokd.predictions import read_prediction
+from histokd.predictions import attr_value, read_prediction
 from histokd.progress import progress
 from histokd.workspace import Workspace, read_csv, write_text
 
