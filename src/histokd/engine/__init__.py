@@ -2,11 +2,10 @@
 Lightning Fabric (:func:`fit_mil`: devices, precision, DDP), seeding, early stopping, checkpoints, logging."""
 
 from histokd.engine.config import TrainerConfig
-from histokd.engine.epochs import EpochResult, fit_epochs, stage_epochs
+from histokd.engine.epochs import EarlyStopping, EpochResult, fit_epochs, stage_epochs
 from histokd.engine.fabric import make_fabric, resolve_precision, seed_everything
 from histokd.engine.loop import (
     BagOutput,
-    EarlyStopping,
     FitResult,
     TrainView,
     bag_loader,

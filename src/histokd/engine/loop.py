@@ -15,11 +15,9 @@ More From Less); both loops end a stage with the same log line (``<stage>: <n> e
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import logging
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from histokd.data.bags import Bag, BagDataset, collate_bags
 from histokd.engine.config import TrainerConfig
-from histokd.engine.epochs import EarlyStopping
+from histokd.engine.epochs import fit_epochs
 from histokd.engine.fabric import make_fabric, seed_everything
 from histokd.models.base import MILModel, MILOutput
 from histokd.progress import progress
@@ -174,7 +172,7 @@ class FitResult:
     model: MILModel  # on CPU, eval mode, best-epoch weights
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = -1
-    best_value: float = float("nan")
+    best_value: float = float("nan")  # the monitored validation value at best_epoch (NaN without validation)
     seconds: float = 0.0
 
 
@@ -317,90 +315,96 @@ def _fit(fabric: Any, model: MILModel, train: BagDataset, val: BagDataset | None
          seed: int, extra_loss: Any, threads: int | None = None, stage: str = "train") -> FitResult:
     # threads are set here, in every process (spawned ranks start with torch's default)
     with torch_threads(threads):
-        res = _fit_loop(fabric, model, train, val, cfg, seed, extra_loss)
-    log.info("%s: %d epochs in %.1f s; best epoch %d (validation %s %s)", stage, len(res.history), res.seconds,
-             res.best_epoch, cfg.monitor, res.best_value)
-    return res
+        return _fit_loop(fabric, model, train, val, cfg, seed, extra_loss, stage)
+
+
+class _BagEpoch:
+    """One epoch of padded bag batches on ``fabric`` (the ``train_epoch`` hook of :func:`fit_mil`): the
+    Fabric set-up of model, optimiser, loader and schedule, then class-weighted bag loss (+ the model's
+    extra term + ``extra_loss``), backward, clipping, step."""
+
+    def __init__(self, fabric: Any, model: MILModel, train: BagDataset, cfg: TrainerConfig, seed: int,
+                 weight: torch.Tensor | None, extra_loss: Any) -> None:
+        self.fabric, self.module, self.cfg, self.extra_loss = fabric, model, cfg, extra_loss
+        self.view = TrainView(train, cfg.max_instances, seed, cfg.instance_dropout)
+        loader = bag_loader(self.view, cfg.batch_size, shuffle=True, seed=seed, num_workers=cfg.num_workers)
+        opt = make_optimizer(model.parameters(), cfg)
+        raw_opt = opt
+        self.fmodel, self.opt = fabric.setup(model, opt)
+        self.loader = fabric.setup_dataloaders(loader, move_to_device=False)
+        self.sched = make_scheduler(raw_opt, cfg, len(self.loader))  # after sharding: this rank's steps per epoch
+        self.w = None if weight is None else weight.to(fabric.device)
+
+    def __call__(self, epoch: int) -> dict[str, float]:
+        fabric, module, cfg = self.fabric, self.module, self.cfg
+        self.view.set_epoch(epoch)
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        self.fmodel.train()
+        total, n = 0.0, 0
+        for batch in self.loader:
+            batch = batch.to(fabric.device)
+            out = self.fmodel(batch.x, batch.mask)
+            loss = module.bag_loss(out, batch.y, self.w)
+            extra = module.loss_extra(out, batch.y)
+            if extra is not None:
+                loss = loss + extra
+            if self.extra_loss is not None:
+                more = self.extra_loss(module, out, batch)
+                if more is not None:
+                    loss = loss + more
+            self.opt.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            if cfg.grad_clip:
+                fabric.clip_gradients(self.fmodel, self.opt, max_norm=cfg.grad_clip)
+            self.opt.step()
+            if self.sched is not None:
+                self.sched.step()
+            total += float(loss.detach()) * len(batch.y)
+            n += len(batch.y)
+        if fabric.world_size > 1:  # every rank saw its own shard: the epoch's loss is the mean over all of them
+            total, n = (float(v) for v in fabric.all_reduce(torch.tensor([total, float(n)]), reduce_op="sum"))
+        return {"train_loss": total / max(n, 1), "train_bags": n}
 
 
 def _fit_loop(fabric: Any, model: MILModel, train: BagDataset, val: BagDataset | None, cfg: TrainerConfig,
-              seed: int, extra_loss: Any) -> FitResult:
+              seed: int, extra_loss: Any, stage: str = "train") -> FitResult:
+    """Bag batches on ``fabric`` (:class:`_BagEpoch`) through the engine's epoch loop
+    (:func:`~histokd.engine.epochs.fit_epochs`): epochs, early stopping on ``cfg.monitor`` and the
+    checkpoint are the engine's, as for every method."""
     seed_everything(seed, cfg.deterministic)
-    t0 = time.perf_counter()
     torch.manual_seed(seed)
     weight = class_weights(train.labels, train.n_classes, cfg.class_weights)
-    view = TrainView(train, cfg.max_instances, seed, cfg.instance_dropout)
-    loader = bag_loader(view, cfg.batch_size, shuffle=True, seed=seed, num_workers=cfg.num_workers)
-    opt = make_optimizer(model.parameters(), cfg)
-    raw_opt = opt
-    module = model
-    fmodel, opt = fabric.setup(model, opt)
-    loader = fabric.setup_dataloaders(loader, move_to_device=False)
-    sched = make_scheduler(raw_opt, cfg, len(loader))  # after sharding: this rank's steps per epoch
-    w = None if weight is None else weight.to(fabric.device)
+    steps = _BagEpoch(fabric, model, train, cfg, seed, weight, extra_loss)
     use_val = val is not None and len(val) > 0
-    stopper = EarlyStopping("min" if cfg.monitor == "loss" else "max", cfg.patience, cfg.min_epochs)
-    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in module.state_dict().items()})
-    history: list[dict[str, float]] = []
-    rank0 = fabric.global_rank == 0
-    multi = fabric.world_size > 1
-    with progress(disable=None if rank0 else True) as bar:
+
+    def validate(epoch: int) -> dict[str, float]:
+        vm = evaluate_bags(model, val, weight, fabric.device, fabric.autocast)  # type: ignore[arg-type]
+        return {f"val_{k}": v for k, v in vm.items()}
+
+    def score(rec: dict[str, float]) -> float:
+        """Higher is better: minus the validation loss, or the AUC (minus the loss where the AUC is NaN)."""
+        value = -rec["val_loss"] if cfg.monitor == "loss" else rec["val_auc"]
+        if cfg.monitor == "auc" and math.isnan(value):
+            value = -rec["val_loss"]
+        if fabric.world_size > 1:  # rank 0 decides, so no rank can stop (or keep a checkpoint) alone and
+            value = float(fabric.broadcast(value, src=0))  # leave the others waiting in a collective forever
+        return value
+
+    with progress(disable=None if fabric.global_rank == 0 else True) as bar:
         task = bar.add_task("train", total=cfg.max_epochs, unit="epoch")
-        for epoch in range(cfg.max_epochs):
-            view.set_epoch(epoch)
-            sampler = getattr(loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-            fmodel.train()
-            total, n = 0.0, 0
-            for batch in loader:
-                batch = batch.to(fabric.device)
-                out = fmodel(batch.x, batch.mask)
-                loss = module.bag_loss(out, batch.y, w)
-                extra = module.loss_extra(out, batch.y)
-                if extra is not None:
-                    loss = loss + extra
-                if extra_loss is not None:
-                    more = extra_loss(module, out, batch)
-                    if more is not None:
-                        loss = loss + more
-                opt.zero_grad(set_to_none=True)
-                fabric.backward(loss)
-                if cfg.grad_clip:
-                    fabric.clip_gradients(fmodel, opt, max_norm=cfg.grad_clip)
-                opt.step()
-                if sched is not None:
-                    sched.step()
-                total += float(loss.detach()) * len(batch.y)
-                n += len(batch.y)
-            if multi:  # every rank saw its own shard: the epoch's loss is the mean over all of them
-                total, n = (float(v) for v in fabric.all_reduce(torch.tensor([total, float(n)]), reduce_op="sum"))
-            rec: dict[str, float] = {"epoch": epoch, "train_loss": total / max(n, 1), "train_bags": n}
-            if use_val:
-                vm = evaluate_bags(module, val, weight, fabric.device, fabric.autocast)
-                rec.update({f"val_{k}": v for k, v in vm.items()})
-                value = vm[cfg.monitor]
-                if cfg.monitor == "auc" and math.isnan(value):
-                    value = -vm["loss"]
-                if multi:  # rank 0 decides, so no rank can stop (or keep a checkpoint) alone and leave the
-                    value = float(fabric.broadcast(value, src=0))  # others waiting in a collective forever
-                if stopper.step(value, epoch):
-                    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in module.state_dict().items()})
-            else:
-                stopper.best_epoch = epoch
-            history.append(rec)
-            log.info("epoch %d %s", epoch, " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k != "epoch"))
+
+        def show(rec: dict[str, float]) -> None:
+            log.info("epoch %d %s", rec["epoch"], " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k != "epoch"))
             bar.update(task, advance=1, description=f"train loss {rec['train_loss']:.3f}"
                        + (f" val {cfg.monitor} {rec.get('val_' + cfg.monitor, float('nan')):.3f}" if use_val else ""))
-            if use_val and stopper.should_stop(epoch):
-                log.info("early stop at epoch %d; best epoch %d (%s %.4f)", epoch, stopper.best_epoch, cfg.monitor,
-                         stopper.best)
-                break
-    if use_val:
-        module.load_state_dict(best_state)
-    else:
-        best_state = None
-    module = module.cpu().eval()
+
+        res = fit_epochs({"model": model}, steps, cfg.max_epochs, validate=validate if use_val else None,
+                         score=score, patience=cfg.patience, min_epochs=cfg.min_epochs, stage=stage, on_epoch_end=show)
+    model = model.cpu().eval()
     # training bags only (full, not subsampled): e.g. CHOWDER orients its tile scores here
-    module.after_fit(_labelled_bags(train), train.positive_index)
-    return FitResult(module, history, stopper.best_epoch, float(stopper.best), time.perf_counter() - t0)
+    model.after_fit(_labelled_bags(train), train.positive_index)
+    # the monitored validation value at the chosen epoch (NaN without validation)
+    best = res.history[res.best_epoch][f"val_{cfg.monitor}"] if use_val and res.best_epoch >= 0 else float("nan")
+    return FitResult(model, res.history, res.best_epoch, float(best), res.seconds)
