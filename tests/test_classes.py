@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histokd.classes import negative_class, positive_class, stored_positive_class
+from histokd.classes import class_names, negative_class, positive_class, stored_positive_class
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "histokd"
 
@@ -21,6 +21,12 @@ def test_positive_class_rule() -> None:
     assert negative_class(["Tumor", "normal"]) == 1
     assert negative_class(["normal", "tumour"]) == 0
     assert negative_class(["a", "b", "c"]) == 0
+
+
+def test_class_order_puts_positive_like_names_last() -> None:
+    assert class_names(["malignant", "benign", None, float("nan"), ""]) == ["benign", "malignant"]
+    assert positive_class(class_names(["cancer", "healthy"])) == 1
+    assert class_names(["10", "2", "1"]) == ["1", "2", "10"]
 
 
 def test_stored_positive_class_wins_over_the_rule() -> None:

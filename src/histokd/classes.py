@@ -1,4 +1,5 @@
-"""Which class is positive: the one rule, decided once when a model is trained and stored with it.
+"""Which class is positive: the one rule, decided once when a model is trained and stored with it; and the
+order of the class names it applies to (negatives first, positives last).
 
 The positive class of tumour-vs-normal is the class named ``tumour`` or ``tumor`` (any case, surrounding
 spaces ignored), else the last class (contract 7). :func:`histokd.methods.base.write_model_meta` stores its
@@ -13,6 +14,34 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 _POSITIVE_NAMES = ("tumour", "tumor")
+#: Label spellings ordered first (negative-like) and last (positive-like) by :func:`class_names`.
+NEGATIVE_NAMES = {"normal", "negative", "neg", "benign", "healthy", "0", "false", "no", "non-tumour", "non-tumor"}
+POSITIVE_NAMES = {"tumour", "tumor", "positive", "pos", "malignant", "cancer", "metastasis", "1", "true", "yes"}
+
+
+def class_names(labels: Sequence[Any]) -> list[str]:
+    """Ordered class names for raw labels: negatives first, positives last, else sorted (numeric if possible);
+    empty / NaN / None labels are left out. So with no class named tumour, the positive class (the last)
+    is the positive-like one."""
+    names = sorted({str(v).strip() for v in labels if _known(v)})
+    try:
+        return sorted(names, key=float)
+    except ValueError:
+        pass
+
+    def key(n: str) -> tuple[int, str]:
+        low = n.lower()
+        return (0 if low in NEGATIVE_NAMES else 2 if low in POSITIVE_NAMES else 1), n
+
+    return sorted(names, key=key)
+
+
+def _known(v: Any) -> bool:
+    if v is None:
+        return False
+    if isinstance(v, float) and v != v:  # NaN
+        return False
+    return str(v).strip() != ""
 
 
 def positive_class(classes: Sequence[Any]) -> int:

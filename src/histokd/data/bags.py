@@ -24,32 +24,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from histokd.classes import positive_class  # the one rule, re-exported for its importers
+from histokd.classes import class_names, positive_class  # the class rules, re-exported for their importers
 from histokd.errors import FeatureError, InputError
 from histokd.workspace import Workspace, atomic_path, check_id
 
 log = logging.getLogger("histokd")
 
-NEGATIVE_NAMES = {"normal", "negative", "neg", "benign", "healthy", "0", "false", "no", "non-tumour", "non-tumor"}
-POSITIVE_NAMES = {"tumour", "tumor", "positive", "pos", "malignant", "cancer", "metastasis", "1", "true", "yes"}
 #: Instance labels are positive when the tumour fraction of the tile is above this (contract 6).
 DEFAULT_TUMOUR_THRESHOLD = 0.5
 PRELOAD_LIMIT_BYTES = 2 * 2**30
-
-
-def class_names(labels: Sequence[Any]) -> list[str]:
-    """Ordered class names for raw labels: negatives first, positives last, else sorted (numeric if possible)."""
-    names = sorted({str(v).strip() for v in labels if _known(v)})
-    try:
-        return sorted(names, key=float)
-    except ValueError:
-        pass
-
-    def key(n: str) -> tuple[int, str]:
-        low = n.lower()
-        return (0 if low in NEGATIVE_NAMES else 2 if low in POSITIVE_NAMES else 1), n
-
-    return sorted(names, key=key)
 
 
 def _known(v: Any) -> bool:
