@@ -223,7 +223,7 @@ class BagDataset(Dataset):
                 log.warning("slide %s: label %r is not one of the model's classes %s; predicted, not evaluated",
                             sid, raw, classes)
                 raw = None
-            ipath = fdir / "instance_labels" / f"{sid}.h5"
+            ipath = ws.instance_labels_h5(features, sid)
             recs.append(BagRecord(
                 slide_id=sid, label=_to_index(raw, classes) if _known(raw) else -1,
                 split=_opt_str(r.get("split")), patient=_opt_str(r.get("patient_id", r.get("patch_id"))),
