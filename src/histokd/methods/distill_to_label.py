@@ -188,7 +188,7 @@ class DistillToLabel(Method):
             "student": {"kind": cfg.student, "hidden": list(cfg.student_hidden), "dropout": cfg.student_dropout},
             "bag_score": cfg.bag_score, "config": cfg.model_dump(mode="json"),
         }
-        torch.manual_seed(self.seed)
+        seed_everything(self.seed)
         mods = build_modules(meta)
         teacher: MILModel = mods["teacher"]  # type: ignore[assignment]
         t0 = time.time()

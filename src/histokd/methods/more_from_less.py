@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from histokd.engine.epochs import fit_epochs
+from histokd.engine.fabric import seed_everything
 from histokd.errors import InputError, ModelError
 from histokd.features.mfl_encoder import load_encoder_folder  # noqa: F401  (re-exported)
 from histokd.registry import Registry
@@ -344,7 +345,7 @@ def _fit_encoders(
     n = len(he)
     if n < 4:
         raise InputError(f"only {n} tiles to train on; tile more slides or raise --max-tiles")
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     he_mean, he_std = _channel_stats(he)
     stats: dict[str, Any] = {"he_mean": he_mean, "he_std": he_std}
