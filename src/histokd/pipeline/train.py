@@ -55,7 +55,9 @@ def build_config(method_cls: Any, config: str | os.PathLike[str] | dict[str, Any
         data = deep_merge(data, {"max_epochs": flags.pop("max_epochs")})
     if flags:
         if "train" not in fields:
-            raise InputError(f"method {method_cls.name!r} has no 'train' section for {sorted(flags)}; use --set")
+            opts = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(flags))
+            raise InputError(f"method {method_cls.name!r} trains on one CPU process for now: {opts} reach the plain "
+                             "MIL methods and distill-to-label's teacher only; leave them out")
         data = deep_merge(data, {"train": flags})
     return validate_config(method_cls.config_cls, data, source=f"config of method {method_cls.name!r}")
 
