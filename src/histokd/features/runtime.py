@@ -271,7 +271,7 @@ def warnings_silenced():  # noqa: ANN201 - a context manager
 class OnnxRunner:
     """An encoder's forward through an ONNX Runtime CPU session (the graph exported once, then cached)."""
 
-    def __init__(self, enc: Encoder, threads: int | None = None, precision: str = "fp32", spin: bool = True) -> None:
+    def __init__(self, enc: Encoder, threads: int | None = None, precision: str = "fp32", spin: bool = False) -> None:
         import onnxruntime as ort
 
         if precision not in ONNX_PRECISIONS:
@@ -292,7 +292,8 @@ class OnnxRunner:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        if not spin:  # idle intra-op threads sleep instead of spinning (leaves the cores to tile readers)
+        if not spin:  # idle intra-op threads sleep instead of spinning, leaving the cores to the tile readers:
+            # pipeline 171-175 vs 142-162 tiles/s on 2 cores, forward-only the same (benchmarks/embed.py sweep)
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name

@@ -94,9 +94,9 @@ class _OpenSlideBackend(_Backend):
     def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         rgba = self.read_rgba(level, x, y, w, h)
         # OpenSlide returns un-premultiplied RGBA; transparent = no data -> composite over white
+        if rgba[..., 3].min() == 255:  # opaque (the usual case): a view, the caller copies it into place
+            return rgba[..., :3]
         alpha = rgba[..., 3:4].astype(np.float32) / 255.0
-        if alpha.min() >= 1.0:
-            return np.ascontiguousarray(rgba[..., :3])
         rgb = rgba[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
         return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
