@@ -8,7 +8,7 @@ of a 100,000-tile slide.
 - forward-only: the encoder alone on tiles already in memory (uint8 -> transform -> forward), after warm-up,
   once per runtime (``--runtimes torch onnx``: PyTorch eager and ONNX Runtime), with the lowest per-tile
   cosine of the runtime's features to PyTorch's on 16 random tiles;
-- pipeline: :func:`histokd.pipeline.embed.embed` on the cohort (tiles read from the slides by DataLoader
+- pipeline: a fresh ``histokd embed`` process on the cohort, the tiles/s it prints (tiles read from the slides by DataLoader
   workers, features written to h5), into a scratch copy of the workspace (the user's features are untouched);
 - memory: a fresh process embeds one slide whose grid has 100,000 tiles (coordinates repeat over a small
   synthetic slide) with a 1280-d TorchScript encoder on 32-px inputs (so that it finishes in minutes);
@@ -107,10 +107,18 @@ def forward_only(enc, runner, ws: Workspace, batch_size: int, device: str, max_t
 
 
 def pipeline(ws: Workspace, encoder: str, **kw) -> float:
-    res = embed(ws, encoder, overwrite=True, **kw)
-    if res.failed:
-        raise SystemExit(f"pipeline failed: {res.failed}")
-    return res.tiles_per_s
+    """tiles/s of a fresh ``histokd embed`` process on ``ws`` (as a user runs it; the figure it prints)."""
+    import re
+
+    args = [sys.executable, "-m", "histokd", "embed", "-w", str(ws.root), "-e", encoder, "--overwrite"]
+    for k, v in kw.items():
+        if v is not None:
+            args += [f"--{k.replace('_', '-')}", str(v)]
+    r = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, HISTOKD_NO_PROGRESS="1"))
+    m = re.search(r"tiles at ([0-9.]+) tiles/s", r.stdout)
+    if r.returncode != 0 or m is None:
+        raise SystemExit(f"pipeline failed ({r.returncode}): {r.stdout[-500:]} {r.stderr[-1000:]}")
+    return float(m.group(1))
 
 
 def peak_rss_mib() -> float:
