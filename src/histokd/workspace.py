@@ -35,6 +35,15 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 MAX_ID_LENGTH = 200
 
 
+def expand_user(path: str | os.PathLike[str]) -> Path:
+    """``Path(path).expanduser()``, or the path as written when ``~user`` names no user (pathlib raises
+    RuntimeError there; the file is then simply not found, with the usual one-line error)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        return Path(path)
+
+
 def check_id(value: str, what: str = "slide_id") -> str:
     """Refuse identifiers that could escape the workspace (path separators, ``..``, empty) or that are too
     long to be a file name (more than :data:`MAX_ID_LENGTH` characters)."""
@@ -299,6 +308,39 @@ class ModelFiles:
         """``splits.csv``: slide_id, split, label of the bags the model was trained / validated / tested on."""
         return self.dir / "splits.csv"
 
+    @property
+    def pixel_metrics(self) -> Path:
+        """``pixel_metrics.json``: validation / test pixel metrics of a segmenting model (IFKD)."""
+        return self.dir / "pixel_metrics.json"
+
+
+class EncoderFiles:
+    """The files of one encoder folder that histokd trained (``histokd train-encoder``):
+    ``RUN/encoders/<id>/``, or such a folder anywhere (``--encoder mfl:<dir>``)."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.dir = Path(directory)
+
+    @property
+    def weights(self) -> Path:
+        """``model.pt``: state dicts only (``he_encoder``, ``he_projector``, and for MFL the dense branch)."""
+        return self.dir / "model.pt"
+
+    @property
+    def config(self) -> Path:
+        """``config.yaml``: ``kind: histokd-encoder``, the training config and what ``mfl:`` rebuilds."""
+        return self.dir / "config.yaml"
+
+    @property
+    def provenance(self) -> Path:
+        """``provenance.json``: the data, weights hash, versions and training time."""
+        return self.dir / "provenance.json"
+
+    @property
+    def metrics(self) -> Path:
+        """``metrics.json``: the loss history."""
+        return self.dir / "metrics.json"
+
 
 class Workspace:
     """Paths of one run folder (``-w RUN``). Creates nothing until asked to write."""
@@ -392,6 +434,10 @@ class Workspace:
     def predictions_metrics(self, model_id: str) -> Path:
         return self.predictions_dir(model_id) / "metrics.json"
 
+    def predictions_pixel_metrics(self, model_id: str) -> Path:
+        """``pixel_metrics.json``: Dice, IoU, pixel AUC, Hausdorff, FROC per split (segmenting labellers)."""
+        return self.predictions_dir(model_id) / "pixel_metrics.json"
+
     def predictions_mask_png(self, model_id: str, slide_id: str) -> Path:
         """The pixel mask of a segmenting labeller as an 8-bit PNG."""
         return self.predictions_dir(model_id) / "masks" / f"{check_id(slide_id)}.png"
@@ -423,6 +469,10 @@ class Workspace:
     def encoders_dir(self) -> Path:
         """Encoders trained by histokd (More From Less, SSL)."""
         return self.root / "encoders"
+
+    def encoder_files(self, encoder_id: str) -> EncoderFiles:
+        """The folder ``RUN/encoders/<id>/`` of an encoder trained by histokd."""
+        return EncoderFiles(self.encoders_dir() / check_id(encoder_id, "encoder id"))
 
 
 def encoder_dirname(encoder: str) -> str:

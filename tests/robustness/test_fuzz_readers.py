@@ -332,3 +332,18 @@ def test_one_degenerate_asap_annotation_next_to_good_ones_is_left_out(tmp_path: 
     assert ann.name == "_0" and math.isclose(ann.geometry.area, 80 * 80 / 2)
     mask, _ = load_mask(path, DIMS, downsample=8)
     assert np.count_nonzero(mask) > 0
+
+
+def test_a_path_naming_an_unknown_user_is_not_a_crash(tmp_path):
+    from histokd.data.cohort import read_cohort
+    from histokd.errors import HistokdError
+    from histokd.slides.reader import open_slide
+
+    csv = tmp_path / "c.csv"
+    csv.write_text('slide_id,path,label\na,~"nouser/x.tif,tumour\nb,~nosuchuser42/y.tif,normal\n')
+    try:
+        read_cohort(csv)
+    except HistokdError:
+        pass  # a one-line refusal is fine; a RuntimeError from pathlib was not
+    with pytest.raises(HistokdError, match="not found"):
+        open_slide("~nosuchuser42/y.tif")

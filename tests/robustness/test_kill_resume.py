@@ -27,7 +27,7 @@ def test_embed_killed_mid_slide_resumes_to_a_clean_runs_files(tmp_path, slide_fi
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None and not list(fdir.glob(".*.tmp")):
+        while time.time() < deadline and proc.poll() is None and not list(fdir.glob(".*.h5.histokd-*.tmp")):
             time.sleep(0.001)
         assert proc.poll() is None, "embed finished before it could be killed mid-slide"
         proc.kill()  # SIGKILL, while a slide's temp file is open

@@ -34,7 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from histokd.errors import HistokdError, InputError
-from histokd.workspace import MAX_ID_LENGTH, Workspace, check_id, restore_cell, write_frame_csv
+from histokd.workspace import MAX_ID_LENGTH, Workspace, check_id, expand_user, restore_cell, write_frame_csv
 
 REQUIRED = ("slide_id", "path", "label")
 OPTIONAL = ("split", "patch_id", "patient_id", "mask_path", "paired_path", "paired_affine", "tissue_mask_path")
@@ -176,7 +176,7 @@ def read_cohort(path: str | os.PathLike[str], drop_invalid: bool = False, label_
     strings, or a dict), before the check that refuses one class spelt several ways.
     """
     mapping = parse_label_map(label_map)
-    path = Path(path).expanduser()
+    path = expand_user(path)
     if not path.exists():
         raise InputError(f"{path}: cohort CSV not found; give the path of a CSV with columns slide_id,path,label")
     df = _read_table(path)
@@ -270,7 +270,7 @@ def _obj(values: list, index: pd.Index) -> pd.Series:
 
 
 def _absolute(value: str, base: Path) -> Path:
-    p = Path(value).expanduser()
+    p = expand_user(value)
     return p if p.is_absolute() else (base / p).resolve()
 
 

@@ -121,7 +121,7 @@ def train(
         if len(present) < 2:
             names = ", ".join(repr(ds.classes[i]) for i in sorted(present))
             raise InputError(f"{ws.cohort_csv}: the training split has {len(tr)} slide(s), all of class {names}; "
-                             f"training needs slides of at least two classes: add slides of another class to the "
+                             f"training needs at least two classes: add slides of another class to the "
                              f"train split (split column) or fix the labels")
         with log_to_file(files.log):
             log.info("train %s on %s: %d train / %d val / %d test bags, classes %s, seed %d", method, features, len(tr),

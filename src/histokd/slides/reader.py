@@ -30,6 +30,7 @@ from PIL import Image
 
 from histokd.errors import SlideError, one_line
 from histokd.slides.integrity import is_tiff, quiet_tifffile, tiff_damage
+from histokd.workspace import expand_user
 
 log = logging.getLogger("histokd")
 
@@ -497,7 +498,7 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None, backend: 
     Raises:
         SlideError: missing, unreadable, corrupt / truncated or unsupported file; no mpp.
     """
-    path = Path(path).expanduser()
+    path = expand_user(path)
     if backend not in ("auto", *_BACKENDS):
         raise SlideError(f"{path}: unknown slide backend {backend!r}; use auto, openslide or tiffslide")
     if not path.exists():
