@@ -162,8 +162,8 @@ class WenoPixelLabeler(WenoLabeler):
                              "(features cannot be used: this model was trained on pixels)")
         return x if x.shape[1] == 3 else x.permute(0, 3, 1, 2).contiguous()
 
-    def predict(self, features: np.ndarray, chunk: int = 512) -> Prediction:
-        return super().predict(features, chunk)
+    def predict(self, features: np.ndarray, chunk: int = 512, *, bag_score: str | None = None) -> Prediction:
+        return super().predict(features, chunk, bag_score=bag_score)
 
     def predict_slide(self, slide_row: Any, features: np.ndarray | None, coords: np.ndarray,
                       patch_size_level0: float | None = None) -> Prediction:
@@ -467,16 +467,11 @@ def _validate(labeler: InstanceLabeler, va: Bags) -> dict[str, float]:
     for m in labeler.modules.values():
         m.eval()
     t_probs, s_probs, losses = [], [], []
-    bag_score = labeler.meta.get("bag_score", "max")
-    labeler.meta["bag_score"] = "teacher"
-    try:
-        for x, y in zip(va.features, va.labels):
-            pred = labeler.predict(x.numpy())
-            t_probs.append(pred.bag_probs)
-            s_probs.append(max_bag_probs(torch.as_tensor(pred.instance_probs), labeler.neg).numpy())
-            losses.append(-math.log(max(float(pred.bag_probs[int(y)]), 1e-7)))
-    finally:
-        labeler.meta["bag_score"] = bag_score
+    for x, y in zip(va.features, va.labels):
+        pred = labeler.predict(x.numpy(), bag_score="teacher")  # the teacher's bag output, whatever the rule
+        t_probs.append(pred.bag_probs)
+        s_probs.append(max_bag_probs(torch.as_tensor(pred.instance_probs), labeler.neg).numpy())
+        losses.append(-math.log(max(float(pred.bag_probs[int(y)]), 1e-7)))
     tp, sp = np.stack(t_probs), np.stack(s_probs)
     return {
         "teacher_bag_auc": bag_auc(tp, va.labels, labeler.neg),

@@ -99,7 +99,9 @@ class InstanceLabeler(Labeler):
         return torch.softmax(out.bag_logits[0].float(), -1).numpy().astype(np.float32)
 
     @torch.no_grad()
-    def predict(self, features: np.ndarray, chunk: int = 8192) -> Prediction:
+    def predict(self, features: np.ndarray, chunk: int = 8192, *, bag_score: str | None = None) -> Prediction:
+        """``bag_score`` (``max`` or ``teacher``) picks the bag probabilities for this call; None: the model's
+        own (``meta["bag_score"]``). Nothing of the labeller changes."""
         x = self._input(features)
         probs = torch.cat([torch.softmax(self.student_logits(x[i : i + chunk]), -1) for i in range(0, len(x), chunk)])
         out = self._teacher_out(x, chunk)
@@ -108,7 +110,8 @@ class InstanceLabeler(Labeler):
         if scores.dim() == 2:  # [N, C] instance logits: evidence for the most likely non-negative class
             others = [c for c in range(scores.shape[1]) if c != self.neg]
             scores = scores[:, others].amax(-1)
-        bag = t_probs if self.meta.get("bag_score", "max") == "teacher" else max_bag_probs(probs, self.neg)
+        rule = self.meta.get("bag_score", "max") if bag_score is None else bag_score
+        bag = t_probs if rule == "teacher" else max_bag_probs(probs, self.neg)
         return Prediction(
             bag_probs=bag.numpy().astype(np.float32),
             instance_probs=probs.numpy().astype(np.float32),
