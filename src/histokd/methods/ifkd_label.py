@@ -1,34 +1,29 @@
 """Pixel outputs of a trained IFKD segmenter for every slide of a run (what ``histokd label`` writes).
 
-``RUN/predictions/<id>/<slide>.h5`` (contract 7, with ``mask`` + attr ``mask_downsample``),
-``RUN/predictions/<id>/masks/<slide>.png`` (255 = tumour, the mask's geometry) and
-``RUN/predictions/<id>/pixel_metrics.json`` (Dice, IoU, pixel AUC, Hausdorff, FROC per split on the
-slides with a ground-truth mask). ``histokd label`` calls :func:`write_slide_outputs` for each slide
-of an IFKD model; :func:`label_ifkd` does the whole run on its own (API and scripts).
+``RUN/predictions/<id>/<slide>.h5`` (contract 7, with ``mask`` + attr ``mask_downsample``; written and read
+by :mod:`histokd.predictions`), the mask PNG ``Workspace.predictions_mask_png`` (255 = tumour, the mask's
+geometry) and ``Workspace.predictions_pixel_metrics`` (Dice, IoU, pixel AUC, Hausdorff, FROC per split on
+the slides with a ground-truth mask). ``histokd label`` calls :func:`finish_pixel_outputs` after the slides
+of a segmenting model; :func:`label_ifkd` does the whole run on its own (API and scripts).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 from PIL import Image
 
 from histokd.errors import HistokdError
-from histokd.methods.base import Prediction
+from histokd.methods.base import Prediction, SlideLabeler
+from histokd.predictions import read_prediction, write_prediction
 from histokd.progress import progress
 from histokd.workspace import Workspace, atomic_path, write_json
 
 log = logging.getLogger("histokd")
-
-
-def mask_png_path(ws: Workspace, model_id: str, slide_id: str) -> Path:
-    return ws.predictions_dir(model_id) / "masks" / f"{slide_id}.png"
 
 
 def write_mask_png(path: str | os.PathLike[str], mask: np.ndarray) -> Path:
@@ -38,34 +33,10 @@ def write_mask_png(path: str | os.PathLike[str], mask: np.ndarray) -> Path:
     return Path(path)
 
 
-def write_prediction_h5(
-    path: str | os.PathLike[str], pred: Prediction, coords: np.ndarray, classes: list[str], model_id: str,
-    slide_id: str, patch_size_level0: float,
-) -> Path:
-    """The contract-7 predictions file of one slide, with the pixel mask."""
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("instance_probs", data=np.asarray(pred.instance_probs, np.float32))
-            f.create_dataset("coords", data=np.asarray(coords, np.int64).reshape(-1, 2))
-            if pred.instance_scores is not None:
-                f.create_dataset("instance_scores", data=np.asarray(pred.instance_scores, np.float32))
-            if pred.mask is not None:
-                d = f.create_dataset("mask", data=np.asarray(pred.mask, np.uint8), compression="gzip")
-                d.attrs["mask_downsample"] = float(getattr(pred, "mask_downsample", None) or 0.0)
-                f.attrs["mask_downsample"] = float(getattr(pred, "mask_downsample", None) or 0.0)
-            f.attrs["bag_probs"] = np.asarray(pred.bag_probs, np.float32)
-            f.attrs["classes"] = json.dumps(list(classes))
-            f.attrs["model_id"] = model_id
-            f.attrs["method"] = "ifkd"
-            f.attrs["slide_id"] = slide_id
-            f.attrs["patch_size_level0"] = float(patch_size_level0)
-    return Path(path)
-
-
 def write_slide_outputs(ws: Workspace, model_id: str, slide_id: str, pred: Prediction) -> None:
     """The extra file of a segmenting labeller beside the h5: the mask PNG."""
     if pred.mask is not None:
-        write_mask_png(mask_png_path(ws, model_id, slide_id), pred.mask)
+        write_mask_png(ws.predictions_mask_png(model_id, slide_id), pred.mask)
 
 
 def pixel_metrics(ws: Workspace, model_id: str) -> dict[str, Any]:
@@ -83,11 +54,10 @@ def pixel_metrics(ws: Workspace, model_id: str) -> dict[str, Any]:
         h5 = ws.predictions_h5(model_id, str(r["slide_id"]))
         if mp is None or str(mp) in ("", "nan") or not h5.exists():
             continue
-        with h5py.File(h5, "r") as f:
-            if "mask" not in f:
-                continue
-            mask = f["mask"][()] > 0
-            ds = float(f.attrs.get("mask_downsample", 0.0))
+        pred = read_prediction(h5)
+        if pred.mask is None:
+            continue
+        mask, ds = pred.mask > 0, float(pred.mask_downsample or 0.0)
         from histokd.slides.reader import open_slide
 
         with open_slide(r["path"], mpp=r.get("level0_mpp")) as sl:  # the mpp it was tiled with (--slide-mpp)
@@ -112,30 +82,30 @@ def pixel_metrics(ws: Workspace, model_id: str) -> dict[str, Any]:
 
 def finish_pixel_outputs(ws: Workspace, model_id: str) -> dict[str, Any]:
     """After ``histokd label``: a PNG per predictions h5 that has a ``mask``, and ``pixel_metrics.json``."""
-    pdir = ws.predictions_dir(model_id)
-    for h5 in sorted(pdir.glob("*.h5")):
+    for h5 in sorted(ws.predictions_dir(model_id).glob("*.h5")):
         if h5.name.startswith("."):
             continue
-        with h5py.File(h5, "r") as f:
-            if "mask" not in f:
-                continue
-            mask = f["mask"][()]
-        write_mask_png(mask_png_path(ws, model_id, h5.stem), mask)
+        pred = read_prediction(h5)
+        if pred.mask is not None:
+            write_mask_png(ws.predictions_mask_png(model_id, h5.stem), pred.mask)
     metrics = pixel_metrics(ws, model_id)
-    write_json(pdir / "pixel_metrics.json", metrics)
+    write_json(ws.predictions_pixel_metrics(model_id), metrics)
     return metrics
 
 
 def label_ifkd(workspace: str | os.PathLike[str], model_id: str, overwrite: bool = True) -> dict[str, str]:
     """Segment every slide that has tiles; returns ``{slide_id: error}`` for the slides that failed."""
     from histokd.data.cohort import load_workspace_cohort
-    from histokd.methods import load_labeler
+    from histokd.methods.base import load_labeler, model_positive_class, read_model_meta
     from histokd.slides.tiling import read_tiles
 
     ws = Workspace(workspace)
     lab = load_labeler(ws.model_dir(model_id))
-    if not hasattr(lab, "predict_slide"):
+    if not isinstance(lab, SlideLabeler):
         raise HistokdError(f"{ws.model_dir(model_id)}: model {model_id} does not segment pixels; use `histokd label`")
+    classes = list(lab.classes)
+    meta = read_model_meta(ws.model_dir(model_id))
+    positive = classes[model_positive_class({**meta, "classes": classes})]  # stored with the model
     df = load_workspace_cohort(ws).df
     failures: dict[str, str] = {}
     with progress() as bar:
@@ -149,12 +119,14 @@ def label_ifkd(workspace: str | os.PathLike[str], model_id: str, overwrite: bool
                 grid = read_tiles(ws.tiles_h5(sid))
                 ps = float(grid.attrs["patch_size_level0"])
                 pred = lab.predict_slide(r, None, grid.coords, ps)
-                write_prediction_h5(out, pred, grid.coords, lab.classes, model_id, sid, ps)
+                write_prediction(out, pred, grid.coords,
+                                 {"classes": classes, "positive_class": positive, "model_id": model_id,
+                                  "method": meta["method"], "slide_id": sid, "patch_size_level0": ps})
                 write_slide_outputs(ws, model_id, sid, pred)
             except HistokdError as e:
                 failures[sid] = str(e)
                 log.warning("slide %s: %s", sid, e)
             finally:
                 bar.advance(task)
-    write_json(ws.predictions_dir(model_id) / "pixel_metrics.json", pixel_metrics(ws, model_id))
+    write_json(ws.predictions_pixel_metrics(model_id), pixel_metrics(ws, model_id))
     return failures
