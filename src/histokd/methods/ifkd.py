@@ -54,6 +54,7 @@ from histokd.methods.base import (
     Method,
     Prediction,
     load_model_state,
+    model_positive_class,
     read_model_meta,
     register_method,
     write_model_meta,
@@ -64,7 +65,7 @@ from histokd.progress import progress
 from histokd.segmentation.io import build_slide_image, read_slide_image
 from histokd.segmentation.pseudo import TileProbs, positive_index, read_prediction_probs, tile_means
 from histokd.segmentation.regions import SlideImage, predict_map, smooth
-from histokd.workspace import Workspace, atomic_path, write_json
+from histokd.workspace import ModelFiles, Workspace, atomic_path, write_json
 
 log = logging.getLogger("histokd")
 
@@ -140,7 +141,7 @@ def _workspace_of(train: Any, cfg: IFKDConfig) -> Workspace:
     for r in _records(train):
         p = getattr(r, "path", None)
         if p is not None:  # RUN/features/<encoder>/<slide>.h5
-            return Workspace(Path(p).resolve().parents[2])
+            return Workspace.of_features_file(p)
     raise InputError("ifkd: cannot tell the run folder from the bags; pass --set workspace=RUN")
 
 
@@ -176,19 +177,19 @@ def teacher_tiles(ws: Workspace, teacher: str, slide_id: str, feature_path: Path
     ff = read_features(feature_path)
     lab = load_labeler(ws.model_dir(teacher))
     p = lab.predict(ff.features)
-    classes = _classes_of(ws.model_dir(teacher), p.instance_probs.shape[1])
-    col = positive_index(classes) if p.instance_probs.shape[1] > 1 else 0
+    meta = read_model_meta(ws.model_dir(teacher))
+    classes = _model_classes(ws.model_dir(teacher), p.instance_probs.shape[1], meta)
+    col = model_positive_class({**meta, "classes": classes}) if p.instance_probs.shape[1] > 1 else 0
     ps = ff.attrs.get("patch_size_level0")
     if ps is None:
         raise ModelError(f"{feature_path}: no patch_size_level0 attribute; re-run `histokd embed`")
     return TileProbs(p.instance_probs[:, col].astype(np.float32), ff.coords, float(ps), classes)
 
 
-def _classes_of(model_dir: Path, n: int) -> list[str]:
-    p = Path(model_dir) / "classes.json"
-    if p.exists():
-        return list(json.loads(p.read_text()))
-    return [str(i) for i in range(n)]
+def _model_classes(model_dir: Path, n: int, meta: dict[str, Any] | None = None) -> list[str]:
+    """The classes stored with a model (:func:`read_model_meta`); ``0..n-1`` where it stored none."""
+    meta = read_model_meta(model_dir) if meta is None else meta
+    return list(meta.get("classes") or [str(i) for i in range(n)])
 
 
 def load_slides(
@@ -311,25 +312,26 @@ class IFKDLabeler(Labeler):
         spec, history), ``classes.json`` and ``pixel_metrics.json`` (validation / test pixel metrics)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        with atomic_path(directory / "model.pt") as tmp:
+        files = ModelFiles(directory)
+        with atomic_path(files.weights) as tmp:
             torch.save({"net": self.net.state_dict()}, tmp)
         extra = {k: v for k, v in self.meta.items() if k not in ("method", "config", "classes", "pixel_metrics")}
         write_model_meta(directory, self.method, self.meta.get("config", {}), self.classes, **extra)
         if "pixel_metrics" in self.meta:
-            write_json(directory / "pixel_metrics.json", self.meta["pixel_metrics"])
+            write_json(files.pixel_metrics, self.meta["pixel_metrics"])
 
     @classmethod
     def load(cls, directory: str | Path) -> "IFKDLabeler":
         directory = Path(directory)
         meta = read_model_meta(directory)
-        validate_config(IFKDConfig, meta.get("config"), str(directory / "config.yaml"))
+        validate_config(IFKDConfig, meta.get("config"), str(ModelFiles(directory).config))
         net = build_segnet(meta["net"], meta["widths"], meta.get("side_weights"))
         state = load_model_state(directory, retrain="`histokd train --method ifkd ... --overwrite`")
         try:
             net.load_state_dict(state["net"])
         except (RuntimeError, KeyError, TypeError, AttributeError) as e:
             raise ModelError(f"{directory}/model.pt does not match config.yaml ({one_line(e)}); retrain") from None
-        pm = directory / "pixel_metrics.json"
+        pm = ModelFiles(directory).pixel_metrics
         if pm.exists():
             meta["pixel_metrics"] = json.loads(pm.read_text())
         return cls(net, meta)
@@ -379,7 +381,7 @@ class IFKD(Method):
         if not ws.model_dir(cfg.teacher).is_dir():
             raise ModelError(f"{ws.model_dir(cfg.teacher)}: teacher model not found; train it first "
                              f"(`histokd train -w {ws.root} --method abmil`) and pass its ID to --teacher")
-        classes = list(getattr(train, "classes", None) or _classes_of(ws.model_dir(cfg.teacher), 2))
+        classes = list(getattr(train, "classes", None) or _model_classes(ws.model_dir(cfg.teacher), 2))
         pos_class = classes[positive_index(classes)]
         refs = _cohort_refs(ws, pos_class)
         fpaths = {r.slide_id: Path(r.path) for r in _records(train) + _records(val) if getattr(r, "path", None)}
