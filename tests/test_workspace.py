@@ -114,7 +114,7 @@ def test_writer_lock_wait_blocks_until_free(tmp_path: Path):
 
 
 def test_artefact_paths_come_from_the_workspace(tmp_path):
-    from histokd.workspace import ModelFiles, Workspace
+    from histokd.workspace import EncoderFiles, ModelFiles, Workspace
 
     ws = Workspace(tmp_path / "run")
     m = ws.model_files("m1")
@@ -124,6 +124,12 @@ def test_artefact_paths_come_from_the_workspace(tmp_path):
     assert ws.predictions_bags_csv("m1") == ws.predictions_dir("m1") / "bags.csv"
     assert ws.predictions_metrics("m1") == ws.predictions_dir("m1") / "metrics.json"
     assert ws.predictions_mask_png("m1", "s") == ws.predictions_dir("m1") / "masks" / "s.png"
+    assert ws.predictions_pixel_metrics("m1") == ws.predictions_dir("m1") / "pixel_metrics.json"
+    assert m.pixel_metrics == m.dir / "pixel_metrics.json"
+    e = ws.encoder_files("enc1")
+    assert isinstance(e, EncoderFiles) and e.dir == ws.encoders_dir() / "enc1"
+    assert [p.name for p in (e.weights, e.config, e.provenance, e.metrics)] == [
+        "model.pt", "config.yaml", "provenance.json", "metrics.json"]
     assert ws.report_index("m1") == ws.reports_dir("m1") / "index.html"
     assert ws.report_tiles_csv("m1").name == "tiles.csv"
     assert ws.report_heatmap("m1", "s") == ws.reports_dir("m1") / "heatmaps" / "s.png"

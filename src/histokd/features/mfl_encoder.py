@@ -17,7 +17,7 @@ import torch
 
 from histokd.errors import InputError, ModelError
 from histokd.features.encoders import Encoder, register_encoder
-from histokd.workspace import ModelFiles
+from histokd.workspace import EncoderFiles
 
 
 class MFLEncoder(Encoder):
@@ -66,7 +66,7 @@ def load_encoder_folder(model_dir: str | os.PathLike[str]) -> tuple[dict[str, An
     import yaml
 
     d = Path(model_dir)
-    files = ModelFiles(d)
+    files = EncoderFiles(d)
     cfg_p, model_p = files.config, files.weights
     if not cfg_p.exists() or not model_p.exists():
         raise ModelError(

@@ -46,6 +46,7 @@ from histokd.engine.fabric import seed_everything
 from histokd.errors import InputError, ModelError
 from histokd.features.mfl_encoder import load_encoder_folder  # noqa: F401  (re-exported)
 from histokd.registry import Registry
+from histokd.workspace import EncoderFiles
 
 log = logging.getLogger("histokd")
 
@@ -438,9 +439,10 @@ def save_encoder(
 ) -> Path:
     """Write the model folder atomically: build it under a temporary name beside ``out_dir`` and rename.
 
-    Files: ``model.pt`` (state dicts ``he_encoder``, ``he_projector``, and for MFL ``dense_encoder``,
-    ``dense_projector``), ``config.yaml`` (the :class:`MFLConfig` plus ``encoder`` (what ``mfl:`` rebuilds),
-    ``provenance.json`` and ``metrics.json`` (loss history).
+    Files (named by :class:`histokd.workspace.EncoderFiles`): ``model.pt`` (state dicts ``he_encoder``,
+    ``he_projector``, and for MFL ``dense_encoder``, ``dense_projector``), ``config.yaml`` (the
+    :class:`MFLConfig` plus ``encoder`` (what ``mfl:`` rebuilds), ``provenance.json`` and ``metrics.json``
+    (loss history).
     """
     import yaml
 
@@ -452,9 +454,10 @@ def save_encoder(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
+        files = EncoderFiles(tmp)
         states = {k: v.state_dict() for k, v in nets.named_children()}
-        torch.save(states, tmp / "model.pt")
-        weights_hash = hashlib.sha256((tmp / "model.pt").read_bytes()).hexdigest()[:16]
+        torch.save(states, files.weights)
+        weights_hash = hashlib.sha256(files.weights.read_bytes()).hexdigest()[:16]
         doc = {
             "kind": "histokd-encoder",
             "method": config.method,
@@ -477,7 +480,7 @@ def save_encoder(
                 "mean": info["stats"]["dense_mean"],
                 "std": info["stats"]["dense_std"],
             }
-        (tmp / "config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        files.config.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
         prov = {
             **provenance,
             "weights_hash": weights_hash,
@@ -487,8 +490,8 @@ def save_encoder(
             "train_seconds": round(float(info["seconds"]), 2),
             "steps": info["steps"],
         }
-        (tmp / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True, default=str) + "\n")
-        (tmp / "metrics.json").write_text(json.dumps({"history": info["history"]}, indent=2) + "\n")
+        files.provenance.write_text(json.dumps(prov, indent=2, sort_keys=True, default=str) + "\n")
+        files.metrics.write_text(json.dumps({"history": info["history"]}, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
