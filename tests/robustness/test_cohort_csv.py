@@ -77,3 +77,14 @@ def test_broken_cohorts_are_one_line(tmp_path: Path, data: bytes, match: str):
         read_cohort(p)
     r = cli("tile", p, "-w", tmp_path / "run")
     assert r.exit_code == 2 and str(p) in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_messages_name_the_line_an_editor_shows(tmp_path):
+    csv = tmp_path / "c.csv"
+    # blank lines and a quoted line break before the bad rows: lines are counted as in the file
+    csv.write_text('slide_id,path,label\n\n\na,a.tif,"tumour\nx"\nb/c,b.tif,normal\nd,d.tif,normal,extra\n')
+    with pytest.raises(InputError, match=r"line 7 has 4 cells but the header has 3"):
+        read_cohort(csv)
+    csv.write_text('slide_id,path,label\n\n\na,a.tif,tumour\nb/c,b.tif,normal\n')
+    co = read_cohort(csv, drop_invalid=True)
+    assert "line 5" in co.invalid["b/c"]

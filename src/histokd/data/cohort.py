@@ -179,7 +179,7 @@ def read_cohort(path: str | os.PathLike[str], drop_invalid: bool = False, label_
     path = expand_user(path)
     if not path.exists():
         raise InputError(f"{path}: cohort CSV not found; give the path of a CSV with columns slide_id,path,label")
-    df = _read_table(path)
+    df, lines = _read_table(path)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise InputError(
@@ -205,11 +205,11 @@ def read_cohort(path: str | os.PathLike[str], drop_invalid: bool = False, label_
     keep = []
     # records, not iterrows(): pandas 3's iterrows turns None into NaN
     for i, row in zip(df.index, df.to_dict("records")):
-        key = row["slide_id"] if row["slide_id"] else f"row {i + 2}"
+        key = row["slide_id"] if row["slide_id"] else f"row {lines[i]}"
         if len(key) > MAX_ID_LENGTH:  # the failure list shows the start of an over-long id
-            key = f"{key[:40]}... (line {i + 2})"
+            key = f"{key[:40]}... (line {lines[i]})"
         try:
-            _check_row(row, path, i)
+            _check_row(row, path, lines[i])
         except HistokdError as e:
             if not drop_invalid:
                 raise
@@ -224,8 +224,9 @@ def read_cohort(path: str | os.PathLike[str], drop_invalid: bool = False, label_
     return Cohort(df=df, source=path, invalid=invalid)
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    """The CSV's cells as strings, one column per header cell.
+def _read_table(path: Path) -> tuple[pd.DataFrame, list[int]]:
+    """The CSV's cells as strings, one column per header cell, and the file line each row starts on
+    (blank lines and quoted line breaks counted, so that messages name the line an editor shows).
 
     Empty cells beyond the header (a trailing comma on every row) and columns with neither a name nor a
     value (``slide_id,path,label,``) are dropped; a row longer than the header with values in the extra
@@ -234,14 +235,20 @@ def _read_table(path: Path) -> pd.DataFrame:
     """
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = [r for r in csv.reader(f, skipinitialspace=True) if any(c.strip() for c in r)]
+            reader = csv.reader(f, skipinitialspace=True)
+            rows, starts, start = [], [], 1
+            for r in reader:
+                if any(c.strip() for c in r):
+                    rows.append(r)
+                    starts.append(start)
+                start = reader.line_num + 1
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the cohort as a UTF-8 CSV") from None
     except (OSError, csv.Error) as e:
         raise InputError(f"{path}: cannot parse the cohort CSV ({e}); fix it to a comma-separated table") from None
     if not rows:
         raise InputError(f"{path}: the file is empty; give a header slide_id,path,label and one row per slide")
-    nul = next((k for k, r in enumerate(rows, start=1) if any("\x00" in c for c in r)), None)
+    nul = next((starts[k] for k, r in enumerate(rows) if any("\x00" in c for c in r)), None)
     if nul is not None:  # no file name or label holds one; open() would fail on it as "embedded null byte"
         raise InputError(f"{path}: line {nul} holds a NUL character, so the file is binary or damaged; save the "
                          f"cohort as a plain-text UTF-8 CSV")
@@ -249,7 +256,7 @@ def _read_table(path: Path) -> pd.DataFrame:
     body = rows[1:]
     n = len(header)
     table = []
-    for line, r in enumerate(body, start=2):
+    for line, r in zip(starts[1:], body):
         extra = r[n:]
         if any(c.strip() for c in extra):
             raise InputError(
@@ -262,7 +269,7 @@ def _read_table(path: Path) -> pd.DataFrame:
     dup = sorted({c for c in names if names.count(c) > 1})
     if dup:
         raise InputError(f"{path}: column(s) {', '.join(map(repr, dup))} appear more than once in the header; keep one")
-    return pd.DataFrame([[row[k] for k in keep] for row in table], columns=names, dtype=object)
+    return pd.DataFrame([[row[k] for k in keep] for row in table], columns=names, dtype=object), starts[1:]
 
 
 def _obj(values: list, index: pd.Index) -> pd.Series:
@@ -274,8 +281,7 @@ def _absolute(value: str, base: Path) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
-def _check_row(row: dict, path: Path, i: int) -> None:
-    line = i + 2  # header is line 1
+def _check_row(row: dict, path: Path, line: int) -> None:
     row = {k: (None if _blank(v) else v) for k, v in row.items()}
     sid = row["slide_id"]
     if sid is None:
