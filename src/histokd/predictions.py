@@ -85,17 +85,12 @@ def is_prediction_of(path: str | os.PathLike[str], model_id: str, source_key: st
         return False
 
 
-def source_key(model_weights: str | os.PathLike[str], features: str | os.PathLike[str] | None) -> str:
-    """What a prediction was made from: sha256 of the model's weights file, and the feature file's size and
-    modification time (a rewrite of either changes the key)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(model_weights, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+def source_key(weights_sha256: str, features: str | os.PathLike[str] | None) -> str:
+    """What a prediction was made from: the model weights' sha256 (computed once per run by the caller,
+    :func:`histokd.workspace.file_sha256`) and the feature file's size and modification time (a rewrite of
+    either changes the key)."""
     st = os.stat(features) if features is not None and os.path.exists(features) else None
-    return f"{h.hexdigest()[:32]}:{st.st_size if st else 0}:{st.st_mtime_ns if st else 0}"
+    return f"{weights_sha256[:32]}:{st.st_size if st else 0}:{st.st_mtime_ns if st else 0}"
 
 
 def read_prediction(path: str | os.PathLike[str]) -> SlidePrediction:

@@ -35,6 +35,17 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 MAX_ID_LENGTH = 200
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file (weights provenance), read in 1 MiB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def expand_user(path: str | os.PathLike[str]) -> Path:
     """``Path(path).expanduser()``, or the path as written when ``~user`` names no user (pathlib raises
     RuntimeError there; the file is then simply not found, with the usual one-line error)."""
@@ -275,29 +286,33 @@ def writer_lock(folder: str | os.PathLike[str], command: str = "", wait: bool = 
 WORKSPACE_FORMAT = 1
 
 
-class ModelFiles:
-    """The files of one model folder (contract 7): ``RUN/models/<id>/``, or a model folder anywhere (a bundle)."""
+class _TrainedFolder:
+    """The files every folder of trained weights has: ``model.pt`` (state dicts only), ``config.yaml``
+    (what is needed to rebuild) and ``metrics.json``."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.dir = Path(directory)
 
     @property
     def weights(self) -> Path:
-        """``model.pt``: state dicts only."""
         return self.dir / "model.pt"
 
     @property
     def config(self) -> Path:
-        """``config.yaml``: method, classes, positive class, config, what is needed to rebuild."""
         return self.dir / "config.yaml"
-
-    @property
-    def classes(self) -> Path:
-        return self.dir / "classes.json"
 
     @property
     def metrics(self) -> Path:
         return self.dir / "metrics.json"
+
+
+class ModelFiles(_TrainedFolder):
+    """The files of one model folder (contract 7): ``RUN/models/<id>/``, or a model folder anywhere (a bundle).
+    ``config.yaml`` holds the method, classes, positive class and config."""
+
+    @property
+    def classes(self) -> Path:
+        return self.dir / "classes.json"
 
     @property
     def log(self) -> Path:
@@ -314,32 +329,16 @@ class ModelFiles:
         return self.dir / "pixel_metrics.json"
 
 
-class EncoderFiles:
+class EncoderFiles(_TrainedFolder):
     """The files of one encoder folder that histokd trained (``histokd train-encoder``):
-    ``RUN/encoders/<id>/``, or such a folder anywhere (``--encoder mfl:<dir>``)."""
-
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.dir = Path(directory)
-
-    @property
-    def weights(self) -> Path:
-        """``model.pt``: state dicts only (``he_encoder``, ``he_projector``, and for MFL the dense branch)."""
-        return self.dir / "model.pt"
-
-    @property
-    def config(self) -> Path:
-        """``config.yaml``: ``kind: histokd-encoder``, the training config and what ``mfl:`` rebuilds."""
-        return self.dir / "config.yaml"
+    ``RUN/encoders/<id>/``, or such a folder anywhere (``--encoder mfl:<dir>``). ``model.pt`` holds
+    ``he_encoder``, ``he_projector`` (and for MFL the dense branch); ``config.yaml`` is
+    ``kind: histokd-encoder`` with what ``mfl:`` rebuilds; ``metrics.json`` the loss history."""
 
     @property
     def provenance(self) -> Path:
         """``provenance.json``: the data, weights hash, versions and training time."""
         return self.dir / "provenance.json"
-
-    @property
-    def metrics(self) -> Path:
-        """``metrics.json``: the loss history."""
-        return self.dir / "metrics.json"
 
 
 class Workspace:

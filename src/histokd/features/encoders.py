@@ -17,7 +17,6 @@ normalised float input; ``forward`` maps that input to ``[B, D]``; ``encode`` do
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import os
@@ -30,6 +29,7 @@ from torch import nn
 
 from histokd.errors import InputError, ModelError
 from histokd.registry import Registry
+from histokd.workspace import file_sha256
 
 log = logging.getLogger("histokd")
 
@@ -137,15 +137,6 @@ def build_encoder(spec: str = DEFAULT_ENCODER, weights: str | None = None, devic
 def known_encoders() -> list[str]:
     """Registered names plus the lazily imported prefixes."""
     return sorted(set(ENCODERS.names()) | set(_LAZY_MODULES))
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file (weights provenance), read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _load_state_dict(path: str | os.PathLike[str], spec: str) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ from histokd.data.bags import BagDataset, ensure_instance_labels
 from histokd.errors import FeatureError, HistokdError, ModelError
 from histokd.predictions import is_prediction_of, read_prediction, source_key, write_prediction
 from histokd.progress import progress
-from histokd.workspace import ModelFiles, Workspace, read_csv, write_csv, write_json
+from histokd.workspace import ModelFiles, Workspace, file_sha256, read_csv, write_csv, write_json
 
 log = logging.getLogger("histokd")
 
@@ -78,7 +78,7 @@ def label(
                 f"encoder (--features), or retrain the model on these"
             )
         splits = _model_splits(mdir)
-        weights = ws.model_files(model).weights
+        weights_sha = file_sha256(ws.model_files(model).weights)
         pos = model_positive_class({**meta, "classes": classes})  # decided at training, stored with the model
         rows, inst = [], []
         cohort = None  # read on first use by segmenting labellers
@@ -88,7 +88,7 @@ def label(
                 sid = rec.slide_id
                 path = ws.predictions_h5(model, sid)
                 try:
-                    key = source_key(weights, rec.path)
+                    key = source_key(weights_sha, rec.path)
                     if path.exists() and not overwrite and is_prediction_of(path, model, key):
                         p = read_prediction(path)
                         bag_probs, probs, scores = p.bag_probs, p.probs, p.scores
