@@ -66,3 +66,15 @@ def test_wrong_dimension_clear_error(tmp_path):
 def test_nan_refused(tmp_path):
     with pytest.raises(FeatureError, match="NaN"):
         write_features(tmp_path / "n.h5", np.array([[np.nan, 1.0]]), np.zeros((1, 2)))
+
+
+def test_majority_dim_one_rule_for_every_feature_set():
+    from histokd.errors import InputError
+    from histokd.features.store import majority_dim
+
+    names = {k: f"{k}.h5" for k in "abcd"}
+    assert majority_dim({"a": 8, "b": 8, "c": 4}, "F", names, "fix") == 8  # one stray file does not decide
+    assert majority_dim({}, "F", names, "fix") is None
+    with pytest.raises(InputError, match=r"^F: feature files of different dimensions and no majority "
+                                         r"\(8-d: a.h5, b.h5; 4-d: c.h5, d.h5\); fix$"):
+        majority_dim({"a": 8, "b": 8, "c": 4, "d": 4}, "F", names, "fix")

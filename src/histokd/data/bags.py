@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from histokd.classes import class_names, positive_class  # the class rules, re-exported for their importers
 from histokd.errors import FeatureError, InputError
+from histokd.features.store import majority_dim
 from histokd.workspace import Workspace, atomic_path, check_id
 
 log = logging.getLogger("histokd")
@@ -201,8 +202,10 @@ class BagDataset(Dataset):
                 shapes[sid] = _h5_shape(present[sid])
             except (FeatureError, InputError) as e:
                 skipped[sid] = str(e)
-        dims = [s[1] for s in shapes.values() if s[0] > 0]
-        dim = int(np.bincount(dims).argmax()) if dims else 0
+        dim = majority_dim({sid: d for sid, (n, d) in shapes.items() if n > 0}, fdir,
+                           {sid: present[sid].name for sid in shapes},
+                           "re-embed the odd slides with one encoder, or keep each encoder's features in its own "
+                           "feature set") or 0
         for sid, (n, d) in shapes.items():
             if n == 0:
                 skipped[sid] = f"{present[sid]}: empty bag (0 tiles); check its tissue mask / tiling"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import h5py
 import numpy as np
 
 from histokd.errors import FeatureError, HistokdError, InputError
-from histokd.features.store import read_features, write_features
+from histokd.features.store import majority_dim, read_features, write_features
 from histokd.progress import progress
 from histokd.registry import Registry
 from histokd.workspace import Workspace, check_id, encoder_dirname
@@ -197,26 +196,14 @@ def _feature_dim(path: Path) -> int:
 
 
 def _majority_dim(src: Path, dims: dict[str, int], found: dict[str, Path]) -> int | None:
-    """The feature dimension most files share, so that one stray file cannot reject the others.
-
-    None when no file is readable; a tie between the most common dimensions is refused (which set is
-    meant cannot be guessed) with one line listing the dimensions and their files."""
-    counts = Counter(dims.values())
-    if not counts:
-        return None
-    ranked = counts.most_common()
-    tied = [d for d, n in ranked if n == ranked[0][1]]
-    if len(tied) > 1:
-        groups = "; ".join(f"{d}-d: " + ", ".join(found[s].name for s in sorted(dims) if dims[s] == d)[:200]
-                           for d, _ in ranked)
-        raise InputError(
-            f"{src}: feature files of different dimensions and no majority ({groups}); keep the files of one "
-            f"encoder in the folder, or import each set under its own --name"
-        )
-    if len(ranked) > 1:
+    """:func:`~histokd.features.store.majority_dim` of the files found in ``src`` (a tie is refused)."""
+    dim = majority_dim(dims, src, {s: p.name for s, p in found.items()},
+                       "keep the files of one encoder in the folder, or import each set under its own --name")
+    n_major = sum(d == dim for d in dims.values())
+    if n_major < len(dims):
         log.warning("%s: %d file(s) are not %d-d like the other %d; they are listed as failed", src,
-                    len(dims) - ranked[0][1], ranked[0][0], ranked[0][1])
-    return ranked[0][0]
+                    len(dims) - n_major, dim, n_major)
+    return dim
 
 
 def _coords_from_grid(ws: Workspace, sid: str, n: int, path: Path) -> np.ndarray:

@@ -213,3 +213,22 @@ def feature_file_info(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], st
             return tuple(ds.shape), str(ds.dtype), {k: _attr(v) for k, v in f.attrs.items()}
     except Exception:  # noqa: BLE001 - missing, truncated, not HDF5: all mean "not done"
         return None
+
+
+def majority_dim(dims: dict[str, int], where: object, names: dict[str, str], fix: str) -> int | None:
+    """The feature dimension most files of a set share (``dims``: key -> D), so that one stray file cannot
+    decide for the others; None when ``dims`` is empty. A tie between the most common dimensions is
+    refused (which set is meant cannot be guessed) with one line naming ``where``, each dimension's files
+    (``names``: key -> file name) and ``fix``."""
+    from collections import Counter
+
+    from histokd.errors import InputError
+
+    ranked = Counter(dims.values()).most_common()
+    if not ranked:
+        return None
+    if sum(n == ranked[0][1] for _, n in ranked) > 1:
+        groups = "; ".join(f"{d}-d: " + ", ".join(names[k] for k in sorted(dims) if dims[k] == d)[:200]
+                           for d, _ in ranked)
+        raise InputError(f"{where}: feature files of different dimensions and no majority ({groups}); {fix}")
+    return ranked[0][0]
