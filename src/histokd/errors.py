@@ -14,8 +14,13 @@ class HistokdError(Exception):
     """Base class for every error histokd raises on purpose.
 
     The message is one line: ``<what/where>: <what was wrong>; <the fix>``.
-    The CLI prints it without a traceback.
+    The CLI prints it without a traceback. A line break that reaches the message from user data (a header
+    cell, a file name) is shown as ``\\n`` so the promise of one line holds whatever the input.
     """
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return text.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
 
 
 class InputError(HistokdError):

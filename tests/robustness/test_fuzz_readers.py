@@ -29,7 +29,7 @@ from histokd.errors import HistokdError, InputError
 from histokd.slides.annotations import read_annotations
 from histokd.slides.masks import load_mask
 
-FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=150, deadline=None, database=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 DIMS = (1000, 800)
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from histokd.errors import HistokdError, InputError
+from histokd.errors import HistokdError, InputError, one_line
 from histokd.workspace import MAX_ID_LENGTH, Workspace, check_id, expand_user, restore_cell, write_frame_csv
 
 REQUIRED = ("slide_id", "path", "label")
@@ -260,7 +260,7 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, list[int]]:
         extra = r[n:]
         if any(c.strip() for c in extra):
             raise InputError(
-                f"{path}: line {line} has {len(r)} cells but the header has {n} ({','.join(header)}); quote cells "
+                f"{path}: line {line} has {len(r)} cells but the header has {n} ({one_line(','.join(header))}); quote cells "
                 f'that contain a comma ("tumour, grade 2") or add the missing column name to the header'
             )
         table.append(r[:n] + [""] * (n - len(r)))
