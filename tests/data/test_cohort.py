@@ -32,6 +32,16 @@ def test_read_cohort_absolute_paths_and_strings(tmp_path):
     assert co.df.index.name is None and co.df.set_index("slide_id").index.tolist() == ["a", "b"]
 
 
+def test_label_is_optional_where_no_label_is_needed(tmp_path):
+    co = read_cohort(_csv(tmp_path, "slide_id,path,patient_id\na,a.tif,p1\nb,b.tif,p1\n"), require_label=False)
+    assert co.slide_ids == ["a", "b"] and list(co.df["label"]) == [None, None]
+    assert co.classes == [] and not co.labelled
+    co = read_cohort(_csv(tmp_path, "slide_id,path,label\na,a.tif,\nb,b.tif,tumour\n"), require_label=False)
+    assert co.df.loc["a", "label"] is None and co.classes == ["tumour"] and co.labelled
+    with pytest.raises(InputError, match=r"missing column\(s\) path .*label optional"):
+        read_cohort(_csv(tmp_path, "slide_id,label\na,0\n"), require_label=False)
+
+
 def test_missing_columns_and_duplicates(tmp_path):
     with pytest.raises(InputError, match=r"missing column\(s\) label"):
         read_cohort(_csv(tmp_path, "slide_id,path\na,a.tif\n"))

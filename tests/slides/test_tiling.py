@@ -175,7 +175,7 @@ def test_bad_inputs_each_reported_others_processed(slides, bad_files, tmp_path):
 
 def test_cohort_level_errors_stop_before_work(tmp_path, slides):
     run = tmp_path / "run"
-    for text, pattern in (("slide_id,path\na,x.tif\n", "missing column"),
+    for text, pattern in (("slide_id,label\na,0\n", "missing column(s) path"),
                           (f"slide_id,path,label\na,{slides.s05},0\na,{slides.s05},1\n", "duplicate slide_id")):
         co = tmp_path / "c.csv"
         co.write_text(text)

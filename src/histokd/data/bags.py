@@ -192,6 +192,11 @@ class BagDataset(Dataset):
             for sid in sorted(set(present) - set(rows)):
                 skipped[sid] = "has features but is not in the cohort, so its label is unknown; add it to the cohort CSV"
         labels = [rows[s].get("label") for s in rows]
+        if require_labels and not any(_known(v) for v in labels):
+            where = ws.cohort_csv if cohort is None else getattr(cohort, "source", None) or "the cohort"
+            raise InputError(f"{where}: no slide has a label (no label column, or every label cell empty); training "
+                             f"and benchmarks need slide-level labels: give the cohort CSV a label column (predict / "
+                             f"label need none)")
         classes = list(classes) if classes is not None else class_names(labels)
         ids = sorted(present) if not require_labels else sorted(set(present) & set(rows))
         recs: list[BagRecord] = []
@@ -388,7 +393,7 @@ def _cohort_frame(ws: Workspace, cohort: Any):  # noqa: ANN202 - pandas is impor
     try:
         from histokd.data.cohort import read_cohort
 
-        return read_cohort(cohort).df
+        return read_cohort(cohort, require_label=False).df  # labels are checked per slide (require_labels)
     except ModuleNotFoundError:  # cohort module absent: a plain CSV read
         return pd.read_csv(cohort, dtype={"slide_id": str, "label": str})
 

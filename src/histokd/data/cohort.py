@@ -1,6 +1,8 @@
 """Cohort CSV: one row per slide, read and validated once (contract 1).
 
-Columns: ``slide_id,path,label`` required; optional ``split`` (train|val|test), ``patch_id`` /
+Columns: ``slide_id,path,label`` required (``label`` only where labels are needed: ``read_cohort(...,
+require_label=False)``, as tile / embed / label / predict read it, accepts a cohort without the column or with
+empty label cells, and those slides get the label None); optional ``split`` (train|val|test), ``patch_id`` /
 ``patient_id``, ``mask_path`` (tumour ground truth: PNG at any downsample, GeoJSON, ASAP XML),
 ``paired_path`` (paired dense-modality slide), ``paired_affine`` ("a,b,c,d,e,f"), ``tissue_mask_path``
 (a user tissue mask, PNG or GeoJSON, that replaces tissue detection). Other columns are kept.
@@ -67,7 +69,12 @@ class Cohort:
     @property
     def classes(self) -> list[str]:
         """Sorted distinct labels (string order; the model stores its own mapping)."""
-        return sorted(self.df["label"].unique())
+        return sorted({v for v in self.df["label"] if v is not None})
+
+    @property
+    def labelled(self) -> bool:
+        """Whether any slide has a label."""
+        return any(v is not None for v in self.df["label"])
 
     def row(self, slide_id: str) -> dict:
         """One slide's cells as a dict (blank optional cells are None)."""
@@ -169,23 +176,29 @@ def check_label_spelling(labels: pd.Series, source: Path | str | None) -> None:
     )
 
 
-def read_cohort(path: str | os.PathLike[str], drop_invalid: bool = False, label_map: LabelMap = None) -> Cohort:
+def read_cohort(path: str | os.PathLike[str], drop_invalid: bool = False, label_map: LabelMap = None,
+                require_label: bool = True) -> Cohort:
     """Read and validate a cohort CSV (see the module docstring).
 
     ``label_map``: labels renamed as the file is read (``"tumor=tumour,Tumour=tumour"``, a list of such
-    strings, or a dict), before the check that refuses one class spelt several ways.
+    strings, or a dict), before the check that refuses one class spelt several ways. ``require_label=False``:
+    the ``label`` column may be missing (it is then added, empty) and its cells may be empty (label None), for
+    the stages that need no label (tile, embed, label, predict).
     """
     mapping = parse_label_map(label_map)
     path = expand_user(path)
     if not path.exists():
         raise InputError(f"{path}: cohort CSV not found; give the path of a CSV with columns slide_id,path,label")
     df, lines = _read_table(path)
-    missing = [c for c in REQUIRED if c not in df.columns]
+    missing = [c for c in REQUIRED if c not in df.columns and (require_label or c != "label")]
     if missing:
+        need = "slide_id,path,label" if require_label else "slide_id,path (label optional)"
         raise InputError(
             f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(df.columns) or 'none'}); "
-            f"the cohort CSV needs slide_id,path,label"
+            f"the cohort CSV needs {need}"
         )
+    if "label" not in df.columns:
+        df["label"] = pd.Series([None] * len(df), index=df.index, dtype=object)
     if df.empty:
         raise InputError(f"{path}: the cohort has no rows; add one row per slide")
     for c in df.columns:  # object columns with None for blanks (pandas' string dtype would turn None into NaN)
@@ -209,7 +222,7 @@ def read_cohort(path: str | os.PathLike[str], drop_invalid: bool = False, label_
         if len(key) > MAX_ID_LENGTH:  # the failure list shows the start of an over-long id
             key = f"{key[:40]}... (line {lines[i]})"
         try:
-            _check_row(row, path, lines[i])
+            _check_row(row, path, lines[i], require_label)
         except HistokdError as e:
             if not drop_invalid:
                 raise
@@ -281,7 +294,7 @@ def _absolute(value: str, base: Path) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
-def _check_row(row: dict, path: Path, line: int) -> None:
+def _check_row(row: dict, path: Path, line: int, require_label: bool = True) -> None:
     row = {k: (None if _blank(v) else v) for k, v in row.items()}
     sid = row["slide_id"]
     if sid is None:
@@ -292,7 +305,7 @@ def _check_row(row: dict, path: Path, line: int) -> None:
         raise InputError(f"{path}: line {line}: {e}") from None
     if row["path"] is None:
         raise InputError(f"{path}: slide {sid}: empty path; give the slide file")
-    if row["label"] is None:
+    if row["label"] is None and require_label:
         raise InputError(f"{path}: slide {sid}: empty label; give the slide-level label (e.g. normal / tumour)")
     split = row.get("split")
     if split is not None and split not in SPLITS:
@@ -320,7 +333,7 @@ def load_workspace_cohort(ws: Workspace | str | os.PathLike[str]) -> Cohort:
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     if not ws.cohort_csv.exists():
         raise InputError(f"{ws.cohort_csv}: no cohort in this workspace; run `histokd tile COHORT.csv -w {ws.root}` first")
-    co = read_cohort(ws.cohort_csv)
+    co = read_cohort(ws.cohort_csv, require_label=False)
     mpps = []
     for sid in co.df["slide_id"].astype(str):
         try:

@@ -91,7 +91,7 @@ def _merge_into_workspace(ws: Workspace, co: Any) -> Any:
 
     if not ws.cohort_csv.exists():
         return co
-    old = read_cohort(ws.cohort_csv).df
+    old = read_cohort(ws.cohort_csv, require_label=False).df
     both = [s for s in co.df.index if s in old.index]
     clash = [s for s in both if any(str(old.at[s, c]) != str(co.df.at[s, c]) for c in ("path", "label"))]
     if clash:
@@ -157,7 +157,7 @@ def tile(
     """Tile every slide of ``cohort`` into ``workspace/tiles/`` (see the module docstring).
 
     Args:
-        cohort: a cohort CSV path or a :class:`~histokd.data.cohort.Cohort`.
+        cohort: a cohort CSV path or a :class:`~histokd.data.cohort.Cohort` (the ``label`` column is optional).
         workspace: a run folder path or a :class:`~histokd.workspace.Workspace`.
         mpp: target resolution of the tiles, µm/px.
         size: tile side in px at ``mpp``.
@@ -185,7 +185,7 @@ def tile(
     if isinstance(cohort, Cohort):
         co = cohort.with_label_map(label_map)
     else:
-        co = read_cohort(cohort, drop_invalid=True, label_map=label_map)
+        co = read_cohort(cohort, drop_invalid=True, label_map=label_map, require_label=False)
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     mask_dir = Path(tissue_mask_dir) if tissue_mask_dir is not None else None
     if mask_dir is not None and not mask_dir.is_dir():
