@@ -33,8 +33,13 @@ __all__ = ["bench", "format_table", "run_fold"]
 log = logging.getLogger("histokd")
 
 
-def run_fold(method: str, ds: BagDataset, fold: Fold, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Fit ``method`` on one fold and score its test part -> per-fold record."""
+def run_fold(method: str, ds: BagDataset, fold: Fold, overrides: dict[str, Any], seed: int,
+             keep_predictions: bool = False) -> dict[str, Any]:
+    """Fit ``method`` on one fold and score its test part -> per-fold record.
+
+    ``keep_predictions`` adds the test part's raw outputs under ``"predictions"`` (bag ids, labels, the
+    positive class's bag probabilities, the teacher's where it has its own, and per tile the bag index,
+    label, probability and raw score), so that a caller can pool folds and bootstrap by slide."""
     from histokd.methods.base import METHODS, SingletonTeacher, TeacherBagScorer
 
     mcls = METHODS.get(method)
@@ -67,7 +72,33 @@ def run_fold(method: str, ds: BagDataset, fold: Fold, overrides: dict[str, Any],
         if isinstance(labeler, SingletonTeacher):  # Distill-to-Label: the teacher on bags of one
             single = [labeler.teacher_singleton_probs(te[i].features.numpy())[:, pos] for i in range(len(te))]
             rec["instance_from_teacher_singleton"] = instance_metrics(y, np.concatenate(single))
+    if keep_predictions:
+        rec["predictions"] = _raw_predictions(ds, fold, te, preds, labs,
+                                              t_probs if "bag_teacher" in rec else None)
     return rec
+
+
+def _raw_predictions(ds: BagDataset, fold: Fold, te: BagDataset, preds: list[Any], labs: list[Any], t_probs: np.ndarray | None) -> dict[str, Any]:
+    """The test part's outputs as plain lists (JSON), rounded to 6 decimals."""
+    pos = te.positive_index
+
+    def r(a: Any) -> list[float]:
+        return [round(float(v), 6) for v in np.asarray(a, dtype=np.float64).ravel()]
+
+    out: dict[str, Any] = {
+        "bag_ids": [ds.slide_ids[i] for i in fold.test],
+        "labels": [int(v == pos) for v in te.labels],
+        "bag_probs": r([p.bag_probs[pos] for p in preds]),
+    }
+    if t_probs is not None:
+        out["teacher_bag_probs"] = r(t_probs[:, pos])
+    if labs and all(lab is not None for lab in labs):
+        out["tile_bag"] = [k for k, lab in enumerate(labs) for _ in range(len(lab))]
+        out["tile_labels"] = [int(v) for lab in labs for v in np.asarray(lab)]
+        out["tile_probs"] = r(np.concatenate([p.instance_probs[:, pos] for p in preds]))
+        if all(p.instance_scores is not None for p in preds):
+            out["tile_scores"] = r(np.concatenate([p.instance_scores for p in preds]))
+    return out
 
 
 def _ensure_instance_labels(spec: str) -> None:
@@ -120,13 +151,15 @@ def bench(
     json_out: str | Path | None = None,
     engine: str = "local",
     address: str | None = None,
+    keep_predictions: bool = False,
 ) -> dict[str, Any]:
     """Run ``methods`` on ``dataset`` under ``protocol``; returns (and writes to ``json_out``) the results.
 
     ``overrides`` apply to every method's config (``["train.max_epochs=40"]`` or a nested dict);
     ``method_overrides[name]`` to one method only. ``engine="ray"`` trains the folds as tasks on a Ray
     cluster (``address``; a local one when None): every fold is the same function of its data, config
-    and seed as in the local loop, so the records are the same.
+    and seed as in the local loop, so the records are the same. ``keep_predictions`` keeps every fold's
+    raw test outputs in its record (see :func:`run_fold`), e.g. for slide-level bootstrap CIs.
     """
     if engine not in ("local", "ray"):
         raise InputError(f"--engine {engine!r}: choose local or ray")
@@ -159,11 +192,11 @@ def bench(
     with progress() as bar:
         task = bar.add_task("bench", total=len(jobs), unit="fold")
         if engine == "ray":
-            recs = _run_folds_ray(ds, jobs, address, lambda: bar.advance(task))
+            recs = _run_folds_ray(ds, jobs, address, lambda: bar.advance(task), keep_predictions)
         else:
             recs = []
             for job in jobs:
-                recs.append(run_fold(job[0], ds, *job[1:]))
+                recs.append(run_fold(job[0], ds, *job[1:], keep_predictions=keep_predictions))
                 bar.advance(task)
     for name in names:
         mine = [rec for job, rec in zip(jobs, recs) if job[0] == name]
@@ -175,7 +208,8 @@ def bench(
     return results
 
 
-def _run_folds_ray(ds: BagDataset, jobs: list[tuple], address: str | None, advance: Any) -> list[dict[str, Any]]:
+def _run_folds_ray(ds: BagDataset, jobs: list[tuple], address: str | None, advance: Any,
+                   keep_predictions: bool = False) -> list[dict[str, Any]]:
     """The folds of ``jobs`` as Ray tasks (one CPU each; the dataset is shared through the object store);
     records come back in ``jobs`` order."""
     try:
@@ -189,7 +223,7 @@ def _run_folds_ray(ds: BagDataset, jobs: list[tuple], address: str | None, advan
     remote = ray.remote(num_cpus=1)(_ray_fold)
     ds_ref = ray.put(ds)
     threads = torch.get_num_threads()  # the driver's: the same float reductions, so the same numbers
-    refs = [remote.remote(job[0], ds_ref, *job[1:], threads) for job in jobs]
+    refs = [remote.remote(job[0], ds_ref, *job[1:], threads, keep_predictions) for job in jobs]
     pending = list(refs)
     while pending:  # progress as folds finish, in any order
         done, pending = ray.wait(pending, num_returns=1)
@@ -199,10 +233,10 @@ def _run_folds_ray(ds: BagDataset, jobs: list[tuple], address: str | None, advan
 
 
 def _ray_fold(method: str, ds: BagDataset, fold: Fold, overrides: dict[str, Any], seed: int,
-              threads: int) -> dict[str, Any]:
+              threads: int, keep_predictions: bool = False) -> dict[str, Any]:
     import torch
 
     import histokd.methods  # noqa: F401  (registers methods in the worker process)
 
     torch.set_num_threads(threads)  # Ray gives a task one thread; the local run predicts with the driver's
-    return run_fold(method, ds, fold, overrides, seed)
+    return run_fold(method, ds, fold, overrides, seed, keep_predictions)

@@ -21,6 +21,10 @@ COARSE_UM = 8.0
 # Optical-density vectors of hematoxylin and eosin (RGB), the usual Macenko reference values.
 H_REF = np.array([0.5626, 0.7201, 0.4062], dtype=np.float32)
 E_REF = np.array([0.2159, 0.8012, 0.5581], dtype=np.float32)
+# The direction a scanning site moves the stains in (SynthParams.site_shift): haematoxylin bluer, eosin
+# redder, a darker and more saturated scan, as between two labs' stainers and scanners.
+SITE_H_DIR = np.array([0.25, -0.05, -0.35], dtype=np.float32)
+SITE_E_DIR = np.array([-0.15, 0.10, -0.30], dtype=np.float32)
 PEN_COLOURS = {  # transmission of the ink per RGB channel
     "green": (0.35, 0.62, 0.45),
     "blue": (0.30, 0.38, 0.72),
@@ -314,18 +318,21 @@ def _pen(rng: np.random.Generator, level: np.ndarray, step: int, mpp: float, siz
     return Pen(tuple(pts), _uniform(rng, (50.0, 130.0)) / mpp, colour, _uniform(rng, (0.6, 0.9)))
 
 
-def _stain(rng: np.random.Generator, spread: float) -> Stain:
+def _stain(rng: np.random.Generator, spread: float, shift: float = 0.0) -> Stain:
+    """One slide's stain: the references moved by ``shift`` along the site direction (the same for every
+    slide of a cohort), then spread per slide. ``shift=0`` draws exactly what it drew before the knob."""
+
     def vec(ref: np.ndarray) -> tuple[float, float, float]:
         v = np.abs(ref + rng.normal(0, spread, 3).astype(np.float32))
         v = v / np.linalg.norm(v)
         return (float(v[0]), float(v[1]), float(v[2]))
 
     return Stain(
-        h=vec(H_REF),
-        e=vec(E_REF),
-        h_amount=float(math.exp(rng.normal(0, 1.5 * spread))),
-        e_amount=float(math.exp(rng.normal(0, 1.5 * spread))),
-        brightness=float(np.clip(243 + rng.normal(0, 60 * spread), 205, 252)),
+        h=vec(H_REF + shift * SITE_H_DIR),
+        e=vec(E_REF + shift * SITE_E_DIR),
+        h_amount=float(math.exp(rng.normal(0, 1.5 * spread) + 0.3 * shift)),
+        e_amount=float(math.exp(rng.normal(0, 1.5 * spread) + 0.4 * shift)),
+        brightness=float(np.clip(243 - 25 * shift + rng.normal(0, 60 * spread), 190, 252)),
         tint=tuple(float(1 - abs(rng.normal(0, 0.25 * spread))) for _ in range(3)),  # type: ignore[arg-type]
     )
 
@@ -380,5 +387,5 @@ def make_layout(p: SynthParams, mpp: float, positive: bool, rng: np.random.Gener
                         float(rng.normal(0, 2e-4) * mpp), _uniform(rng, (40.0, 160.0)) / mpp)
     if rng.random() < p.pen_prob:
         lay.pen = _pen(rng, level, step, mpp, p.size)
-    lay.stain = _stain(rng, p.stain_spread)
+    lay.stain = _stain(rng, p.stain_spread, p.site_shift)
     return lay

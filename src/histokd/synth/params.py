@@ -82,6 +82,10 @@ class SynthParams:
     # --- stain and scanner --------------------------------------------------------------------
     stain_spread: float = 0.03
     """Per-slide spread of stain vectors, stain amounts and brightness (0 = identical slides)."""
+    site_shift: float = 0.0
+    """0..1. A systematic stain and scanner shift shared by every slide of the cohort (a second site):
+    haematoxylin bluer, eosin redder, more stain, a darker scan. Cohorts drawn at two values are two
+    sites; train on one and test on the other to measure what a model keeps across sites."""
 
     def __post_init__(self) -> None:
         _check(self)
@@ -109,7 +113,7 @@ def _check(p: SynthParams) -> None:
         if lo <= 0 or hi < lo:
             raise bad(name, "must be (low, high) with 0 < low <= high")
     for name in ("atypia", "positive_fraction", "marker_dropout", "pen_prob", "blur_prob", "fold_prob",
-                 "max_tumour_fraction", "lookalike_mimicry", "subtle_fraction", "subtle_atypia"):
+                 "max_tumour_fraction", "lookalike_mimicry", "subtle_fraction", "subtle_atypia", "site_shift"):
         if not 0.0 <= getattr(p, name) <= 1.0:
             raise bad(name, "must lie in [0, 1]")
     if p.tissue_fraction[1] > 0.8:
