@@ -1,7 +1,8 @@
 """histokd: slide-level labels to instance-level knowledge in histopathology.
 
 The public API mirrors the CLI verbs: ``histokd.synth``, ``histokd.tile``, ``histokd.embed``,
-``histokd.train``, ``histokd.label``, ``histokd.report``, ``histokd.bench``, ``histokd.demo``.
+``histokd.train``, ``histokd.label``, ``histokd.report``, ``histokd.predict``, ``histokd.export_model``,
+``histokd.bench``, ``histokd.demo``.
 They are imported lazily so that ``import histokd`` stays cheap. The verbs live in
 :mod:`histokd.pipeline` (``synth``, ``import_features`` and ``open_slide`` in their
 library packages); this facade is the one module outside the pipeline that may name them.
@@ -23,6 +24,8 @@ _API = {
     "train": "histokd.pipeline.train:train",
     "label": "histokd.pipeline.label:label",
     "report": "histokd.pipeline.report:report",
+    "predict": "histokd.pipeline.predict:predict",
+    "export_model": "histokd.pipeline.bundle:export_model",
     "bench": "histokd.pipeline.bench:bench",
     "train_encoder": "histokd.pipeline.train_encoder:train_encoder",
     "demo": "histokd.pipeline.demo:demo",

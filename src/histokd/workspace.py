@@ -328,6 +328,31 @@ class ModelFiles(_TrainedFolder):
         """``pixel_metrics.json``: validation / test pixel metrics of a segmenting model (IFKD)."""
         return self.dir / "pixel_metrics.json"
 
+    @property
+    def bundle(self) -> Path:
+        """``bundle.json``: how the model's inputs were made (tiling, encoder, precision, stain normalisation),
+        its classes, thresholds and out-of-distribution summary; no slide ids (``pipeline/bundle.py``)."""
+        return self.dir / "bundle.json"
+
+    @property
+    def encoder_dir(self) -> Path:
+        """``encoder/``: a copy of the ``mfl:`` encoder folder the model's features came from, so that the
+        bundle carries its own encoder."""
+        return self.dir / "encoder"
+
+    def portable_files(self) -> list[Path]:
+        """The files that make the model usable on new slides, without cohort details (what ``export-model``
+        packs by default): weights, config, classes, bundle and the copied encoder folder."""
+        files = [self.weights, self.config, self.classes, self.bundle]
+        if self.encoder_dir.is_dir():
+            files += sorted(p for p in self.encoder_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return [p for p in files if p.is_file()]
+
+    def cohort_files(self) -> list[Path]:
+        """The files that name the training cohort's slides (splits, metrics with skipped slides, the training
+        log, pixel metrics): exported only on request (``export-model --include-cohort``)."""
+        return [p for p in (self.splits, self.metrics, self.log, self.pixel_metrics) if p.is_file()]
+
 
 class EncoderFiles(_TrainedFolder):
     """The files of one encoder folder that histokd trained (``histokd train-encoder``):
@@ -403,6 +428,11 @@ class Workspace:
         """The cohort the workspace was tiled from (copied at ``tile`` time)."""
         return self.root / "cohort.csv"
 
+    @property
+    def predict_input_csv(self) -> Path:
+        """``input_slides.csv``: the slides given to ``histokd predict`` as files or a folder (slide_id, path)."""
+        return self.root / "input_slides.csv"
+
     # features --------------------------------------------------------------
     def features_dir(self, encoder: str) -> Path:
         return self.root / "features" / encoder_dirname(encoder)
@@ -440,6 +470,15 @@ class Workspace:
     def predictions_mask_png(self, model_id: str, slide_id: str) -> Path:
         """The pixel mask of a segmenting labeller as an 8-bit PNG."""
         return self.predictions_dir(model_id) / "masks" / f"{check_id(slide_id)}.png"
+
+    def predictions_slides_csv(self, model_id: str) -> Path:
+        """``slides.csv`` of ``histokd predict``: per slide the probabilities, the call at the model's threshold
+        and the out-of-distribution score and flag."""
+        return self.predictions_dir(model_id) / "slides.csv"
+
+    def predictions_patients_csv(self, model_id: str) -> Path:
+        """``patients.csv`` of ``histokd predict``: per patient the max of its slides' probabilities."""
+        return self.predictions_dir(model_id) / "patients.csv"
 
     def report_index(self, model_id: str) -> Path:
         return self.reports_dir(model_id) / "index.html"

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
     @run_command
     def label(
         workspace: Path = typer.Option(..., "--workspace", "-w", help="Run folder."),
-        model: str = typer.Option(..., "--model", "-m", help="Model id under RUN/models/."),
+        model: str = typer.Option(..., "--model", "-m", help="Model id under RUN/models/, or a model folder / .tar.gz from export-model (checked against the features)."),
         features: str = typer.Option(None, "--features", help="Feature set (default: the model's)."),
         overwrite: bool = typer.Option(False, "--overwrite"),
         wait: bool = typer.Option(False, "--wait", help="Wait for another run writing the same folder (default: stop)."),

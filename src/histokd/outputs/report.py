@@ -71,6 +71,9 @@ def report_evaluation(
         return ctx
     pos = positive_class(classes) if positive is None else positive
     pos_name = classes[pos]
+    if len(bags) and "label" in bags:  # slides without a label (or of a class the model lacks) have no metrics
+        bags = bags[bags["label"].astype(str).str.strip().isin([str(c) for c in classes]).to_numpy()]
+        ctx["no_labels"] = not len(bags)
     roc: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if len(bags) and f"prob_{pos_name}" in bags:
         y = (bags["label"].astype(str) == pos_name).to_numpy().astype(int)
@@ -153,5 +156,5 @@ def render_report_html(ctx: dict[str, Any]) -> str:
     env.filters["pct"] = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
     defaults = {"bag_tables": [], "tile_tables": [], "plots": [], "slides": [], "skipped": [], "metrics_json": [],
                 "method": "", "classes": [], "positive": "", "threshold": 0.5, "n_slides": 0, "n_tiles": 0,
-                "version": _version(), "model_id": ""}
+                "version": _version(), "model_id": "", "no_labels": False, "any_ood": False}
     return env.get_template("report.html").render(**{**defaults, **ctx})

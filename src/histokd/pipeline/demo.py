@@ -76,5 +76,6 @@ def demo(
 
 
 def _model_complete(files: ModelFiles) -> bool:
-    """A model folder is complete when its weights, config and metrics are all there (train writes them last)."""
-    return all(p.exists() for p in (files.weights, files.config, files.metrics))
+    """A model folder is complete when its weights, config, metrics and bundle are all there (train writes the
+    bundle last; a model from before bundles is retrained, so that `histokd predict` can use it)."""
+    return all(p.exists() for p in (files.weights, files.config, files.metrics, files.bundle))

@@ -50,17 +50,31 @@ def label(
     tumour_threshold: float = 0.5,
     wait: bool = False,
 ) -> LabelResult:
-    """Label every slide with features using model ``RUN/models/<model>/``; write predictions and metrics."""
+    """Label every slide with features using ``model``; write predictions and metrics.
+
+    ``model``: a model id (``RUN/models/<model>/``), or a model bundle from elsewhere (a model folder or a
+    ``.tar.gz`` from ``histokd export-model``), installed into ``RUN/models/<id>/`` first (its portable files
+    only). Where the model has a ``bundle.json`` the feature set must have been made as the model's (encoder
+    and weights, dimension, µm/px, tile size, precision, stain normalisation); a mismatch is refused with one
+    line. ``LabelResult.directory`` is ``RUN/predictions/<id>/``.
+    """
     from histokd.methods.base import SlideLabeler, load_labeler, model_positive_class, read_model_meta
+    from histokd.pipeline.bundle import check_features, find_feature_set, read_bundle, resolve_model
 
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    model = resolve_model(ws, model, wait=wait)
     mdir = ws.model_dir(model)
     meta = read_model_meta(mdir)
+    bundle = read_bundle(mdir) if ModelFiles(mdir).bundle.is_file() else None
+    if bundle is not None and not features:
+        features = find_feature_set(bundle, ws, model)
     features = features or meta.get("features")
     if not features:
         from histokd.pipeline.train import pick_features
 
         features = pick_features(ws, None)
+    if bundle is not None:
+        check_features(bundle, ws, features, model)
     labeler = load_labeler(mdir)
     classes = list(labeler.classes)
     out = ws.predictions_dir(model)

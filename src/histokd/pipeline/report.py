@@ -29,6 +29,7 @@ from histokd.outputs.geojson import prediction_geojson, write_geojson
 from histokd.outputs.heatmaps import Overlay, render_heatmap, write_bytes
 from histokd.outputs.report import data_uri, render_report_html, report_evaluation, tile_card
 from histokd.outputs.tables import flatten_metrics, tiles_frame, write_csv
+from histokd.pipeline.predict import slide_table_ood
 from histokd.predictions import attr_value, read_prediction
 from histokd.progress import progress
 from histokd.workspace import Workspace, read_csv, write_text
@@ -103,6 +104,7 @@ def run_report(
         features = _label_features(ws, model_id, pred_metrics)
 
         slide_ids = list(slides) if slides else sorted(p.stem for p in pred_dir.glob("*.h5"))
+        ood = slide_table_ood(ws, model_id)  # histokd predict's out-of-distribution flags, where it ran
         sections: list[dict] = []
         skipped: list[dict] = []
         tile_frames: list[pd.DataFrame] = []
@@ -117,6 +119,8 @@ def run_report(
                     log.warning("report: skipping slide %s: %s", sid, e)
                     skipped.append({"slide_id": sid, "reason": str(e)})
                 else:
+                    if sid in ood:
+                        sec["ood"] = {"score": ood[sid][0], "flag": ood[sid][1]}
                     sections.append(sec)
                     tile_frames.append(df)
                     classes = classes or sec["classes"]
@@ -146,6 +150,7 @@ def run_report(
             metrics_json=[("predictions/metrics.json", flatten_metrics(pred_metrics)),
                           ("models/metrics.json", flatten_metrics(model_metrics))],
             n_slides=len(sections),
+            any_ood=any("ood" in s for s in sections),
             n_tiles=int(sum(len(df) for df in tile_frames)),
             version=__version__,
         )
@@ -191,7 +196,7 @@ def _slide(
         pixel = Overlay(pred.mask > 0, pred.mask_downsample) if pred.mask is not None else None
         png = render_heatmap(
             thumb, dims, pred.coords, psl0, p_pos, ground_truth=gt_overlay, pixel_mask=pixel,
-            title=f"{sid}  (label: {row.get('label', '?')}, bag P({pred.classes[pos]}) = {pred.bag_probs[pos]:.3f})",
+            title=f"{sid}  (label: {row.get('label') or 'none'}, bag P({pred.classes[pos]}) = {pred.bag_probs[pos]:.3f})",
             label=f"P({pred.classes[pos]})",
         )
         order = np.argsort(-p_pos, kind="stable")
@@ -206,7 +211,7 @@ def _slide(
     split = str(row.get("split")) if isinstance(row.get("split"), str) else ""
     sec = {
         "slide_id": sid,
-        "label": str(row.get("label", "")),
+        "label": str(row.get("label") or "unlabelled"),
         "split": split,
         "classes": pred.classes,
         "positive_class": pred.classes[pos],

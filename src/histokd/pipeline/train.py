@@ -2,7 +2,9 @@
 
 The folder (contract 7) holds ``model.pt``, ``config.yaml`` (method, full config, classes, in_dim, the
 feature set, seed), ``classes.json``, ``splits.csv`` (the split each slide was used in), ``metrics.json``
-(history, best epoch, validation metrics) and ``train.log``. Splits come from the cohort's ``split``
+(history, best epoch, validation metrics), ``train.log`` and ``bundle.json`` (how the inputs were made,
+thresholds chosen on validation, the out-of-distribution summary: :mod:`histokd.pipeline.bundle`).
+Splits come from the cohort's ``split``
 column; without one a seeded patient-grouped, label-stratified 70/15/15 split is made and saved. The
 validation split chooses the epoch; the test split is never used here.
 """
@@ -21,6 +23,7 @@ import numpy as np
 from histokd.config import deep_merge, parse_overrides, read_yaml, validate_config, write_yaml
 from histokd.data.bags import BagDataset
 from histokd.errors import FeatureError, InputError, ModelError
+from histokd.pipeline.bundle import write_bundle
 from histokd.workspace import Workspace, encoder_dirname, write_csv, write_json
 
 log = logging.getLogger("histokd")
@@ -142,19 +145,21 @@ def train(
                                    "skipped": ds.skipped,
                                    "best_epoch": getattr(labeler, "best_epoch", None),
                                    "history": getattr(labeler, "history", None)}
-        if len(va):
-            metrics["val"] = _quick_metrics(labeler, va)
+        val_probs = _bag_probs(labeler, va) if len(va) else None
+        if val_probs is not None:
+            from histokd.evaluate.metrics import bag_metrics
+
+            metrics["val"] = bag_metrics(va.labels, val_probs, va.positive_index)
         write_json(files.metrics, metrics)
+        write_bundle(ws, out, features, ds, labeler, val_probs)
         log.info("model written to %s (%.1f s)", out, seconds)
         return out
 
 
-def _quick_metrics(labeler: Any, ds: BagDataset) -> dict[str, float]:
-    from histokd.evaluate.metrics import bag_metrics
+def _bag_probs(labeler: Any, ds: BagDataset) -> np.ndarray:
+    """[n, C] bag probabilities of the model on the bags of ``ds``."""
     from histokd.methods.base import PixelBagLabeler
 
     if isinstance(labeler, PixelBagLabeler):  # models on pixels (end-to-end WENO) read the bag's tiles themselves
-        probs = np.stack([labeler.predict_bag(ds, i).bag_probs for i in range(len(ds))])
-    else:
-        probs = np.stack([labeler.predict(ds[i].features.numpy()).bag_probs for i in range(len(ds))])
-    return bag_metrics(ds.labels, probs, ds.positive_index)
+        return np.stack([labeler.predict_bag(ds, i).bag_probs for i in range(len(ds))])
+    return np.stack([labeler.predict(ds[i].features.numpy()).bag_probs for i in range(len(ds))])
