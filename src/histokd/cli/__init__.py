@@ -39,6 +39,7 @@ _COMMAND_MODULES = [
     "train",
     "label",
     "report",
+    "view",
     "bench",
     "encoder",
     "doctor",
