@@ -177,7 +177,8 @@ def pooled(res: dict[str, Any], method: str) -> dict[str, Any]:
     folds = res["methods"][method]["folds"]
     out: dict[str, list[Any]] = {k: [] for k in ("bag_ids", "labels", "bag_probs", "teacher_bag_probs",
                                                  "tile_bag", "tile_labels", "tile_probs", "tile_scores")}
-    collapsed = []
+    collapsed, collapsed_fixed, bacc_fixed = [], [], []
+    out["fixed_cut"] = []
     for f in folds:
         p = f["predictions"]
         base = len(out["bag_ids"])
@@ -185,10 +186,18 @@ def pooled(res: dict[str, Any], method: str) -> dict[str, Any]:
                   "tile_scores"):
             out[k] += p.get(k, [])
         out["tile_bag"] += [base + b for b in p.get("tile_bag", [])]
-        dec = np.asarray(p["bag_probs"]) >= 0.5
-        collapsed.append(bool(len(dec) > 1 and (dec.all() or (~dec).all())))
+        probs = np.asarray(p["bag_probs"])
+        # the stored probabilities carry the fitted cut t (methods.decision): p >= 0.5 is the method's own
+        # decision, p >= 1 - t is the fixed 0.5 cut on the uncorrected probabilities (histokd before the cut)
+        t = float((p.get("decision") or {}).get("threshold", 0.5))
+        for dec, into in ((probs >= 0.5, collapsed), (probs >= 1.0 - t, collapsed_fixed)):
+            into.append(bool(len(dec) > 1 and (dec.all() or (~dec).all())))
+        out["fixed_cut"] += [1.0 - t] * len(probs)
+        bacc_fixed.append(_bacc(np.asarray(p["labels"]), probs + 0.5 - (1.0 - t)))
     arr: dict[str, Any] = {k: np.asarray(v) for k, v in out.items()}
     arr["fold_collapsed"] = collapsed
+    arr["fold_collapsed_fixed"] = collapsed_fixed
+    arr["fold_bacc_fixed"] = bacc_fixed
     arr["fold_auc"] = [f["auc"] for f in folds]
     arr["fold_balanced_accuracy"] = [f.get("balanced_accuracy", float("nan")) for f in folds]
     return arr
@@ -214,8 +223,10 @@ def cohort_scores(p: dict[str, Any], n_boot: int = 500, seed: int = 0) -> dict[s
     """Point values and slide-bootstrap 95 % CIs of the cohort's pooled predictions."""
     y, b = p["labels"].astype(int), p["bag_probs"].astype(float)
     has_tiles = p["tile_labels"].size > 0
+    fixed = b + 0.5 - p["fixed_cut"].astype(float)  # p >= 0.5 here <=> the fixed cut on the raw output
     fns: dict[str, Any] = {"bag_auc": lambda idx: _auc(y[idx], b[idx]),
-                           "bag_bacc": lambda idx: _bacc(y[idx], b[idx])}
+                           "bag_bacc": lambda idx: _bacc(y[idx], b[idx]),
+                           "bag_bacc_fixed": lambda idx: _bacc(y[idx], fixed[idx])}
     if p["teacher_bag_probs"].size:
         tb = p["teacher_bag_probs"].astype(float)
         fns["teacher_bag_auc"] = lambda idx: _auc(y[idx], tb[idx])
@@ -253,6 +264,9 @@ def cohort_scores(p: dict[str, Any], n_boot: int = 500, seed: int = 0) -> dict[s
     strong = [k for k, a in enumerate(p["fold_auc"]) if np.isfinite(a) and a >= 0.75]
     out["min_fold_bacc_where_auc_075"] = min([p["fold_balanced_accuracy"][k] for k in strong] or [math.nan])
     out["collapsed_where_auc_075"] = int(sum(p["fold_collapsed"][k] for k in strong))
+    out["collapsed_folds_fixed"] = int(sum(p["fold_collapsed_fixed"]))
+    out["collapsed_where_auc_075_fixed"] = int(sum(p["fold_collapsed_fixed"][k] for k in strong))
+    out["min_fold_bacc_where_auc_075_fixed"] = min([p["fold_bacc_fixed"][k] for k in strong] or [math.nan])
     return out
 
 
@@ -271,8 +285,8 @@ def fmt(d: dict[str, float] | None) -> str:
 def table(scores: dict[str, dict[str, dict[str, dict[str, Any]]]], methods: list[str]) -> tuple[str, list[str]]:
     """Markdown table (median and worst cohort per family and method) and the criteria's verdicts."""
     lines = ["| family | method | cohorts | student tile AUC, median | worst | evidence tile AUC, median | "
-             "bag AUC, median | worst | bag bal. acc., median | collapsed folds |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "bag AUC, median | worst | bag bal. acc., median | collapsed folds | at a fixed 0.5 cut: bal. acc., collapsed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     verdicts: list[str] = []
     for fam, cohorts in scores.items():
         for m in methods:
@@ -283,10 +297,12 @@ def table(scores: dict[str, dict[str, dict[str, dict[str, Any]]]], methods: list
             med_b, worst_b = _median_worst(per, "bag_auc")
             med_e, _ = _median_worst(per, "tile_auc_scores")
             med_a, _ = _median_worst(per, "bag_bacc")
+            med_f, _ = _median_worst(per, "bag_bacc_fixed")
             coll = sum(s["collapsed_folds"] for _, s in per)
+            coll_f = sum(s.get("collapsed_folds_fixed", 0) for _, s in per)
             nf = sum(s["n_folds"] for _, s in per)
             lines.append(f"| {fam} | {m} | {len(per)} | {fmt(med_t)} | {fmt(worst_t)} | {fmt(med_e)} | "
-                         f"{fmt(med_b)} | {fmt(worst_b)} | {fmt(med_a)} | {coll}/{nf} |")
+                         f"{fmt(med_b)} | {fmt(worst_b)} | {fmt(med_a)} | {coll}/{nf} | {fmt(med_f)}, {coll_f}/{nf} |")
         verdicts += criteria(fam, cohorts)
     return "\n".join(lines), verdicts
 
@@ -328,6 +344,8 @@ def criteria(fam: str, cohorts: dict[str, dict[str, Any]]) -> list[str]:
     coll = [(c, m) for c, s in cohorts.items() for m, r in s.items() if r.get("collapsed_where_auc_075", 0)]
     low = [(c, m, r["min_fold_bacc_where_auc_075"]) for c, s in cohorts.items() for m, r in s.items()
            if np.isfinite(r.get("min_fold_bacc_where_auc_075", np.nan)) and r["min_fold_bacc_where_auc_075"] < 0.65]
+    coll_f = [(c, m) for c, s in cohorts.items() for m, r in s.items() if r.get("collapsed_where_auc_075_fixed", 0)]
+    out.append(f"{fam}: at a fixed 0.5 cut (before the fitted cut), collapsed folds with bag AUC >= 0.75: {len(coll_f)}")
     out.append(f"{fam}: collapsed folds with bag AUC >= 0.75: {len(coll)}"
                + (f" ({', '.join(f'{c}:{m}' for c, m in coll[:6])})" if coll else "")
                + f"; folds with bag AUC >= 0.75 and balanced accuracy < 0.65: {len(low)} -> "

@@ -72,7 +72,7 @@ from histokd.methods.base import Method, register_method
 from histokd.methods.vat import vat_loss
 from histokd.evaluate.metrics import bag_auc
 from histokd.methods.distill.bags import Bags, pad_bags, prepare_bags
-from histokd.methods.distill.labeler import InstanceLabeler, build_modules, val_instance_threshold
+from histokd.methods.distill.labeler import InstanceLabeler, build_modules, fit_decision, val_instance_threshold
 from histokd.methods.distill.rules import (
     minmax_pseudo_labels,
     negative_class_index,
@@ -204,6 +204,7 @@ class DistillToLabel(Method):
         labeler = D2LLabeler(mods, meta)
         history = _distill(labeler, tr, va, cfg, self.seed)
         labeler.meta["instance_threshold"] = val_instance_threshold(labeler, va)
+        labeler.meta["decision"] = fit_decision(labeler, tr, va)
         labeler.meta["history"] = history
         labeler.meta["teacher_history"] = res.history
         labeler.mean, labeler.std = mean, std

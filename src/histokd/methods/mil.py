@@ -25,6 +25,7 @@ from histokd.config import BaseConfig, validate_config
 from histokd.data.bags import BagDataset, positive_class
 from histokd.engine import TrainerConfig, fit_mil, predict_bag
 from histokd.errors import ModelError, one_line
+from histokd.methods.decision import apply_decision, choose_decision
 from histokd.methods.base import (
     Labeler,
     Method,
@@ -63,6 +64,7 @@ class MILLabeler(Labeler):
         self.model, self.model_name, self.classes, self.method, self.config = model, model_name, classes, method, config
         self.mean, self.std, self.device = mean, std, device
         self.positive = positive_class(classes)
+        self.decision: dict[str, Any] | None = None  # the slide cut chosen at fit (methods.decision)
 
     def transform(self, features: np.ndarray) -> np.ndarray:
         f = np.asarray(features, dtype=np.float32)
@@ -76,7 +78,8 @@ class MILLabeler(Labeler):
         if scores.ndim == 2:  # per-class evidence -> the positive class's
             scores = scores[:, self.positive]
         probs = torch.softmax(torch.from_numpy(out.instance_logits), -1).numpy()
-        return Prediction(out.bag_probs.astype(np.float32), probs.astype(np.float32), scores.astype(np.float32))
+        bag = apply_decision(out.bag_probs.astype(np.float32), self.decision, self.positive)
+        return Prediction(bag, probs.astype(np.float32), scores.astype(np.float32))
 
     def save(self, directory: str | Path) -> None:
         from histokd.workspace import atomic_path
@@ -90,7 +93,7 @@ class MILLabeler(Labeler):
         with atomic_path(ModelFiles(directory).weights) as tmp:
             torch.save(state, tmp)
         write_model_meta(directory, self.method, self.config, self.classes, model=self.model_name,
-                         in_dim=self.model.in_dim)
+                         in_dim=self.model.in_dim, decision=self.decision)
 
     @classmethod
     def load(cls, directory: str | Path) -> "MILLabeler":
@@ -109,7 +112,9 @@ class MILLabeler(Labeler):
             raise ModelError(f"{directory}/model.pt does not match config.yaml ({one_line(e)}); retrain") from None
         mean = state["mean"].numpy() if "mean" in state else None
         std = state["std"].numpy() if "std" in state else None
-        return cls(model.eval(), meta.get("model", mcls.model_name), classes, meta["method"], cfg, mean, std)
+        lab = cls(model.eval(), meta.get("model", mcls.model_name), classes, meta["method"], cfg, mean, std)
+        lab.decision = meta.get("decision")
+        return lab
 
 
 class MILMethod(Method):
@@ -130,6 +135,14 @@ class MILMethod(Method):
         model = build_model(self.model_name, train.dim, train.n_classes, cfg.model)
         res = fit_mil(model, train, val, cfg.train, seed=self.seed, log_path=self.log_path)
         lab = MILLabeler(res.model, self.model_name, list(train.classes), self.name, cfg, mean, std)
+        if train.n_classes == 2:  # the slide cut, on validation (training bags for a class it lacks)
+            va = val if val is not None and len(val) else None
+            pos = lab.positive
+            bare = MILLabeler(res.model, self.model_name, list(train.classes), self.name, cfg)  # bags are z-scored
+            lab.decision = choose_decision(lambda rec: float(bare.predict(rec.features.numpy()).bag_probs[pos]),
+                                           train, [int(y) == pos for y in train.labels],
+                                           va if va is not None else [],
+                                           [int(y) == pos for y in va.labels] if va is not None else [])
         lab.history = res.history  # type: ignore[attr-defined]
         lab.best_epoch = res.best_epoch  # type: ignore[attr-defined]
         return lab

@@ -76,7 +76,7 @@ from histokd.errors import InputError
 from histokd.evaluate.metrics import bag_auc
 from histokd.methods.base import Method, Prediction, register_method
 from histokd.methods.distill.bags import Bags, pad_bags, prepare_bags
-from histokd.methods.distill.labeler import InstanceLabeler, build_modules, val_instance_threshold
+from histokd.methods.distill.labeler import InstanceLabeler, build_modules, fit_decision, val_instance_threshold
 from histokd.methods.distill.rules import (
     hard_positive_keep,
     max_bag_probs,
@@ -288,6 +288,7 @@ class Weno(Method):
             meta["student_logit_offset"] = student_logit_offset(best.class_weights, meta["negative_class"])
         labeler = WenoLabeler.class_for(meta)(best.modules, meta)
         labeler.meta["instance_threshold"] = val_instance_threshold(labeler, va)
+        labeler.meta["decision"] = fit_decision(labeler, tr, va)
         labeler.mean, labeler.std = mean, std
         labeler.meta["history"] = best.history
         return labeler

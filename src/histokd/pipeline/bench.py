@@ -75,7 +75,16 @@ def run_fold(method: str, ds: BagDataset, fold: Fold, overrides: dict[str, Any],
     if keep_predictions:
         rec["predictions"] = _raw_predictions(ds, fold, te, preds, labs,
                                               t_probs if "bag_teacher" in rec else None)
+        rec["predictions"]["decision"] = _decision_of(labeler)
     return rec
+
+
+def _decision_of(labeler: Any) -> dict[str, Any] | None:
+    """The slide cut the labeller chose at fit (:mod:`histokd.methods.decision`), if it has one."""
+    d = getattr(labeler, "decision", None)
+    if d is None:
+        d = (getattr(labeler, "meta", None) or {}).get("decision")
+    return dict(d) if isinstance(d, dict) else None
 
 
 def _raw_predictions(ds: BagDataset, fold: Fold, te: BagDataset, preds: list[Any], labs: list[Any], t_probs: np.ndarray | None) -> dict[str, Any]:

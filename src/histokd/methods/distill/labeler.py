@@ -17,6 +17,7 @@ from torch import nn
 from histokd.errors import InputError, ModelError, one_line
 from histokd.evaluate.metrics import best_f1_threshold
 from histokd.methods.base import Labeler, Prediction, load_model_state, read_model_meta, write_model_meta
+from histokd.methods.decision import apply_decision, choose_decision
 from histokd.methods.distill.bags import Bags
 from histokd.methods.distill.rules import max_bag_probs
 from histokd.models.base import MILModel, build_model
@@ -111,9 +112,11 @@ class InstanceLabeler(Labeler):
             others = [c for c in range(scores.shape[1]) if c != self.neg]
             scores = scores[:, others].amax(-1)
         rule = self.meta.get("bag_score", "max") if bag_score is None else bag_score
-        bag = t_probs if rule == "teacher" else max_bag_probs(probs, self.neg)
+        bag = (t_probs if rule == "teacher" else max_bag_probs(probs, self.neg)).numpy().astype(np.float32)
+        if bag_score is None:  # the model's own rule: its slide cut (methods.decision) applies
+            bag = apply_decision(bag, self.meta.get("decision"), 1 - self.neg)
         return Prediction(
-            bag_probs=bag.numpy().astype(np.float32),
+            bag_probs=bag,
             instance_probs=probs.numpy().astype(np.float32),
             instance_scores=scores.float().numpy().astype(np.float32),
         )
@@ -202,6 +205,18 @@ def build_modules(meta: dict[str, Any]) -> dict[str, nn.Module]:
         else:
             mods["student"] = InstanceHead(s_in, n_classes, tuple(st["hidden"]), float(st.get("dropout", 0.0)))
     return mods
+
+
+def fit_decision(labeler: InstanceLabeler, tr: Any, va: Any) -> dict[str, Any] | None:
+    """The slide cut of a two-class labeller (:func:`histokd.methods.decision.choose_decision`) from its
+    validation :class:`Bags` (its training bags for a class the validation bags lack). Call it before the
+    labeller gets its feature statistics: the bags here are already standardised."""
+    if int(labeler.meta["n_classes"]) != 2:
+        return None
+    pos = 1 - labeler.neg
+    return choose_decision(lambda x: float(labeler.predict(x.numpy()).bag_probs[pos]),
+                           tr.features, [int(y) == pos for y in tr.labels],
+                           va.features, [int(y) == pos for y in va.labels])
 
 
 def val_instance_threshold(labeler: InstanceLabeler, va: Bags) -> float:

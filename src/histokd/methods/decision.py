@@ -1,0 +1,82 @@
+"""The slide decision: where a two-class model's bag probability is cut, chosen once when it is trained.
+
+A model's bag probabilities rank slides well long before they are calibrated: a max-tile rule over a
+student's tile probabilities, a class-weighted loss or a small cohort all move every slide's probability
+the same way, and a fixed cut at 0.5 then sends every slide to one class (bag AUC 0.92, accuracy 0.50).
+So every method ends its ``fit`` with :func:`choose_decision`:
+
+- the *calibration bags* of each class are its validation bags; a class with no validation bag (a tiny
+  or one-sided validation set, or none) takes its training bags instead;
+- the cut is the midpoint, on the logit scale, between the median positive-class probability of the
+  negative calibration bags and that of the positive ones: the equal-prior rule between the two
+  classes' typical scores. Medians, not a search for the best accuracy: with one tumour and three normal
+  validation slides a search lands on whichever gap those four happen to leave, a median midpoint stays
+  between the classes;
+- when the medians are in the wrong order (a model that did not learn) the cut stays at 0.5.
+
+The cut is stored with the model (``decision`` in its meta) and applied in ``predict`` by shifting the bag
+logits (:func:`apply_decision`), so every consumer that takes the most likely class (``bench``, ``label``,
+``report``) decides the same way; rankings, and so AUCs, do not change. Multi-class models keep argmax.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+EPS = 1e-6
+
+
+def _logit(p: np.ndarray | float) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def decision_threshold(train_scores: Sequence[float], train_pos: Sequence[bool], val_scores: Sequence[float],
+                       val_pos: Sequence[bool]) -> dict[str, Any]:
+    """The cut on positive-class bag probabilities (see the module docstring) -> ``{"threshold", "source"}``."""
+    ts, tp = np.asarray(train_scores, float), np.asarray(train_pos, bool)
+    vs, vp = np.asarray(val_scores, float), np.asarray(val_pos, bool)
+    med, src = {}, {}
+    for cls in (False, True):
+        v = vs[vp == cls] if len(vs) else np.zeros(0)
+        t = ts[tp == cls] if len(ts) else np.zeros(0)
+        v, t = v[np.isfinite(v)], t[np.isfinite(t)]
+        if len(v):
+            med[cls], src[cls] = float(np.median(_logit(v))), "validation"
+        elif len(t):
+            med[cls], src[cls] = float(np.median(_logit(t))), "training"
+    if len(med) < 2 or med[True] <= med[False]:
+        return {"threshold": 0.5, "source": "default (the calibration bags do not order the classes)"}
+    mid = 0.5 * (med[True] + med[False])
+    th = float(1.0 / (1.0 + math.exp(-mid)))
+    where = src[False] if src[False] == src[True] else f"negatives: {src[False]}, positives: {src[True]}"
+    return {"threshold": th, "source": where}
+
+
+def choose_decision(predict_pos: Callable[[Any], float], train: Sequence[Any], train_pos: Sequence[bool],
+                    val: Sequence[Any], val_pos: Sequence[bool]) -> dict[str, Any]:
+    """``predict_pos(bag)`` -> positive-class bag probability, over the training and validation bags; the
+    training bags are only scored for a class that has no validation bag."""
+    need_train = {bool(c) for c in (False, True)} - {bool(c) for c in val_pos}
+    t_idx = [i for i, c in enumerate(train_pos) if bool(c) in need_train]
+    ts = [predict_pos(train[i]) for i in t_idx]
+    vs = [predict_pos(val[i]) for i in range(len(val_pos))]
+    return decision_threshold(ts, [bool(train_pos[i]) for i in t_idx], vs, [bool(c) for c in val_pos])
+
+
+def apply_decision(bag_probs: np.ndarray, decision: dict[str, Any] | None, positive: int) -> np.ndarray:
+    """Two-class ``bag_probs`` [2] shifted on the logit scale so that the cut falls at 0.5."""
+    if not decision or len(bag_probs) != 2:
+        return bag_probs
+    th = float(decision.get("threshold", 0.5))
+    if not 0.0 < th < 1.0 or th == 0.5:
+        return bag_probs
+    z = float(_logit(bag_probs[positive])) - float(_logit(th))
+    p = 1.0 / (1.0 + math.exp(-z))
+    out = np.empty_like(bag_probs)
+    out[positive], out[1 - positive] = p, 1.0 - p
+    return out
