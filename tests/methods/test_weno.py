@@ -68,3 +68,25 @@ def test_logit_offset_undoes_class_weights() -> None:
     assert biased[0, 1] > 0.6  # the weights push the positive probability far above 0.3
     fixed = torch.softmax(z.detach() - torch.tensor(student_logit_offset(w, 0)), -1)
     assert torch.allclose(fixed, t, atol=1e-3)
+
+
+@pytest.mark.parametrize("source", ["singleton", "fused"])
+def test_pseudo_labels_from_the_teachers_instance_classifier(source: str) -> None:
+    """``pseudo_source``: targets from the teacher's singleton classifier (or fused with attention) train a
+    student that finds the planted instances, and negative bags still get target 0."""
+    from histokd.methods.distill.bags import as_bags
+    from histokd.methods.weno import _pseudo_targets
+    from histokd.models import build_model
+
+    tr, va, te = planted_bags(60, 0), planted_bags(20, 1), planted_bags(30, 2)
+    cfg = {"epochs": 6, "hpm_warmup": 3, "min_student_steps": 20, "encoder_dim": 64, "student_hidden": [64],
+           "teacher_args": {"hidden": [64], "attn_dim": 32}, "pseudo_source": source}
+    lab = Weno().fit(tr, va, cfg)
+    probs = np.concatenate([lab.predict(x.numpy()).instance_probs[:, 1] for x in te.features])
+    assert roc_auc_score(np.concatenate(te.instance_labels), probs) > 0.9
+    b = as_bags(tr)
+    t = _pseudo_targets(b, torch.nn.Identity(), build_model("abmil", b.dim, 2).eval(), "negative", 0, 2, 0.95, source)
+    sizes = [len(x) for x in b.features]
+    parts = torch.split(t[:, 1], sizes)
+    assert all(float(p.max()) == 0.0 for p, y in zip(parts, b.labels) if int(y) == 0)
+    assert ((t >= 0) & (t <= 1)).all()

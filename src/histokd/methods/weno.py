@@ -121,6 +121,10 @@ class WenoConfig(BaseConfig):
     class_weights: Literal["authors", "balanced", "none"] = "authors"
     neg_weight: float = 0.1  # authors' weights: neg_weight / (1 - neg_weight)
     pseudo_norm: Literal["global", "bag", "negative"] = "negative"
+    # what the pseudo-labels are made of: the teacher's attention logits (the authors'), its own instance
+    # classifier on each tile as a bag of one ("singleton": log-odds of the bag's class against the negative
+    # class), or the mean of both after each is scaled to [0, 1] ("fused")
+    pseudo_source: Literal["attention", "singleton", "fused"] = "attention"
     pseudo_neg_quantile: float = 0.95  # pseudo_norm=negative: negative-bag evidence quantile mapped to 0
     hpm: bool = True
     hpm_warmup: int = 10
@@ -365,7 +369,7 @@ class _WenoEpoch:
         t_loss = self._teacher_pass(epoch)
         # ---- pseudo-labels from the teacher (eval mode, full bags) ----
         targets = _pseudo_targets(self.tr, self.enc_t, self.teacher, self.cfg.pseudo_norm, self.neg, self.C,
-                                  self.cfg.pseudo_neg_quantile)
+                                  self.cfg.pseudo_neg_quantile, self.cfg.pseudo_source)
         self.w = _class_weights(self.cfg, targets, self.neg)
         s_loss, n_inst = self._student_pass(targets)
         return {"teacher_loss": t_loss / len(self.tr), "student_loss": s_loss / max(1, n_inst)}
@@ -450,15 +454,23 @@ def _student_probs(enc: nn.Module, student: nn.Module, x: torch.Tensor,
 
 @torch.no_grad()
 def _pseudo_targets(tr: Bags, enc: nn.Module, teacher: MILModel, norm: str, neg: int, C: int,
-                    neg_quantile: float) -> torch.Tensor:
-    """Soft targets [M, C] for every training instance (bags concatenated in order)."""
+                    neg_quantile: float, source: str = "attention") -> torch.Tensor:
+    """Soft targets [M, C] for every training instance (bags concatenated in order), from the teacher's
+    attention, its singleton instance classifier, or both (``source``; see ``WenoConfig.pseudo_source``)."""
     enc.eval(), teacher.eval()
-    scores = []
+    att, single = [], []
     for x, y in zip(tr.features, tr.labels):
-        out = teacher(enc(x).unsqueeze(0))
-        scores.append(teacher_evidence(out.instance_scores, int(y) if int(y) != neg else (1 - neg if C == 2 else 0))[0])
+        z = enc(x).unsqueeze(0)
+        cls = int(y) if int(y) != neg else (1 - neg if C == 2 else 0)
+        if source in ("attention", "fused"):
+            att.append(teacher_evidence(teacher(z).instance_scores, cls)[0])
+        if source in ("singleton", "fused"):
+            lg = teacher.instance_logits(z)[0].float()
+            single.append(lg[:, cls] - lg[:, neg])
     pos = [int(y) != neg for y in tr.labels]
-    ys = minmax_pseudo_labels(scores, pos, norm, neg_quantile=neg_quantile)  # type: ignore[arg-type]
+    parts = [minmax_pseudo_labels(sc, pos, norm, neg_quantile=neg_quantile)  # type: ignore[arg-type]
+             for sc in (att, single) if sc]
+    ys = parts[0] if len(parts) == 1 else [0.5 * (a + b) for a, b in zip(*parts)]
     return torch.cat([soft_targets(y, int(c), neg, C) for y, c in zip(ys, tr.labels)])
 
 
