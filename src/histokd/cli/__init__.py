@@ -40,6 +40,7 @@ _COMMAND_MODULES = [
     "label",
     "report",
     "view",
+    "predict",
     "bench",
     "encoder",
     "doctor",
