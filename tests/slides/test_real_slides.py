@@ -71,3 +71,60 @@ def test_a_real_aperio_slide_tiles_and_embeds(real_svs, tmp_path):
     assert emb.written == ["cmu"] and not emb.failed
     ff = read_features(tmp_path / "run" / "features" / "efficientnet_lite0" / "cmu.h5", expected_dim=1280)
     assert len(ff.features) == res.tiled["cmu"] and np.isfinite(ff.features).all()
+
+
+def _synthetic_he(path: Path, seed: int, tumour: bool) -> Path:
+    """A 1344 px slide at 0.5 µm/px: a 896 px square of pink tissue on glass (tumour: purple left half)."""
+    from histokd.synth.tiff import write_pyramid_tiff
+
+    rng = np.random.default_rng(seed)
+    img = np.full((1344, 1344, 3), 238.0, np.float32)
+    img[224:1120, 224:1120] = (230, 160, 205)
+    if tumour:
+        img[224:1120, 224:672] = (110, 50, 150)
+    img[224:1120, 224:1120] += rng.normal(0, 14, (896, 896, 3))
+    return write_pyramid_tiff(path, img.clip(0, 255).astype(np.uint8), 0.5, n_levels=3)
+
+
+@pytest.mark.slow
+def test_predict_on_a_real_aperio_slide_with_a_model_bundle(real_svs, tmp_path):
+    """A small bundle (handcrafted features, ABMIL, 0.5 µm/px and 224 px tiles, trained on synthetic slides) is
+    exported and applied with `histokd predict` to the real slide: its own tiling, features, predictions, report."""
+    import h5py
+    from typer.testing import CliRunner
+
+    from histokd import embed, tile, train
+    from histokd.cli import app
+    from histokd.predictions import read_prediction
+    from histokd.workspace import read_csv
+
+    rows = ["slide_id,path,label,split"]
+    for i, split in enumerate(["train", "train", "train", "val", "val"]):
+        rows.append(f"n{i},{_synthetic_he(tmp_path / f'n{i}.tif', i, False)},normal,{split}")
+        rows.append(f"t{i},{_synthetic_he(tmp_path / f't{i}.tif', 50 + i, True)},tumour,{split}")
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    assert not tile(tmp_path / "train.csv", run, mpp=0.5, size=224, workers=1).failures
+    assert not embed(run, "handcrafted", workers=0).failed
+    train(run, features="handcrafted", method="abmil", model_id="small", max_epochs=10)
+    archive = tmp_path / "small.tar.gz"
+    r = CliRunner().invoke(app, ["export-model", "-w", str(run), "-m", "small", "-o", str(archive)])
+    assert r.exit_code == 0, r.output
+
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["predict", "--model", str(archive), "--slides", str(real_svs), "-w", str(out),
+                                 "-j", "1", "--bootstrap", "10"])
+    assert r.exit_code == 0, r.output
+    assert "1 of 1 slide(s) predicted" in r.output and "no labels: no metrics" in r.output
+    with h5py.File(out / "tiles" / "cmu_small_region.h5", "r") as f:
+        n = int(f["coords"].shape[0])
+        assert 44 <= n <= 54 and float(f.attrs["target_mpp"]) == 0.5 and int(f.attrs["patch_size"]) == 224
+    ff = read_features(out / "features" / "handcrafted" / "cmu_small_region.h5")
+    assert ff.features.shape[0] == n and np.isfinite(ff.features).all()
+    pred = read_prediction(out / "predictions" / "small" / "cmu_small_region.h5")
+    assert pred.probs.shape == (n, 2) and np.isfinite(pred.probs).all()
+    row = read_csv(out / "predictions" / "small" / "slides.csv").iloc[0]
+    assert row["slide_id"] == "cmu_small_region" and row["call"] in ("normal", "tumour") and row["ood"] in ("0", "1")
+    html = (out / "reports" / "small" / "index.html").read_text()
+    assert "cmu_small_region" in html and "no labels: no metrics" in html
+    assert (out / "reports" / "small" / "heatmaps" / "cmu_small_region.png").stat().st_size > 1000
