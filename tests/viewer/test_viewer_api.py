@@ -80,8 +80,8 @@ def test_workspace_json_lists_slides_models_and_layers(client):
     assert bad["label"] == EVIL and "unavailable" in bad and "dz" not in bad  # data, escaped by the page
     a = doc["slides"][0]
     assert a["dz"] == {"width": 1504, "height": 1096, "tile_size": 254, "overlap": 1, "max_level": 11, "base_scale": 1.0}
-    assert {"_/truth", "_/tissue", "_/grid", "weno-t/p1", "weno-t/evidence", "three/p0", "three/p1", "three/p2"} \
-        == set(a["layers"])
+    assert {"_/truth", "_/tissue", "_/grid", "weno-t/p1", "weno-t/evidence", "three/p0", "three/p1", "three/p2",
+            "three/pixel"} == set(a["layers"])
     m = a["models"]["weno-t"]
     assert 0 <= m["p"] <= 1 and m["pred"] in ("normal", "tumour") and m["disagreement"] is not None
     assert a["models"]["three"]["disagreement"] is None  # no teacher evidence
@@ -194,6 +194,17 @@ def test_probability_overlay_tile_edges_are_exact(client, catalog):
     assert np.array_equal(over, want)
 
 
+def test_pixel_mask_overlay_is_the_mask(client, catalog):
+    """A segmenter's pixel mask at downsample 16, drawn at 4 level-0 px per pixel: each mask pixel is 4 x 4."""
+    dz = catalog.deepzoom("a")
+    over = _assemble(client, lambda lv, c, r: f"{B}/overlay/three/pixel/a_files/{lv}/{c}_{r}.png", dz, 9, "RGBA")
+    mask = catalog.prediction("three", "a").mask > 0
+    want = np.zeros(over.shape[:2], bool)  # beyond the mask's last row: nothing
+    big = np.kron(mask, np.ones((4, 4), bool))[: over.shape[0], : over.shape[1]]
+    want[: big.shape[0], : big.shape[1]] = big
+    assert np.array_equal(over[..., 3] > 0, want)
+
+
 def test_threshold_hides_low_values(client):
     def opaque(t: float) -> int:
         r = client.get(f"{B}/overlay/weno-t/p1/a_files/10/1_1.png?t={t}")
@@ -202,7 +213,7 @@ def test_threshold_hides_low_values(client):
     assert opaque(0) > opaque(0.5) > opaque(0.99) >= opaque(1.0)
 
 
-@pytest.mark.parametrize("layer", ["_/tissue", "_/grid", "weno-t/evidence", "three/p0"])
+@pytest.mark.parametrize("layer", ["_/tissue", "_/grid", "weno-t/evidence", "three/p0", "three/pixel"])
 def test_other_overlays_render(client, layer):
     r = client.get(f"{B}/overlay/{layer}/a_files/10/1_1.png")
     assert r.status_code == 200

@@ -4,7 +4,7 @@ Slides ``a`` (1504 x 1096 px: edges that are not multiples of the 254-px deep-zo
 (700 x 900) at 0.5 µm/px; tiles 96 level-0 px on a lattice that starts at (32, 16); tissue masks at
 downsample 16; ground truth ``a``: a disc and a rectangle as a PNG at downsample 8; ``b`` is normal (an
 all-zero PNG). Model ``weno-t`` has teacher evidence (``instance_scores``) and two classes; model
-``three`` has three classes and no evidence. ``bad`` is listed in the cohort but its slide file is missing;
+``three`` has three classes, no evidence and a pixel mask (downsample 16, as a segmenter writes). ``bad`` is listed in the cohort but its slide file is missing;
 its label is markup (``<img src=x onerror=alert(1)>``), which the page must show as text.
 """
 
@@ -62,7 +62,7 @@ def _fraction(mask: np.ndarray, coords: np.ndarray) -> np.ndarray:
 
 
 def _prediction(path: Path, sid: str, model: str, coords: np.ndarray, probs: np.ndarray, classes: list[str],
-                positive: str, scores: np.ndarray | None) -> list[float]:
+                positive: str, scores: np.ndarray | None, pixel: np.ndarray | None = None) -> list[float]:
     path.parent.mkdir(parents=True, exist_ok=True)
     bag = probs.max(axis=0)
     bag = (bag / bag.sum()).astype(np.float32)
@@ -71,6 +71,8 @@ def _prediction(path: Path, sid: str, model: str, coords: np.ndarray, probs: np.
         f["coords"] = coords
         if scores is not None:
             f["instance_scores"] = scores.astype(np.float32)
+        if pixel is not None:  # a segmenter's mask, 0/1 at downsample 16 (IFKD's layout)
+            f.create_dataset("mask", data=pixel.astype(np.uint8)).attrs["mask_downsample"] = 16.0
         f.attrs.update(bag_probs=bag, classes=json.dumps(classes), positive_class=positive, model_id=model,
                        method="weno" if scores is not None else "abmil", patch_size_level0=float(TILE), slide_id=sid)
     return bag.tolist()
@@ -113,7 +115,7 @@ def make_viewer_run(root: Path) -> ViewerRun:
         bags["weno-t"].append([sid, label, *bag])
         p3 = np.column_stack([1 - p, p * 0.3, p * 0.7])
         bag3 = _prediction(ws / "predictions" / "three" / f"{sid}.h5", sid, "three", coords, p3,
-                           ["normal", "grade1", "tumour"], "tumour", None)
+                           ["normal", "grade1", "tumour"], "tumour", None, pixel=tum[8::16, 8::16])
         bags["three"].append([sid, label, *bag3])
     rows.append(f"bad,{root / 'slides' / 'bad.tiff'},\"{EVIL}\",test,")
     (ws / "cohort.csv").write_text("\n".join(rows) + "\n")

@@ -41,7 +41,9 @@ def _catalog(workspace: str | os.PathLike[str] | Workspace, models: list[str] | 
 def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A listening socket on ``host:port`` (port 0: a free one); one line when the port is taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto named: asyncio turns Nagle's algorithm off only on sockets whose proto is IPPROTO_TCP; with it on, every
+    # response on a kept-alive connection waited ~40 ms for the browser's delayed ACK (headers and body are two writes)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -104,7 +106,7 @@ def export(
     if max_level is not None and max_level < 0:
         raise InputError(f"--max-level {max_level}: must be 0 or more (0 = one pixel); leave it out for full resolution")
     catalog = _catalog(workspace, models)
-    plan = plan_export(catalog, max_level)
+    plan = plan_export(catalog, max_level, assets=assets)
     announce(f"histokd view --export: {plan.describe()} -> {Path(out)}")
     with progress() as bar:
         task = bar.add_task("export", total=plan.slide_tiles + plan.overlay_tiles, unit="tile")

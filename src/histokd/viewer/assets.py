@@ -4,7 +4,8 @@
 which runs ``npm pack openseadragon@<VERSION>``, checks the tarball against the registry's pinned sha512
 (:data:`INTEGRITY`) and extracts ``build/openseadragon/`` and the licence into
 ``src/histokd/viewer/static/vendor/openseadragon/`` (git-ignored). ``histokd view`` only reads that folder
-(or the same layout under ``<cache>/viewer/openseadragon-<VERSION>/``); nothing is fetched at run time.
+(or the same layout under ``<cache>/viewer/openseadragon-<VERSION>/``, written by ``python -m
+histokd.viewer.assets --cache`` where the package folder is not writable); nothing is fetched at run time.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ VERSION = "6.1.1"
 #: ``npm view openseadragon@6.1.1 dist.integrity``
 INTEGRITY = "sha512-g4iKe2q8B642SaBT3+x4ZF3/8b1TxPPydyjmtrOLgDrlYWMKd9ZXM+1Cb/xa9DVySkvs/7l6HR1nHKfD5F3Tsw=="
 PACKAGE_DIR = Path(__file__).resolve().parent / "static" / "vendor" / "openseadragon"
-HOW_TO_GET = ("run `make viewer-assets` in the histokd source tree (or `python -m histokd.viewer.assets`; "
-              "needs npm and the npm registry)")
+HOW_TO_GET = ("run `make viewer-assets` in the histokd source tree (or `python -m histokd.viewer.assets`, "
+              "`--cache` for an installed histokd; needs npm and the npm registry)")
 
 
 def _cache_dir() -> Path:
@@ -58,7 +59,8 @@ def require_assets() -> Path:
 
 
 def extract(tarball: bytes, dest: Path) -> Path:
-    """Check ``tarball`` (the npm package) against :data:`INTEGRITY` and extract the viewer build and its licence
+    """Check ``tarball`` (the npm package) against :data:`INTEGRITY` and extract the minified build, its button
+    images and its licence
     into ``dest`` (replaced whole; written beside it first, so a failure leaves the old folder)."""
     algo, _, want = INTEGRITY.partition("-")
     got = base64.b64encode(hashlib.new(algo, tarball).digest()).decode()
@@ -75,7 +77,7 @@ def extract(tarball: bytes, dest: Path) -> Path:
                     continue
                 if name == "package/LICENSE.txt":
                     rel = Path("LICENSE.txt")
-                elif name.startswith("package/build/openseadragon/") and not name.endswith(".map"):
+                elif name.startswith("package/build/openseadragon/") and not name.endswith((".map", "/openseadragon.js")):
                     rel = Path(name[len("package/build/openseadragon/"):])
                 else:
                     continue
@@ -113,13 +115,16 @@ def fetch(dest: Path = PACKAGE_DIR, npm: str = "npm") -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m histokd.viewer.assets [--if-missing]``: fetch OpenSeadragon into the package folder."""
+    """``python -m histokd.viewer.assets [--if-missing] [--cache]``: fetch OpenSeadragon into the package folder
+    (``--cache``: into ``<cache>/viewer/openseadragon-<VERSION>/``, for an installed histokd whose package folder
+    is not writable)."""
     args = sys.argv[1:] if argv is None else argv
-    if "--if-missing" in args and _complete(PACKAGE_DIR):
-        print(f"OpenSeadragon {VERSION}: {PACKAGE_DIR} (present)")
+    dest = _cache_dir() if "--cache" in args else PACKAGE_DIR
+    if "--if-missing" in args and _complete(dest):
+        print(f"OpenSeadragon {VERSION}: {dest} (present)")
         return 0
     try:
-        out = fetch()
+        out = fetch(dest)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -42,10 +42,12 @@ class ExportPlan:
                 f"about {self.bytes_estimate / 1e6:.1f} MB")
 
 
-def plan_export(catalog: Catalog, max_level: int | None = None, sample: int = 6) -> ExportPlan:
-    """Count the tiles of every slide and layer and estimate the size by rendering ``sample`` tiles of each kind
-    (of the first slide, at its deepest exported level)."""
+def plan_export(catalog: Catalog, max_level: int | None = None, sample: int = 6, assets: Path | None = None) -> ExportPlan:
+    """Count the tiles of every slide and layer and estimate the size: tiles by rendering ``sample`` tiles of each
+    kind (of the first slide, at its deepest exported level), plus the page and OpenSeadragon (``assets``)."""
     plan = ExportPlan()
+    fixed = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file()) if assets is not None else 0
+    fixed += sum(path.stat().st_size for path, _ in STATIC_FILES.values())
     for sid in catalog.slides:
         try:
             dz = catalog.deepzoom(sid, max_level)
@@ -57,6 +59,7 @@ def plan_export(catalog: Catalog, max_level: int | None = None, sample: int = 6)
         plan.slide_tiles += dz.n_tiles()
         plan.overlay_tiles += dz.n_tiles() * len(layers)
     if not plan.slides:
+        plan.bytes_estimate = fixed
         return plan
     sid, (dz, layers) = next(iter(plan.slides.items()))
     rng = np.random.default_rng(0)
@@ -69,7 +72,7 @@ def plan_export(catalog: Catalog, max_level: int | None = None, sample: int = 6)
             if layers else 0.0
     except HistokdError:
         slide_b, over_b = 20_000.0, 2_000.0  # a typical JPEG tile of tissue, a typical overlay PNG
-    plan.bytes_estimate = int(plan.slide_tiles * slide_b + plan.overlay_tiles * over_b)
+    plan.bytes_estimate = int(fixed + plan.slide_tiles * slide_b + plan.overlay_tiles * over_b)
     return plan
 
 
