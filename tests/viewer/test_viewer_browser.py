@@ -117,6 +117,14 @@ def test_viewer_in_chromium(browser, live_url, tmp_path):
     info = b.evaluate("document.getElementById('tile-info').innerText")
     assert "three: P(grade1)" in info and "weno-t: evidence" in info and "ground-truth tumour fraction" in info
     assert b.evaluate("document.querySelectorAll('#hotspots li').length") == 10
+    # the thresholded overlay as QuPath GeoJSON: the tiles of the hot-spot layer at or above its threshold
+    geo = b.evaluate("histokdView.thresholdedGeoJSON()")
+    tiles = b.evaluate("histokdView.tiles.models[histokdView.model]")
+    layer = b.evaluate("document.getElementById('hot-layer').value")
+    k = int(layer.split("/")[1][1:])
+    want = sum(1 for v in tiles["probs"][k] if v is not None and v >= 0.5)
+    assert geo["type"] == "FeatureCollection" and len(geo["features"]) == want > 0
+    assert geo["features"][0]["geometry"]["coordinates"][0][0] == geo["features"][0]["geometry"]["coordinates"][0][4]
     b.screenshot(tmp_path / "viewer.png")
     assert (tmp_path / "viewer.png").stat().st_size > 20_000
 

@@ -37,27 +37,39 @@ PIXEL_RGB = (230, 0, 200)
 
 
 class LRU:
-    """A small thread-safe least-recently-used cache; ``get(key, make)`` computes a missing value once."""
+    """A small thread-safe least-recently-used cache; ``get(key, make)`` computes a missing value once (concurrent
+    callers of the same key wait for it); an evicted value with a ``close`` method is closed."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._d: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
+        self._making: dict[Hashable, threading.Lock] = {}
 
     def get(self, key: Hashable, make: Callable[[], T]) -> T:
         with self._lock:
             if key in self._d:
                 self._d.move_to_end(key)
                 return self._d[key]
-        value = make()
-        with self._lock:
-            self._d[key] = value
-            self._d.move_to_end(key)
-            while len(self._d) > self.size:
-                _, old = self._d.popitem(last=False)
-                close = getattr(getattr(old, "slide", None), "close", None)
-                if close is not None:
-                    close()
+            making = self._making.setdefault(key, threading.Lock())
+        with making:
+            with self._lock:
+                if key in self._d:
+                    return self._d[key]
+            try:
+                value = make()
+            finally:
+                with self._lock:
+                    self._making.pop(key, None)
+            evicted = []
+            with self._lock:
+                self._d[key] = value
+                while len(self._d) > self.size:
+                    evicted.append(self._d.popitem(last=False)[1])
+        for old in evicted:
+            close = getattr(old, "close", None)
+            if callable(close):
+                close()
         return value
 
 
@@ -208,7 +220,7 @@ class Catalog:
         from histokd.slides.reader import open_slide
 
         e = self.slides[sid]
-        return self._slides.get(sid, lambda: SlideTiles(open_slide(e.path, mpp=e.level0_mpp)))
+        return self._slides.get(sid, lambda: SlideTiles(lambda: open_slide(e.path, mpp=e.level0_mpp)))
 
     def dimensions(self, sid: str) -> tuple[int, int]:
         if sid not in self._dims:

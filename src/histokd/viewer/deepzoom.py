@@ -16,7 +16,9 @@ import io
 import math
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -109,22 +111,40 @@ def parse_tile_name(name: str, fmt: str) -> tuple[int, int] | None:
 
 
 class SlideTiles:
-    """Deep-zoom tiles of one open slide (a :class:`histokd.slides.reader.Slide`); reads are serialised per slide
-    (backends are not all thread-safe)."""
+    """Deep-zoom tiles of one slide, opened on first use by ``opener`` (a :class:`histokd.slides.reader.Slide`
+    factory). Reads are serialised per slide (backends are not all thread-safe); :meth:`close` waits for a read
+    in progress, and a later read opens the slide again."""
 
-    def __init__(self, slide, top: int | None = None) -> None:  # noqa: ANN001 - histokd.slides.reader.Slide
-        self.slide = slide
-        w, h = slide.dimensions
-        self.dz = DeepZoom(int(w), int(h), top=top)
+    def __init__(self, opener: Callable[[], Any], top: int | None = None) -> None:
+        self._opener = opener
+        self._slide: Any = None
         self._lock = threading.Lock()
+        w, h = self.slide.dimensions
+        self.dz = DeepZoom(int(w), int(h), top=top)
+
+    @property
+    def slide(self) -> Any:
+        with self._lock:
+            if self._slide is None:
+                self._slide = self._opener()
+            return self._slide
+
+    def close(self) -> None:
+        with self._lock:
+            if self._slide is not None:
+                self._slide.close()
+                self._slide = None
 
     def tile(self, level: int, col: int, row: int) -> np.ndarray:
         """RGB ``[h, w, 3]`` uint8 of a tile (the caller checked :meth:`DeepZoom.valid`)."""
         x, y, w, h = self.dz.tile_box(level, col, row)
         f = self.dz.scale(level)
+        slide = self.slide
         with self._lock:
+            if self._slide is not slide:  # closed meanwhile
+                self._slide = slide = self._opener()
             # read_region_mpp reads the box from the best pyramid level and area-averages it to (w, h)
-            return self.slide.read_region_mpp(x * f, y * f, (w, h), self.slide.mpp * f)
+            return slide.read_region_mpp(x * f, y * f, (w, h), slide.mpp * f)
 
     def jpeg(self, level: int, col: int, row: int, quality: int = 85) -> bytes:
         buf = io.BytesIO()

@@ -255,6 +255,30 @@
     });
   }
 
+  // QuPath GeoJSON (level-0 px, x right, y down) of the tiles of the hot-spot layer at or above its threshold
+  function thresholdedGeoJSON() {
+    var t = state.tiles, key = $("hot-layer").value, s = state.slides[state.current];
+    if (!t || !key || !s) return null;
+    var parts = key.split("/"), d = t.models[parts[0]], L = state.layers[key], info = layerInfo(key);
+    if (!d) return null;
+    var vals = parts[1] === "evidence" ? d.evidence : d.probs[Number(parts[1].slice(1))];
+    var lo = Infinity, hi = -Infinity;
+    if (parts[1] === "evidence") vals.forEach(function (v) { if (v !== null) { lo = Math.min(lo, v); hi = Math.max(hi, v); } });
+    var feats = [];
+    vals.forEach(function (v, i) {
+      if (v === null) return;
+      var shown = parts[1] === "evidence" ? (hi > lo ? (v - lo) / (hi - lo) : 0) : v;
+      if (shown < L.threshold) return;
+      var x = d.x[i], y = d.y[i], z = d.size;
+      feats.push({type: "Feature", geometry: {type: "Polygon", coordinates: [[[x, y], [x + z, y], [x + z, y + z], [x, y + z], [x, y]]]},
+                  properties: {objectType: "tile", classification: {name: info.title, color: [200, 0, 0]},
+                               measurements: {value: v}}});
+    });
+    return {type: "FeatureCollection", features: feats,
+            properties: {slide_id: s.id, layer: key, threshold: L.threshold}};
+  }
+  state.thresholdedGeoJSON = thresholdedGeoJSON;
+
   // ---------------------------------------------------------------------------------------------- set-up
   function modelChanged() {
     var sel = $("hot-layer");
@@ -277,6 +301,16 @@
   $("sort-select").addEventListener("change", function () { state.sort = this.value; renderSlideList(); });
   $("model-select").addEventListener("change", function () { state.model = this.value; modelChanged(); });
   $("hot-layer").addEventListener("change", renderHotspots);
+  $("save-geojson").addEventListener("click", function () {
+    var doc = thresholdedGeoJSON();
+    if (!doc) return;
+    var a = el("a");
+    a.href = URL.createObjectURL(new Blob([JSON.stringify(doc)], {type: "application/geo+json"}));
+    a.download = doc.properties.slide_id + "_" + doc.properties.layer.replace("/", "_") + "_t" +
+      doc.properties.threshold.toFixed(2) + ".geojson";
+    document.body.appendChild(a); a.click(); a.remove();
+    setTimeout(function () { URL.revokeObjectURL(a.href); }, 1000);
+  });
   $("save-png").addEventListener("click", function () {
     var canvas = viewer.drawer && viewer.drawer.canvas;
     if (!canvas || !canvas.toDataURL) return;
