@@ -39,6 +39,7 @@
     gestureSettingsMouse: {clickToZoom: false},
     imageLoaderLimit: 6
   });
+  state.viewer = viewer;
   viewer.addHandler("tile-loaded", function () { state.loaded += 1; });
   viewer.addHandler("open-failed", function (e) { status("cannot open the slide: " + (e.message || "")); });
 
