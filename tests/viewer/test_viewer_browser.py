@@ -128,6 +128,17 @@ def test_viewer_in_chromium(browser, live_url, tmp_path):
     b.screenshot(tmp_path / "viewer.png")
     assert (tmp_path / "viewer.png").stat().st_size > 20_000
 
+    # side by side: the teacher's evidence in a second viewer that follows the first
+    b.evaluate("(() => { const s = document.getElementById('compare-select'); s.value = 'weno-t/evidence'; "
+               "s.dispatchEvent(new Event('change')); })()")
+    b.wait_for("histokdView.loaded2 > 0 && histokdView.viewer2.world.getItemCount() === 2", 30)
+    b.evaluate("histokdView.viewer.viewport.zoomBy(2, undefined, true); "
+               "histokdView.viewer.viewport.panBy(new OpenSeadragon.Point(0.1, 0.05), true); 1")
+    b.wait_for("(() => { const a = histokdView.viewer.viewport, c = histokdView.viewer2.viewport; "
+               "return Math.abs(a.getZoom() - c.getZoom()) < 1e-6 && a.getCenter().distanceTo(c.getCenter()) < 1e-6; })()",
+               10)
+    _settle(b)
+
     # next slide by keyboard
     b.send("Input.dispatchKeyEvent", {"type": "keyDown", "key": "n", "text": "n", "code": "KeyN",
                                       "windowsVirtualKeyCode": 78})
@@ -135,6 +146,7 @@ def test_viewer_in_chromium(browser, live_url, tmp_path):
     b.wait_for("document.getElementById('slide-title').textContent.startsWith('b')", 10)
     b.wait_for("!!(histokdView.tiles && histokdView.tilesFor === 'b')", 30)
     _settle(b)
+    assert b.evaluate("histokdView.viewer2.world.getItemCount()") == 2  # the second viewer follows to slide b
     assert b.problems() == []
 
 

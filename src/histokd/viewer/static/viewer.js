@@ -6,7 +6,8 @@
   var state = {
     ws: null, slides: [], order: [], current: -1, model: null, sort: "name",
     layers: {},   // key -> {on, opacity, threshold, item}
-    tiles: null, tilesFor: null, mark: null, loaded: 0
+    tiles: null, tilesFor: null, mark: null, loaded: 0,
+    compare: "", viewer2: null, loaded2: 0   // the second, synchronised viewer: one layer of the same slide
   };
   window.histokdView = state;  // for tests and the curious: what is shown, how many tiles arrived
 
@@ -161,6 +162,50 @@
     });
   }
 
+  // ---------------------------------------------------------------------------------------------- side by side
+  var syncing = false;
+  function sync(from, to) {
+    if (syncing || !to || !from.world.getItemCount() || !to.world.getItemCount()) return;
+    syncing = true;
+    to.viewport.zoomTo(from.viewport.getZoom(), null, true);
+    to.viewport.panTo(from.viewport.getCenter(), true);
+    syncing = false;
+  }
+  function secondViewer() {
+    if (!state.viewer2) {
+      var v2 = OpenSeadragon({
+        element: $("viewer2"), prefixUrl: "vendor/openseadragon/images/", drawer: "canvas", crossOriginPolicy: false,
+        maxZoomPixelRatio: 4, gestureSettingsMouse: {clickToZoom: false}, imageLoaderLimit: 6, showNavigationControl: false
+      });
+      v2.addHandler("tile-loaded", function () { state.loaded2 += 1; });
+      v2.addHandler("viewport-change", function () { sync(v2, viewer); });
+      viewer.addHandler("viewport-change", function () { sync(viewer, v2); });
+      state.viewer2 = v2;
+    }
+    return state.viewer2;
+  }
+  function openCompare() {
+    var s = state.slides[state.current], key = state.compare;
+    var on = !!(s && s.dz && key && s.layers.indexOf(key) >= 0);
+    $("viewer2").hidden = !on;
+    if (!on) { if (state.viewer2) state.viewer2.close(); return; }
+    var v2 = secondViewer(), L = state.layers[key];
+    v2.open({tileSource: "dzi/" + enc(s.id) + ".dzi"});
+    v2.addOnceHandler("open", function () {
+      v2.addTiledImage({tileSource: overlaySource(key, s), opacity: Math.max(L.opacity, 0.6)});
+      sync(viewer, v2);
+    });
+  }
+  function renderCompareChoices() {
+    var sel = $("compare-select"), keep = state.compare;
+    while (sel.options.length > 1) sel.remove(1);
+    state.ws.layers.forEach(function (ly) {
+      if (ly.model === "_") return;
+      var o = el("option", ly.title); o.value = ly.key; sel.appendChild(o);
+    });
+    sel.value = keep;
+  }
+
   // ---------------------------------------------------------------------------------------------- slide
   function openSlide(i) {
     var s = state.slides[i];
@@ -174,13 +219,14 @@
     if (window.location.hash !== "#" + enc(s.id)) history.replaceState(null, "", "#" + enc(s.id));
     renderSlideList();
     renderLayers();
-    if (!s.dz) { viewer.close(); status(s.unavailable || "slide unavailable"); return; }
+    if (!s.dz) { viewer.close(); openCompare(); status(s.unavailable || "slide unavailable"); return; }
     status("");
     viewer.open({tileSource: "dzi/" + enc(s.id) + ".dzi"});
     viewer.addOnceHandler("open", function () {
       if (state.slides[state.current] !== s) return;
       Object.keys(state.layers).forEach(function (k) { if (state.layers[k].on) addOverlay(k); });
     });
+    openCompare();
     getJSON("api/tiles/" + enc(s.id) + ".json").then(function (t) {
       if (state.slides[state.current] !== s) return;
       state.tiles = t; state.tilesFor = s.id;
@@ -302,6 +348,7 @@
   $("sort-select").addEventListener("change", function () { state.sort = this.value; renderSlideList(); });
   $("model-select").addEventListener("change", function () { state.model = this.value; modelChanged(); });
   $("hot-layer").addEventListener("change", renderHotspots);
+  $("compare-select").addEventListener("change", function () { state.compare = this.value; openCompare(); });
   $("save-geojson").addEventListener("click", function () {
     var doc = thresholdedGeoJSON();
     if (!doc) return;
@@ -331,6 +378,7 @@
     var sel = $("model-select");
     ws.models.forEach(function (m) { var o = el("option", m.id + " (" + m.method + ")"); o.value = m.id; sel.appendChild(o); });
     state.model = ws.models.length ? ws.models[0].id : null;
+    renderCompareChoices();
     modelChanged();
     var want = decodeURIComponent(window.location.hash.slice(1)), start = 0;
     ws.slides.forEach(function (s, i) { if (s.id === want) start = i; });
