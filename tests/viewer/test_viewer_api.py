@@ -239,3 +239,27 @@ def test_workspace_json_is_cached_and_valid_json(client):
     a = client.get(f"{B}/api/workspace.json")
     b = client.get(f"{B}/api/workspace.json")
     assert a.content == b.content and json.loads(a.content)["static"] is False
+
+
+def test_slide_without_resolution_metadata_tiled_with_slide_mpp(tmp_path, fake_assets):
+    """A slide without µm/px metadata (tiled with --slide-mpp) is opened with the mpp it was tiled with."""
+    from starlette.testclient import TestClient
+    from viewer_ws import make_viewer_run
+
+    from histokd.errors import SlideError
+    from histokd.slides.reader import open_slide
+    from histokd.synth.tiff import write_pyramid_tiff
+    from histokd.viewer.app import create_app
+    from histokd.viewer.catalog import Catalog
+
+    run = make_viewer_run(tmp_path / "nompp")
+    path = tmp_path / "nompp" / "slides" / "b.tiff"
+    with open_slide(path) as s:
+        img = s.read_region((0, 0), 0, s.dimensions)
+    write_pyramid_tiff(path, img, mpp=None, n_levels=3, tile=256)
+    with pytest.raises(SlideError, match="slide-mpp"):
+        open_slide(path)
+    with TestClient(create_app(Catalog(run.root), TOKEN, fake_assets)) as c:
+        assert c.get(f"{B}/dzi/b.dzi").status_code == 200
+        r = c.get(f"{B}/dzi/b_files/10/1_1.jpeg")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
