@@ -8,12 +8,17 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+_TRAMPOLINE = ("import os, sys\n"
+               "r, w = int(sys.argv[1]), int(sys.argv[2])\n"
+               "os.dup2(r, 3); os.dup2(w, 4); os.close(r); os.close(w)\n"
+               "os.execv(sys.argv[3], sys.argv[3:])\n")
 
 
 class Chromium:
@@ -23,21 +28,16 @@ class Chromium:
         assert CHROMIUM is not None
         cmd_r, cmd_w = os.pipe()  # we write commands, the browser reads fd 3
         out_r, out_w = os.pipe()  # the browser writes fd 4, we read
-        # move the browser's ends out of the way of 3 and 4 before dup2 in the child
         hi_r, hi_w = fcntl.fcntl(cmd_r, fcntl.F_DUPFD, 10), fcntl.fcntl(out_w, fcntl.F_DUPFD, 10)
-
-        def child() -> None:  # runs in the browser's process before exec: our pipe ends become fds 3 and 4
-            os.dup2(hi_r, 3)
-            os.dup2(hi_w, 4)
-            os.close(hi_r)
-            os.close(hi_w)
-
         args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--disable-extensions", "--no-proxy-server", f"--window-size={width},{height}",
                 f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"]
-        self.proc = subprocess.Popen(args, close_fds=False, preexec_fn=child, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # a small Python trampoline puts our pipe ends on fds 3 and 4, then becomes the browser (no preexec_fn,
+        # which is unsafe in a process with threads such as a test server's)
+        self.proc = subprocess.Popen([sys.executable, "-c", _TRAMPOLINE, str(hi_r), str(hi_w), *args],
+                                     pass_fds=(hi_r, hi_w), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         for fd in (cmd_r, out_w, hi_r, hi_w):
             os.close(fd)
         self._w = os.fdopen(cmd_w, "wb", buffering=0)
@@ -135,7 +135,7 @@ class Chromium:
     def close(self) -> None:
         try:
             self.send("Browser.close", timeout=10)
-        except Exception:  # noqa: BLE001 - already gone
+        except (RuntimeError, TimeoutError, OSError):  # already gone
             pass
         try:
             self.proc.wait(timeout=10)

@@ -9,10 +9,10 @@ import math
 
 import numpy as np
 import pytest
-from conftest import TOKEN
 from PIL import Image
 from viewer_ws import EVIL, MASK_DS, SIZES, TILE
 
+from conftest import TOKEN
 from histokd.viewer.deepzoom import DeepZoom
 from histokd.viewer.layers import TileRaster
 

@@ -10,7 +10,6 @@ import threading
 import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
-
 import pytest
 from chromium_pipe import CHROMIUM, Chromium
 from viewer_ws import EVIL

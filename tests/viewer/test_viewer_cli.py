@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -77,7 +76,7 @@ def test_hostile_model_id_is_one_line(viewer_run):
 
 
 def test_missing_assets_say_how_to_get_them(viewer_run, monkeypatch):
-    import histokd.viewer.assets as assets
+    from histokd.viewer import assets
 
     monkeypatch.setattr(assets, "find_assets", lambda: None)
     code, out = _run(["view", "-w", str(viewer_run.root)])

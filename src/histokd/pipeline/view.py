@@ -76,7 +76,8 @@ def serve(
     sock = bind(host, port)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{sock.getsockname()[1]}/{token}/"
-    announce(f"histokd view: {len(catalog.slides)} slides, {len(catalog.models)} models; open {url}  (Ctrl-C stops)")
+    n_s, n_m = len(catalog.slides), len(catalog.models)
+    announce(f"histokd view: {n_s} slide{'s' * (n_s != 1)}, {n_m} model{'s' * (n_m != 1)}; open {url}  (Ctrl-C stops)")
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("view: listening on %s: anyone who can reach it and has the address can see the slides", host)
     if open_browser:

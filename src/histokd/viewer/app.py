@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from histokd.errors import HistokdError, one_line
 from histokd.viewer.catalog import LRU, Catalog
-from histokd.viewer.deepzoom import parse_tile_name
+from histokd.viewer.deepzoom import DeepZoom, parse_tile_name
 from histokd.viewer.page import STATIC_FILES, render_index
 
 log = logging.getLogger("histokd")
@@ -71,7 +71,8 @@ def _slide_of(catalog: Catalog, name: str, suffix: str) -> str:
     return name[: -len(suffix)]
 
 
-def _tile_args(catalog: Catalog, files: str, level: str, tile: str, fmt: str):  # noqa: ANN202
+def _tile_args(catalog: Catalog, files: str, level: str, tile: str, fmt: str) -> tuple[str, DeepZoom, int, int, int]:
+    """(slide id, its pyramid, level, col, row) of a tile request; 404 for anything that is not a tile of the slide."""
     sid = _slide_of(catalog, files, "_files")
     ct = parse_tile_name(tile, fmt)
     if ct is None or not level.isdigit() or len(level) > 3:
@@ -98,7 +99,7 @@ def _safe(fn: Callable[[Request], Response]) -> Callable[[Request], Response]:
         except HistokdError as e:
             log.warning("view: %s", e)
             return PlainTextResponse(f"{one_line(e, 400)}\n", status_code=500)
-        except Exception as e:  # noqa: BLE001 - a server answers every request; the traceback goes to -v logs
+        except Exception as e:  # a server answers every request; -v logs the traceback
             log.warning("view: %s: %s: %s", request.url.path, type(e).__name__, one_line(e, 200))
             log.debug("view: traceback", exc_info=True)
             return PlainTextResponse(f"internal error: {type(e).__name__}: {one_line(e, 200)}\n", status_code=500)
@@ -147,7 +148,7 @@ def create_app(catalog: Catalog, token: str, assets: Path, tile_cache: int = 204
 
     def slide_tile(request: Request) -> Response:
         p = request.path_params
-        sid, dz, level, col, row = _tile_args(catalog, p["files"], p["level"], p["tile"], "jpeg")
+        sid, _, level, col, row = _tile_args(catalog, p["files"], p["level"], p["tile"], "jpeg")
         data = cache.get(("slide", sid, level, col, row), lambda: catalog.slide_tiles(sid).jpeg(level, col, row))
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 

@@ -106,7 +106,7 @@ def fetch(dest: Path = PACKAGE_DIR, npm: str = "npm") -> Path:
                          f"OpenSeadragon {VERSION} for `histokd view`")
     with tempfile.TemporaryDirectory() as tmp:
         res = subprocess.run([exe, "pack", f"openseadragon@{VERSION}", "--pack-destination", tmp, "--silent"],
-                             capture_output=True, text=True, timeout=600, cwd=tmp)
+                             capture_output=True, text=True, timeout=600, cwd=tmp, check=False)
         tgz = Path(tmp) / f"openseadragon-{VERSION}.tgz"
         if res.returncode != 0 or not tgz.is_file():
             raise InputError(f"npm pack openseadragon@{VERSION} failed (exit {res.returncode}: "

@@ -124,9 +124,10 @@ class Colours:
     def legend(self, n: int = 11) -> list[str]:
         """CSS colours of ``n`` evenly spaced values 0..1 (the page's colour bar)."""
         if self.lut is None:
-            return ["#%02x%02x%02x" % tuple(self.rgb or (0, 0, 0))] * 2
+            r, g, b = self.rgb or (0, 0, 0)
+            return [f"#{r:02x}{g:02x}{b:02x}"] * 2
         idx = np.linspace(0, 255, n).round().astype(int)
-        return ["#%02x%02x%02x" % tuple(int(c) for c in self.lut[i]) for i in idx]
+        return ["#{:02x}{:02x}{:02x}".format(*(int(c) for c in self.lut[i])) for i in idx]
 
 
 def colour_map(name: str) -> Colours:
