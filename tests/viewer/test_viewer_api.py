@@ -80,7 +80,7 @@ def test_workspace_json_lists_slides_models_and_layers(client):
     assert bad["label"] == EVIL and "unavailable" in bad and "dz" not in bad  # data, escaped by the page
     a = doc["slides"][0]
     assert a["dz"] == {"width": 1504, "height": 1096, "tile_size": 254, "overlap": 1, "max_level": 11, "base_scale": 1.0}
-    assert {"_/truth", "_/tissue", "_/grid", "weno-t/p1", "weno-t/evidence", "three/p0", "three/p1", "three/p2",
+    assert {"_/truth", "_/truth-contour", "_/tissue", "_/grid", "weno-t/p1", "weno-t/evidence", "three/p0", "three/p1", "three/p2",
             "three/pixel"} == set(a["layers"])
     m = a["models"]["weno-t"]
     assert 0 <= m["p"] <= 1 and m["pred"] in ("normal", "tumour") and m["disagreement"] is not None
@@ -213,7 +213,8 @@ def test_threshold_hides_low_values(client):
     assert opaque(0) > opaque(0.5) > opaque(0.99) >= opaque(1.0)
 
 
-@pytest.mark.parametrize("layer", ["_/tissue", "_/grid", "weno-t/evidence", "three/p0", "three/pixel"])
+@pytest.mark.parametrize("layer", ["_/tissue", "_/grid", "_/truth-contour", "weno-t/evidence", "three/p0",
+                                   "three/pixel"])
 def test_other_overlays_render(client, layer):
     r = client.get(f"{B}/overlay/{layer}/a_files/10/1_1.png")
     assert r.status_code == 200
@@ -263,3 +264,41 @@ def test_slide_without_resolution_metadata_tiled_with_slide_mpp(tmp_path, fake_a
         assert c.get(f"{B}/dzi/b.dzi").status_code == 200
         r = c.get(f"{B}/dzi/b_files/10/1_1.jpeg")
         assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+
+
+def test_truth_contour_is_the_masks_boundary(client, catalog):
+    """At full resolution the contour layer is the inner boundary of the mask (upsampled to level 0), pixel for
+    pixel, continuous across deep-zoom tiles."""
+    from histokd.slides.masks import load_mask
+
+    dz = catalog.deepzoom("a")
+    over = _assemble(client, lambda lv, c, r: f"{B}/overlay/_/truth-contour/a_files/{lv}/{c}_{r}.png", dz, 11, "RGBA")
+    mask, ds = load_mask(catalog.slides["a"].mask_path, SIZES["a"])
+    full = np.kron(mask, np.ones((int(ds), int(ds)), bool))[: SIZES["a"][1], : SIZES["a"][0]]
+    pad = np.pad(full, 1)
+    inner = full & ~(pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:])
+    assert np.array_equal(over[..., 3] > 0, inner) and inner.sum() > 1000
+
+
+def test_annotations_folder_is_drawn_as_contours(viewer_run, fake_assets, tmp_path):
+    """``--annotations DIR``: a QuPath GeoJSON per slide becomes the ``_/annotations`` contour layer of that slide."""
+    from starlette.testclient import TestClient
+
+    from histokd.errors import InputError
+    from histokd.viewer.app import create_app
+    from histokd.viewer.catalog import Catalog
+
+    (tmp_path / "a.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {"classification": {"name": "Tumor"}},
+        "geometry": {"type": "Polygon", "coordinates": [[[300, 300], [900, 300], [900, 800], [300, 800], [300, 300]]]}}]}))
+    cat = Catalog(viewer_run.root, annotations=tmp_path)
+    with TestClient(create_app(cat, TOKEN, fake_assets)) as c:
+        r = c.get(f"{B}/overlay/_/annotations/a_files/9/0_0.png")
+        assert r.status_code == 200
+        alpha = np.asarray(Image.open(io.BytesIO(r.content)))[..., 3] > 0
+        ys, xs = np.nonzero(alpha)  # a rectangle outline at 4 level-0 px per pixel: (75, 75) to (224, 199)
+        assert (xs.min(), ys.min(), xs.max(), ys.max()) == (75, 75, 224, 199)
+        assert alpha[150, 100] == 0  # inside: not filled
+        assert c.get(f"{B}/overlay/_/annotations/b_files/9/0_0.png").status_code == 404
+    with pytest.raises(InputError, match="--annotations"):
+        Catalog(viewer_run.root, annotations=tmp_path / "nope")

@@ -23,6 +23,9 @@ def register(app: typer.Typer) -> None:
         export: Path = typer.Option(None, "--export", help="Write a static export into this folder instead of serving."),
         max_level: int = typer.Option(None, "--max-level", min=0,
                                       help="With --export: deepest deep-zoom level written (default: full resolution)."),
+        annotations: Path = typer.Option(None, "--annotations",
+                                         help="Folder of <slide>.geojson (QuPath) or <slide>.xml (ASAP) annotations, "
+                                              "drawn as contours."),
     ) -> None:
         """Serve a local viewer of RUN's slides: deep zoom, every model's tile probabilities and evidence, ground truth,
         tissue and tile grid as overlays; the address carries a random token. With --export, write it as static files."""
@@ -30,11 +33,13 @@ def register(app: typer.Typer) -> None:
         from histokd.pipeline.view import serve
 
         if export is not None:
-            res = export_view(workspace, export, models=model or None, max_level=max_level, announce=typer.echo)
+            res = export_view(workspace, export, models=model or None, max_level=max_level, announce=typer.echo,
+                              annotations=annotations)
             typer.echo(f"view export: {res.index.resolve()}  (serve the folder with any static web server, e.g. "
                        f"`python -m http.server -d {export}`)")
             fail_summary(res.failures, res.n_total)
             return
         if max_level is not None:
             typer.echo("warning: --max-level only applies with --export", err=True)
-        serve(workspace, models=model or None, host=host, port=port, open_browser=open_browser, announce=typer.echo)
+        serve(workspace, models=model or None, host=host, port=port, open_browser=open_browser, announce=typer.echo,
+              annotations=annotations)

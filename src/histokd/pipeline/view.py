@@ -31,8 +31,9 @@ class ExportResult:
     n_total: int = 0
 
 
-def _catalog(workspace: str | os.PathLike[str] | Workspace, models: list[str] | None) -> Catalog:
-    cat = Catalog(workspace, models=list(models) if models else None)
+def _catalog(workspace: str | os.PathLike[str] | Workspace, models: list[str] | None,
+             annotations: str | os.PathLike[str] | None = None) -> Catalog:
+    cat = Catalog(workspace, models=list(models) if models else None, annotations=annotations)
     if not cat.slides:
         raise InputError(f"{cat.ws.cohort_csv}: the workspace cohort has no slides; run `histokd tile` first")
     return cat
@@ -63,14 +64,16 @@ def serve(
     port: int = 0,
     open_browser: bool = False,
     announce: Callable[[str], None] = print,
+    annotations: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Serve the viewer until interrupted; ``announce`` gets the address (with its token) once it listens."""
+    """Serve the viewer until interrupted; ``announce`` gets the address (with its token) once it listens.
+    ``annotations``: a folder of ``<slide>.geojson`` / ``.xml`` files drawn as contours."""
     import uvicorn
 
     from histokd.viewer.app import create_app, new_token
 
     assets = require_assets()
-    catalog = _catalog(workspace, models)
+    catalog = _catalog(workspace, models, annotations)
     token = new_token()
     app = create_app(catalog, token, assets)
     sock = bind(host, port)
@@ -98,6 +101,7 @@ def export(
     models: list[str] | None = None,
     max_level: int | None = None,
     announce: Callable[[str], None] = print,
+    annotations: str | os.PathLike[str] | None = None,
 ) -> ExportResult:
     """Write a static export of the viewer into ``out`` (see :mod:`histokd.viewer.export`); ``announce`` gets the
     size estimate before anything is written. Returns ``out/index.html`` and the slides that failed."""
@@ -106,7 +110,7 @@ def export(
     assets = require_assets()
     if max_level is not None and max_level < 0:
         raise InputError(f"--max-level {max_level}: must be 0 or more (0 = one pixel); leave it out for full resolution")
-    catalog = _catalog(workspace, models)
+    catalog = _catalog(workspace, models, annotations)
     plan = plan_export(catalog, max_level, assets=assets)
     announce(f"histokd view --export: {plan.describe()} -> {Path(out)}")
     with progress() as bar:

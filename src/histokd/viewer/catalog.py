@@ -34,6 +34,9 @@ TRUTH_RGB = (0, 220, 255)
 TISSUE_RGB = (40, 170, 60)
 GRID_RGB = (40, 90, 255)
 PIXEL_RGB = (230, 0, 200)
+ANNOTATION_RGB = (255, 200, 0)
+#: annotation files ``--annotations DIR`` may hold per slide, in the order they are looked for
+ANNOTATION_SUFFIXES = (".geojson", ".json", ".xml")
 
 
 class LRU:
@@ -128,10 +131,14 @@ class SlideEntry:
     level0_mpp: float | None
     mask_path: str | None
     tiles_h5: Path | None
+    annotation_path: Path | None = None
 
 
 WORKSPACE_LAYERS = [
     Layer("_/truth", "_", "truth", "ground truth (cohort mask_path)", Colours(rgb=TRUTH_RGB), ("", "tumour")),
+    Layer("_/truth-contour", "_", "truth-contour", "ground-truth contour", Colours(rgb=TRUTH_RGB), ("", "contour")),
+    Layer("_/annotations", "_", "annotations", "annotations (--annotations)", Colours(rgb=ANNOTATION_RGB),
+          ("", "contour")),
     Layer("_/tissue", "_", "tissue", "tissue mask (histokd tile)", Colours(rgb=TISSUE_RGB), ("", "tissue")),
     Layer("_/grid", "_", "grid", "tile grid (histokd tile)", Colours(rgb=GRID_RGB), ("", "tile edges")),
 ]
@@ -147,12 +154,18 @@ def _text(v: Any) -> str | None:
 class Catalog:
     """The slides and models of one workspace, and the tiles the viewer serves from them."""
 
-    def __init__(self, workspace: str | os.PathLike[str] | Workspace, models: list[str] | None = None) -> None:
+    def __init__(self, workspace: str | os.PathLike[str] | Workspace, models: list[str] | None = None,
+                 annotations: str | os.PathLike[str] | None = None) -> None:
+        """``annotations``: a folder of ``<slide>.geojson`` (QuPath) or ``<slide>.xml`` (ASAP) files, drawn as
+        contours (the ``_/annotations`` layer)."""
         from histokd.data.cohort import load_workspace_cohort
 
         self.ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         if not self.ws.root.is_dir():
             raise InputError(f"{self.ws.root}: no such run folder; check -w")
+        if annotations is not None and not Path(annotations).is_dir():
+            raise InputError(f"{annotations}: no such folder; --annotations takes a folder of <slide>.geojson "
+                             f"(or .xml) files")
         cohort = load_workspace_cohort(self.ws).df
         self.slides: dict[str, SlideEntry] = {}
         for _, row in cohort.iterrows():
@@ -161,7 +174,8 @@ class Catalog:
             self.slides[sid] = SlideEntry(
                 id=sid, path=str(row["path"]), label=_text(row.get("label")), split=_text(row.get("split")),
                 level0_mpp=row.get("level0_mpp") if isinstance(row.get("level0_mpp"), float) else None,
-                mask_path=_text(row.get("mask_path")), tiles_h5=h5 if h5.is_file() else None)
+                mask_path=_text(row.get("mask_path")), tiles_h5=h5 if h5.is_file() else None,
+                annotation_path=_annotation_file(annotations, sid))
         self.models: dict[str, ModelInfo] = {}
         for mid in models if models else self._model_ids():
             self.models[mid] = self._model(mid)
@@ -249,8 +263,10 @@ class Catalog:
         if ly.model != "_":
             return sid in self.models[ly.model].slides
         e = self.slides[sid]
-        if ly.name == "truth":
+        if ly.name in ("truth", "truth-contour"):
             return e.mask_path is not None
+        if ly.name == "annotations":
+            return e.annotation_path is not None
         if ly.name == "tissue":
             return self._has_tissue_mask(e)
         return e.tiles_h5 is not None
@@ -275,10 +291,12 @@ class Catalog:
         from histokd.slides.tiling import read_tiles
 
         e = self.slides[sid]
-        if ly.name == "truth":
+        if ly.name in ("truth", "truth-contour", "annotations"):
             from histokd.slides.masks import load_mask
 
-            mask, ds = load_mask(e.mask_path, self.dimensions(sid))
+            if ly.name == "truth-contour":  # the same mask as the filled layer
+                return self.raster("_/truth", sid)
+            mask, ds = load_mask(e.mask_path if ly.name == "truth" else e.annotation_path, self.dimensions(sid))
             return MaskRaster(mask, ds)
         if ly.name in ("tissue", "grid"):
             grid = read_tiles(e.tiles_h5, with_mask=ly.name == "tissue")
@@ -311,7 +329,8 @@ class Catalog:
         ly = self.layers[key]
         xs, ys = dz.pixel_centres(level, col, row)
         r = self.raster(key, sid)
-        values = r.outline(xs, ys) if ly.name == "grid" else r.sample(xs, ys)
+        contour = ly.name in ("grid", "truth-contour", "annotations")
+        values = r.outline(xs, ys) if contour else r.sample(xs, ys)
         return colourise(values, ly.colours, threshold=0.0 if threshold is None else threshold)
 
     def overlay_png(self, key: str, sid: str, dz: DeepZoom, level: int, col: int, row: int,
@@ -410,6 +429,16 @@ class Catalog:
             out["truth"] = {"x": first[0][:, 0].tolist(), "y": first[0][:, 1].tolist(), "size": first[1],
                             "fraction": _rounded(frac)}
         return out
+
+
+def _annotation_file(folder: str | os.PathLike[str] | None, sid: str) -> Path | None:
+    if folder is None:
+        return None
+    for suffix in ANNOTATION_SUFFIXES:
+        p = Path(folder) / f"{sid}{suffix}"
+        if p.is_file():
+            return p
+    return None
 
 
 def _minmax(v: np.ndarray) -> np.ndarray:

@@ -113,6 +113,21 @@ class MaskRaster:
         return out
 
 
+    def outline(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """[h, w] 1 on the mask's inner boundary pixels (inside, with a 4-neighbour outside), NaN elsewhere: the
+        contour. Neighbours beyond the tile's edge are sampled too, so contours are continuous across tiles."""
+        if not len(xs) or not len(ys):
+            return np.full((len(ys), len(xs)), np.nan, np.float32)
+        sx = float(xs[1] - xs[0]) if len(xs) > 1 else 1.0
+        sy = float(ys[1] - ys[0]) if len(ys) > 1 else sx
+        ex = np.concatenate([[xs[0] - sx], xs, [xs[-1] + sx]])
+        ey = np.concatenate([[ys[0] - sy], ys, [ys[-1] + sy]])
+        inside = ~np.isnan(self.sample(ex, ey))
+        core = inside[1:-1, 1:-1]
+        all_in = inside[:-2, 1:-1] & inside[2:, 1:-1] & inside[1:-1, :-2] & inside[1:-1, 2:]
+        return np.where(core & ~all_in, 1.0, np.nan).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Colours:
     """How a layer is drawn: ``lut`` [256, 3] uint8 colour map over 0..1, or one ``rgb`` colour; ``range`` of

@@ -127,7 +127,7 @@
     var box = $("layers"), s = state.slides[state.current];
     box.textContent = "";
     if (!s) return;
-    var keys = ["_/truth", "_/tissue", "_/grid"];
+    var keys = state.ws.layers.filter(function (ly) { return ly.model === "_"; }).map(function (ly) { return ly.key; });
     state.ws.models.forEach(function (m) { keys = keys.concat(m.layers); });
     keys.forEach(function (key) {
       if (s.layers.indexOf(key) < 0) return;
