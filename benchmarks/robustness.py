@@ -406,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="METHOD:key=value (or *:key=value) config override, repeatable.")
     ap.add_argument("--tag", default="defaults", help="Results folder name (one per set of overrides).")
+    ap.add_argument("--reuse", default=None,
+                    help="Tag whose results stand in for the file's methods not given in --methods (e.g. the "
+                         "plain MIL references under 'defaults' beside an ablation of one student).")
     ap.add_argument("--smoke", action="store_true", help="The tiny CI version.")
     ap.add_argument("--n-boot", type=int, default=500)
     args = ap.parse_args(argv)
@@ -420,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         fams = {k: fams[k] for k in want}
     methods = [m.strip() for m in (args.methods or ",".join(common["methods"])).split(",")]
+    reused = [m for m in common["methods"] if m not in methods]
     sets: dict[str, list[str]] = {}
     for s in args.sets:
         m, _, kv = s.partition(":")
@@ -436,11 +440,17 @@ def main(argv: list[str] | None = None) -> int:
             ov = method_overrides(m, sets, common.get("max_epochs"))
             res = run_method(dataset, m, spec, ov, res_root / fam / str(seed) / f"{m}.json")
             scores[fam].setdefault(str(seed), {})[m] = cohort_scores(pooled(res, m), args.n_boot)
+        for m in (reused if args.reuse else []):
+            path = args.root / "results" / args.reuse / fam / str(seed) / f"{m}.json"
+            if path.is_file():
+                res = json.loads(path.read_text(encoding="utf-8"))
+                scores[fam].setdefault(str(seed), {})[m] = cohort_scores(pooled(res, m), args.n_boot)
         el = time.perf_counter() - t0
         eta = el / (k + 1) * (len(jobs) - k - 1)
         log.info("robustness: cohort %d/%d (%s-%d) done; %.0f s elapsed, %.2f cohorts/min, ETA %.0f s",
                  k + 1, len(jobs), fam, seed, el, 60 * (k + 1) / el, eta)
-    md, verdicts = table(scores, methods)
+    shown = methods + (reused if args.reuse else [])
+    md, verdicts = table(scores, shown)
     text = (f"# robustness suite: stage {stage}, tag {args.tag}\n\n{md}\n\n"
             + "\n".join(f"- {v}" for v in verdicts) + "\n")
     print(text)
@@ -449,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
 
     write_text(res_root / f"{stage}.md", text)
     write_json(res_root / f"{stage}.json", scores)
-    figure(scores, methods, res_root / f"{stage}.png")
+    figure(scores, shown, res_root / f"{stage}.png")
     return 0
 
 

@@ -1,0 +1,67 @@
+"""The robustness suite (benchmarks/robustness.py) in its CI size: two tiny cohorts end to end, the table,
+the criteria and the picture, and a second run that resumes from what the first wrote."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "robustness.py"
+
+
+def _suite():
+    spec = importlib.util.spec_from_file_location("robustness_suite", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_families_fix_their_seeds_and_keep_tuning_apart():
+    common, fams = _suite().family_specs(False)
+    assert {"small", "burden", "lookalike", "site", "artefact", "tinyval"} <= set(fams)
+    for name, f in fams.items():
+        assert f["tuning"] and len(f["evaluation"]) >= 3, name
+        assert not set(f["tuning"]) & set(f["evaluation"]), name  # no cohort is both tuned and evaluated on
+
+
+def test_cohort_scores_bootstrap_by_slide_and_count_collapse():
+    R = _suite()
+    folds = []
+    for k in range(2):
+        folds.append({"auc": 1.0, "balanced_accuracy": 0.5, "predictions": {
+            "bag_ids": [f"s{k}{i}" for i in range(4)], "labels": [0, 0, 1, 1],
+            "bag_probs": [0.6, 0.7, 0.9, 0.95], "decision": {"threshold": 0.5},
+            "tile_bag": [0, 0, 1, 1, 2, 2, 3, 3], "tile_labels": [0, 0, 0, 0, 1, 0, 1, 1],
+            "tile_probs": [0.1, 0.2, 0.1, 0.3, 0.9, 0.2, 0.8, 0.7]}})
+    res = {"methods": {"m": {"folds": folds}}}
+    s = R.cohort_scores(R.pooled(res, "m"), n_boot=200)
+    assert s["bag_auc"]["value"] == 1.0
+    assert s["collapsed_folds"] == 2 and s["collapsed_where_auc_075"] == 2  # every slide called tumour
+    assert s["tile_auc_probs"]["low"] <= s["tile_auc_probs"]["value"] <= s["tile_auc_probs"]["high"]
+    # the same outputs with a fitted cut of 0.8: no collapse
+    for f in folds:
+        f["predictions"]["decision"] = {"threshold": 0.8}
+        f["predictions"]["bag_probs"] = [0.27, 0.37, 0.69, 0.83]  # shifted by logit(0.8)
+    s = R.cohort_scores(R.pooled(res, "m"), n_boot=0)
+    assert s["collapsed_folds"] == 0 and s["collapsed_folds_fixed"] == 2
+
+
+@pytest.mark.slow
+def test_smoke_suite_runs_and_resumes(tmp_path: Path, capsys):
+    R = _suite()
+    assert R.main(["--root", str(tmp_path), "--smoke", "--n-boot", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "| small | abmil |" in out and "| tinyval | weno |" in out
+    res = tmp_path / "results" / "defaults"
+    assert (res / "evaluation.md").is_file() and (res / "evaluation.png").stat().st_size > 1000
+    files = sorted(res.glob("*/*/*.json"))
+    assert len(files) == 4
+    stamp = {f: f.stat().st_mtime_ns for f in files}
+    scores = json.loads((res / "evaluation.json").read_text())
+    assert np.isfinite(scores["small"]["9001"]["abmil"]["bag_auc"]["value"])
+    assert R.main(["--root", str(tmp_path), "--smoke", "--n-boot", "50"]) == 0  # resumes: nothing re-run
+    assert {f: f.stat().st_mtime_ns for f in files} == stamp
