@@ -5,8 +5,8 @@ per slide without training anything (the viewer only reads them): ``grid`` on th
 ``dense``, a 100,000-tile grid over the same slide (tiles of about 13 level-0 px on a 4096-px slide: the
 overlay raster of a 100,000-tile slide, whatever its pixel size). Then it starts the real server
 (uvicorn, on a free port) and requests a few hundred random deep-zoom tiles, each once (cold: no cache
-hit), one at a time over one keep-alive connection: slide JPEGs, then the same tiles of the ``grid`` and
-``dense`` probability overlays. Time to first image: a fresh server's catalogue, ``api/workspace.json``,
+hit), one at a time over one keep-alive connection: for each, the slide JPEG and the same tile of the
+``grid`` and ``dense`` probability overlays (interleaved, so that other load on the machine hits them alike). Time to first image: a fresh server's catalogue, ``api/workspace.json``,
 the ``.dzi`` and every tile of the level that fits a 1024-px viewport; and, where ``chromium`` is on PATH,
 the page in headless Chromium from navigation to its first tile drawn.
 
@@ -132,12 +132,13 @@ def latency(srv: Server, n: int, seed: int) -> dict:
         cols, rows = dz.tile_count(level)
         picks.add((sid, level, int(rng.integers(cols)), int(rng.integers(rows))))
     order = sorted(picks, key=lambda _: rng.random())
-    out: dict[str, list[float]] = {"slide": [], "overlay grid": [], "overlay dense (100k tiles)": []}
-    sizes: dict[str, list[int]] = {k: [] for k in out}
-    for key, fmt in (("slide", "dzi/{s}_files/{lv}/{c}_{r}.jpeg"),
-                     ("overlay grid", "overlay/grid/p1/{s}_files/{lv}/{c}_{r}.png?t=0"),
-                     ("overlay dense (100k tiles)", "overlay/dense/p1/{s}_files/{lv}/{c}_{r}.png?t=0")):
-        for sid, lv, c, r in order:
+    kinds = {"slide": "dzi/{s}_files/{lv}/{c}_{r}.jpeg",
+             "overlay grid": "overlay/grid/p1/{s}_files/{lv}/{c}_{r}.png?t=0",
+             "overlay dense (100k tiles)": "overlay/dense/p1/{s}_files/{lv}/{c}_{r}.png?t=0"}
+    out: dict[str, list[float]] = {k: [] for k in kinds}
+    sizes: dict[str, list[int]] = {k: [] for k in kinds}
+    for sid, lv, c, r in order:  # the kinds interleaved, so that other load on the machine hits them alike
+        for key, fmt in kinds.items():
             dt, body = srv.get(fmt.format(s=sid, lv=lv, c=c, r=r))
             out[key].append(dt * 1000)
             sizes[key].append(len(body))

@@ -208,7 +208,7 @@ def test_pixel_mask_overlay_is_the_mask(client, catalog):
 def test_threshold_hides_low_values(client):
     def opaque(t: float) -> int:
         r = client.get(f"{B}/overlay/weno-t/p1/a_files/10/1_1.png?t={t}")
-        return int((np.asarray(Image.open(io.BytesIO(r.content)))[..., 3] > 0).sum())
+        return int((np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA"))[..., 3] > 0).sum())
 
     assert opaque(0) > opaque(0.5) > opaque(0.99) >= opaque(1.0)
 
@@ -218,7 +218,7 @@ def test_threshold_hides_low_values(client):
 def test_other_overlays_render(client, layer):
     r = client.get(f"{B}/overlay/{layer}/a_files/10/1_1.png")
     assert r.status_code == 200
-    assert (np.asarray(Image.open(io.BytesIO(r.content)))[..., 3] > 0).any()
+    assert (np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA"))[..., 3] > 0).any()
 
 
 def test_tile_raster_matches_painting():
@@ -295,7 +295,7 @@ def test_annotations_folder_is_drawn_as_contours(viewer_run, fake_assets, tmp_pa
     with TestClient(create_app(cat, TOKEN, fake_assets)) as c:
         r = c.get(f"{B}/overlay/_/annotations/a_files/9/0_0.png")
         assert r.status_code == 200
-        alpha = np.asarray(Image.open(io.BytesIO(r.content)))[..., 3] > 0
+        alpha = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA"))[..., 3] > 0
         ys, xs = np.nonzero(alpha)  # a rectangle outline at 4 level-0 px per pixel: (75, 75) to (224, 199)
         assert (xs.min(), ys.min(), xs.max(), ys.max()) == (75, 75, 224, 199)
         assert alpha[150, 100] == 0  # inside: not filled

@@ -24,7 +24,7 @@ import numpy as np
 from histokd.errors import HistokdError, InputError
 from histokd.predictions import SlidePrediction, read_prediction
 from histokd.viewer.deepzoom import DeepZoom, SlideTiles
-from histokd.viewer.layers import Colours, MaskRaster, TileRaster, colour_map, colourise, png
+from histokd.viewer.layers import Colours, MaskRaster, TileRaster, colour_map, colourise, render_png
 from histokd.workspace import Workspace, read_csv
 
 log = logging.getLogger("histokd")
@@ -323,19 +323,26 @@ class Catalog:
                              f"run `histokd label` again")
         return float(read_tiles(e.tiles_h5).attrs.get("patch_size_level0", 0))
 
-    def overlay_rgba(self, key: str, sid: str, dz: DeepZoom, level: int, col: int, row: int,
-                     threshold: float | None = None) -> np.ndarray:
-        """RGBA [h, w, 4] of one overlay tile (the caller checked the layer, slide and tile)."""
+    def overlay_values(self, key: str, sid: str, dz: DeepZoom, level: int, col: int, row: int) -> np.ndarray:
+        """[h, w] values (0..1, NaN where the layer has none) of one overlay tile (the caller checked the layer,
+        slide and tile)."""
         ly = self.layers[key]
         xs, ys = dz.pixel_centres(level, col, row)
         r = self.raster(key, sid)
         contour = ly.name in ("grid", "truth-contour", "annotations")
-        values = r.outline(xs, ys) if contour else r.sample(xs, ys)
-        return colourise(values, ly.colours, threshold=0.0 if threshold is None else threshold)
+        return r.outline(xs, ys) if contour else r.sample(xs, ys)
+
+    def overlay_rgba(self, key: str, sid: str, dz: DeepZoom, level: int, col: int, row: int,
+                     threshold: float | None = None) -> np.ndarray:
+        """RGBA [h, w, 4] of one overlay tile."""
+        values = self.overlay_values(key, sid, dz, level, col, row)
+        return colourise(values, self.layers[key].colours, threshold=threshold or 0.0)
 
     def overlay_png(self, key: str, sid: str, dz: DeepZoom, level: int, col: int, row: int,
                     threshold: float | None = None) -> bytes:
-        return png(self.overlay_rgba(key, sid, dz, level, col, row, threshold))
+        """One overlay tile as a palette PNG."""
+        values = self.overlay_values(key, sid, dz, level, col, row)
+        return render_png(values, self.layers[key].colours, threshold=threshold or 0.0)
 
     # -- what the page reads --------------------------------------------------------------------------
     def _model_summary(self, m: ModelInfo, e: SlideEntry) -> dict | None:
