@@ -72,8 +72,8 @@ def serve(
 
     from histokd.viewer.app import create_app, new_token
 
+    catalog = _catalog(workspace, models, annotations)  # the workspace's own errors first
     assets = require_assets()
-    catalog = _catalog(workspace, models, annotations)
     token = new_token()
     app = create_app(catalog, token, assets)
     sock = bind(host, port)
@@ -107,10 +107,10 @@ def export(
     size estimate before anything is written. Returns ``out/index.html`` and the slides that failed."""
     from histokd.viewer.export import plan_export, write_export
 
-    assets = require_assets()
     if max_level is not None and max_level < 0:
         raise InputError(f"--max-level {max_level}: must be 0 or more (0 = one pixel); leave it out for full resolution")
-    catalog = _catalog(workspace, models, annotations)
+    catalog = _catalog(workspace, models, annotations)  # the workspace's own errors first
+    assets = require_assets()
     plan = plan_export(catalog, max_level, assets=assets)
     announce(f"histokd view --export: {plan.describe()} -> {Path(out)}")
     with progress() as bar:
