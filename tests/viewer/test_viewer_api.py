@@ -302,3 +302,45 @@ def test_annotations_folder_is_drawn_as_contours(viewer_run, fake_assets, tmp_pa
         assert c.get(f"{B}/overlay/_/annotations/b_files/9/0_0.png").status_code == 404
     with pytest.raises(InputError, match="--annotations"):
         Catalog(viewer_run.root, annotations=tmp_path / "nope")
+
+
+def test_a_damaged_prediction_file_fails_only_its_slide(tmp_path, fake_assets):
+    """A truncated prediction file: the viewer starts, the slide list says what is wrong with that slide, its
+    overlay tiles are a one-line 500 (no traceback), the other slides and models are served."""
+    from starlette.testclient import TestClient
+    from viewer_ws import make_viewer_run
+
+    from histokd.viewer.app import create_app
+    from histokd.viewer.catalog import Catalog
+
+    run = make_viewer_run(tmp_path / "damaged")
+    bad = run.root / "predictions" / "weno-t" / "a.h5"
+    bad.write_bytes(bad.read_bytes()[:200])
+    with TestClient(create_app(Catalog(run.root), TOKEN, fake_assets)) as c:
+        doc = c.get(f"{B}/api/workspace.json").json()
+        a = doc["slides"][0]
+        assert "unreadable prediction file" in a["models"]["weno-t"]["error_text"]
+        assert a["models"]["three"]["p"] is not None
+        r = c.get(f"{B}/overlay/weno-t/p1/a_files/10/0_0.png")
+        assert r.status_code == 500 and "a.h5" in r.text and r.text.count("\n") == 1 and "Traceback" not in r.text
+        assert c.get(f"{B}/overlay/weno-t/p1/b_files/10/0_0.png").status_code == 200
+        assert c.get(f"{B}/overlay/three/p2/a_files/10/0_0.png").status_code == 200
+        assert c.get(f"{B}/dzi/a_files/10/0_0.jpeg").status_code == 200
+
+
+def test_a_workspace_without_predictions_shows_its_slides(tmp_path, fake_assets):
+    import shutil
+
+    from starlette.testclient import TestClient
+    from viewer_ws import make_viewer_run
+
+    from histokd.viewer.app import create_app
+    from histokd.viewer.catalog import Catalog
+
+    run = make_viewer_run(tmp_path / "nopred")
+    shutil.rmtree(run.root / "predictions")
+    with TestClient(create_app(Catalog(run.root), TOKEN, fake_assets)) as c:
+        doc = c.get(f"{B}/api/workspace.json").json()
+        assert doc["models"] == [] and [s["id"] for s in doc["slides"]] == ["a", "b", "bad"]
+        assert set(doc["slides"][0]["layers"]) == {"_/truth", "_/truth-contour", "_/tissue", "_/grid"}
+        assert c.get(f"{B}/api/tiles/a.json").json()["truth"]["size"] == 96

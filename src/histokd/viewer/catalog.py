@@ -202,7 +202,16 @@ class Catalog:
         if not files:
             raise InputError(f"{pdir}: no predictions of model {mid!r}; run `histokd label -w {self.ws.root} "
                              f"--model {mid}` first, or leave out --model to show every labelled model")
-        first = read_prediction(files[0])
+        first, problems = None, []
+        for f in files:  # the first readable file describes the model; a damaged one fails only its slide
+            try:
+                first = read_prediction(f)
+                break
+            except HistokdError as e:
+                problems.append(str(e))
+        if first is None:
+            raise InputError(f"{pdir}: no readable prediction file of model {mid!r} ({problems[0]}); run `histokd label "
+                             f"-w {self.ws.root} --model {mid} --overwrite`")
         metrics = _read_json(self.ws.predictions_metrics(mid))
         thr = metrics.get("threshold", _read_json(self.ws.model_files(mid).metrics).get("threshold", 0.5))
         bags: dict[str, dict[str, str]] = {}
@@ -213,10 +222,7 @@ class Catalog:
             except Exception as e:  # noqa: BLE001 - bags.csv is optional here: the h5 attrs hold the same
                 log.warning("%s: unreadable (%s); bag probabilities are read from the prediction files",
                             self.ws.predictions_bags_csv(mid), e)
-        import h5py
-
-        with h5py.File(files[0], "r") as f:
-            has_evidence, has_pixel = "instance_scores" in f, "mask" in f
+        has_evidence, has_pixel = first.scores is not None, first.mask is not None
         return ModelInfo(id=mid, method=str(first.attrs.get("method", metrics.get("method", ""))),
                          classes=first.classes, positive=first.positive,
                          threshold=float(thr) if isinstance(thr, (int, float)) else 0.5, bags=bags,

@@ -78,6 +78,7 @@
       tr.appendChild(el("td", m ? fmt(m.p, 2) : "", "num"));
       tr.appendChild(el("td", keyText(s), "num"));
       if (s.unavailable) { tr.className = "unavailable"; tr.title = s.unavailable; }
+      else if (m && m.error_text) { tr.className = "unavailable"; tr.title = m.error_text; }
       if (i === state.current) tr.className += " current";
       tr.addEventListener("click", function () { openSlide(i); });
       body.appendChild(tr);
