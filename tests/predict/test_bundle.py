@@ -50,7 +50,9 @@ def test_train_writes_a_bundle_without_slide_ids(bundle_dir: Path):
     th = b["thresholds"]
     assert th["chosen_on"] == "val" and th["n_val"] == 4 and 0 <= th["youden"]["threshold"] <= 1
     assert th["at_specificity"]["specificity"] >= 0.95
-    assert b["ood"]["n_slides"] == 10 and len(b["ood"]["mean"]) == 55 and b["ood"]["threshold"] > 0
+    feats, colour = b["ood"]["features"], b["ood"]["colour"]
+    assert feats["n_slides"] == 10 and len(feats["mean"]) == 55 and feats["threshold"] > 0
+    assert colour["n_slides"] == 10 and len(colour["mean"]) == 12 and colour["threshold"] > 0
     assert set(b["files"]) == {"model.pt", "config.yaml", "classes.json"}
     text = (bundle_dir / "bundle.json").read_text()
     for sid in ("n0", "t0", "n5", "t5"):  # no slide id, no slide path

@@ -16,9 +16,11 @@ def register(app: typer.Typer) -> None:
     def predict(
         model: str = typer.Option(..., "--model", "-m",
                                   help="Model bundle: a model folder (RUN/models/ID) or a .tar.gz from export-model."),
-        slides: list[str] = typer.Option(..., "--slides", "-s",
-                                         help="Slide files, a folder of slides, or a cohort CSV (label optional; "
-                                              "patient_id aggregates per patient). Repeatable."),
+        slides: Optional[list[str]] = typer.Argument(
+            None, help="Slide files, a folder of slides, or a cohort CSV (label optional; patient_id aggregates "
+                       "per patient)."),
+        slides_opt: Optional[list[str]] = typer.Option(None, "--slides", "-s",
+                                                       help="Same as the SLIDES arguments (repeatable)."),
         workspace: Path = typer.Option(..., "--workspace", "-w", help="Run folder for the outputs (created)."),
         workers: int = typer.Option(2, "--workers", "-j", help="Slides tiled / tiles read in parallel."),
         batch_size: int = typer.Option(64, "--batch-size", "-b", help="Tiles per forward pass of the encoder."),
@@ -35,9 +37,13 @@ def register(app: typer.Typer) -> None:
         """Tile, embed, label and report new slides with a model bundle's own settings -> RUN/predictions/ID/slides.csv.
 
         Resumable; a bad slide fails alone (exit 1, one line each). Each slide gets an out-of-distribution flag."""
+        from histokd.errors import InputError
         from histokd.pipeline.predict import predict as run
 
-        res = run(model, slides, workspace, workers=workers, batch_size=batch_size, device=device, runtime=runtime,
+        given = [*(slides or []), *(slides_opt or [])]
+        if not given:
+            raise InputError("no slides given; name slide files, a folder of slides or a cohort CSV (or --slides ...)")
+        res = run(model, given, workspace, workers=workers, batch_size=batch_size, device=device, runtime=runtime,
                   slide_mpp=slide_mpp, backend=backend, overwrite=overwrite, n_boot=n_boot, report=not no_report,
                   wait=wait)
         typer.echo(f"model {res.model_id}: {res.n_predicted} of {res.n_total} slide(s) predicted, "

@@ -1,19 +1,23 @@
-"""How far a slide's features lie from the training slides': an out-of-distribution (OOD) score and flag.
+"""How far a slide lies from the training slides: an out-of-distribution (OOD) score and flag.
 
-The measure (stored with a model, in its ``bundle.json``; documented in ``docs/predict.md``):
+The measure (stored with a model, in its ``bundle.json``; documented in ``docs/predict.md``) is applied to a
+short *descriptor* per slide; a bundle keeps two: the mean of the slide's tile features ``[D]``, and the
+colour of its tissue (:func:`histokd.slides.stain_stats.tissue_colour_descriptor`, ``[12]``). For each:
 
-* a slide's *descriptor* is the mean of its tile features, ``[D]``;
 * the training slides' descriptors are summarised by their per-dimension mean ``mu`` and standard deviation
-  ``sigma`` (``sigma`` floored at ``0.1 x`` its median over the dimensions, so that a feature that is nearly
-  constant on the training slides does not dominate);
+  ``sigma`` (``sigma`` floored at ``0.1 x`` its median over the dimensions, so that a dimension that is
+  nearly constant on the training slides does not dominate);
 * the score of a slide is the root-mean-square z-score of its descriptor, ``sqrt(mean(((x - mu) / sigma)^2))``:
-  about 1 for a typical training slide, large for a slide whose tiles look unlike any training slide's
-  (another stain, another tissue, a scanner artefact);
-* the threshold is the 99th percentile of the training slides' *leave-one-out* scores (each slide scored
-  against the summary of the others, so that the threshold is not set on slides that shaped ``mu`` and
-  ``sigma``); a slide whose score is above it is flagged.
+  about 1 for a typical training slide, large for a slide unlike every training slide (another stain,
+  another tissue, a scanner artefact);
+* the threshold comes from the training slides' *leave-one-out* scores (each slide scored against the summary
+  of the others, so that no slide judges itself): the larger of their 99th percentile and their mean + 3
+  standard deviations. With the tens of slides of a typical training set the 99th percentile is simply the
+  largest score, which a new slide of the same source exceeds about once in n + 1 slides; mean + 3 sd is the
+  one-sided Gaussian 99.9 % point of the same scores.
 
-It needs at least :data:`MIN_SLIDES` training slides. Only numbers go into the summary, no slide ids.
+A slide is flagged when either of its scores is above its threshold. Each summary needs at least
+:data:`MIN_SLIDES` training slides; only numbers go into it, no slide ids.
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ from histokd.errors import ModelError
 MIN_SLIDES = 4
 QUANTILE = 0.99
 SIGMA_FLOOR = 0.1  # x the median sigma
-MEASURE = "rms_z_of_slide_mean_features"
+MEASURE = "rms_z"
 
 
 def slide_descriptor(features: np.ndarray) -> np.ndarray:
-    """``[N, D]`` tile features -> ``[D]`` float64 mean (the slide's descriptor)."""
+    """``[N, D]`` tile features -> ``[D]`` float64 mean (the slide's feature descriptor)."""
     f = np.asarray(features, np.float64)
     return f.mean(axis=0)
 
@@ -52,7 +56,8 @@ def _score(x: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
 def fit_ood(descriptors: Sequence[np.ndarray]) -> dict[str, Any] | None:
     """The summary of the training slides' descriptors (``[D]`` each), or None with fewer than
     :data:`MIN_SLIDES` slides. JSON-ready: ``measure``, ``n_slides``, ``dim``, ``mean``, ``std``,
-    ``threshold``, ``quantile``, ``train_scores`` (min / median / max of the leave-one-out scores)."""
+    ``threshold``, ``quantile``, ``train_scores`` (min / median / mean / sd / max of the leave-one-out
+    scores)."""
     x = np.stack([np.asarray(d, np.float64) for d in descriptors]) if len(descriptors) else np.zeros((0, 0))
     n = len(x)
     if n < MIN_SLIDES:
@@ -66,8 +71,9 @@ def fit_ood(descriptors: Sequence[np.ndarray]) -> dict[str, Any] | None:
         "mean": [float(v) for v in mu],
         "std": [float(v) for v in sd],
         "quantile": QUANTILE,
-        "threshold": float(np.quantile(loo, QUANTILE)),
-        "train_scores": {"min": float(loo.min()), "median": float(np.median(loo)), "max": float(loo.max())},
+        "threshold": float(max(np.quantile(loo, QUANTILE), loo.mean() + 3 * loo.std())),
+        "train_scores": {"min": float(loo.min()), "median": float(np.median(loo)), "mean": float(loo.mean()),
+                         "sd": float(loo.std()), "max": float(loo.max())},
     }
 
 

@@ -10,7 +10,8 @@ slides (``histokd predict``, ``histokd label --model PATH``) and refuses feature
   into the model folder (``encoder/``) so that the bundle carries its own encoder;
 * ``classes``, ``positive_class``, ``thresholds`` chosen on the validation split (bag probability of the
   positive class: the Youden-optimal threshold and the operating point at 95% specificity; the labeller's
-  instance threshold where it has one), ``ood`` (:mod:`histokd.features.ood`), ``histokd_version`` and the
+  instance threshold where it has one), ``ood`` (:mod:`histokd.features.ood`: summaries of the training
+  slides' mean features and tissue colour), ``histokd_version`` and the
   sha256 of every portable file (``files``).
 
 No slide id goes into ``bundle.json``. ``histokd export-model`` packs the portable files
@@ -140,6 +141,55 @@ def _features_of(paths: list[Path], fdir: Path) -> dict[str, Any]:
     return out
 
 
+def _cohort_rows(ws: Workspace) -> dict[str, dict]:
+    """The workspace cohort's rows by slide id ({} without a cohort)."""
+    from histokd.data.cohort import load_workspace_cohort
+
+    try:
+        return {str(r["slide_id"]): r for r in load_workspace_cohort(ws).rows()}
+    except HistokdError:
+        return {}
+
+
+def colour_descriptor(ws: Workspace, slide_id: str, rows: dict[str, dict]) -> np.ndarray:
+    """The tissue colour descriptor of a tiled slide of the workspace (:mod:`histokd.slides.stain_stats`)."""
+    from histokd.slides.stain_stats import tissue_colour_descriptor
+
+    row = rows.get(slide_id)
+    if row is None:
+        raise InputError(f"slide {slide_id!r} is not in {ws.cohort_csv}; re-run `histokd tile`")
+    return tissue_colour_descriptor(row["path"], ws.tiles_h5(slide_id), row.get("level0_mpp"))
+
+
+def ood_of_slide(bundle: dict[str, Any], ws: Workspace, features: str, slide_id: str,
+                 rows: dict[str, dict]) -> dict[str, Any]:
+    """The out-of-distribution scores of one slide against the bundle's summaries (:mod:`histokd.features.ood`):
+    ``feature_score`` / ``colour_score`` (None where the bundle or the slide has no such summary / descriptor),
+    ``flag`` (True when a score is above its threshold; None when neither could be scored)."""
+    from histokd.features.ood import ood_score, slide_descriptor
+    from histokd.features.store import read_features
+
+    summaries = bundle.get("ood") or {}
+    where = ModelFiles(ws.model_dir(str(bundle["model_id"]))).bundle
+    out: dict[str, Any] = {"feature_score": None, "colour_score": None, "flag": None}
+    flags = []
+    if summaries.get("features"):
+        try:
+            ff = read_features(ws.features_h5(features, slide_id), expected_dim=int(bundle["features"]["dim"]))
+            out["feature_score"], f = ood_score(summaries["features"], slide_descriptor(ff.features), where)
+            flags.append(f)
+        except (HistokdError, OSError) as e:
+            log.warning("%s: no feature out-of-distribution score (%s)", slide_id, e)
+    if summaries.get("colour"):
+        try:
+            out["colour_score"], f = ood_score(summaries["colour"], colour_descriptor(ws, slide_id, rows), where)
+            flags.append(f)
+        except (HistokdError, OSError) as e:
+            log.warning("%s: no colour out-of-distribution score (%s)", slide_id, e)
+    out["flag"] = any(flags) if flags else None
+    return out
+
+
 def _copy_file(src: Path, dst: Path) -> None:
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
@@ -182,13 +232,20 @@ def write_bundle(ws: Workspace, model_dir: Path, features: str, ds: Any, labeler
     thresholds["instance"] = float(inst_t) if isinstance(inst_t, (int, float)) else None
     if meta.get("decision") is not None:  # a bag-logit shift the labeller applies itself (its meta)
         thresholds["labeller_decision"] = meta["decision"]
-    descriptors = []
+    descriptors, colours = [], []
+    rows = _cohort_rows(ws)
     for r in train_recs:
         with contextlib.suppress(HistokdError, OSError):
             descriptors.append(slide_descriptor(read_features(r.path, expected_dim=feats["dim"]).features))
-    ood = fit_ood(descriptors)
-    if ood is None:
-        log.warning("%s: fewer than 4 train/val slides; the bundle has no out-of-distribution summary", model_dir)
+        try:
+            colours.append(colour_descriptor(ws, r.slide_id, rows))
+        except (HistokdError, OSError) as e:  # a slide moved since tiling: its colour is left out
+            log.warning("%s: no colour statistics for the out-of-distribution summary (%s)", r.slide_id, e)
+    ood = {"features": fit_ood(descriptors), "colour": fit_ood(colours)}
+    for what, summary in ood.items():
+        if summary is None:
+            log.warning("%s: fewer than 4 train/val slides with %s; the bundle has no %s out-of-distribution "
+                        "summary", model_dir, what, what)
     doc = {
         "bundle_format": BUNDLE_FORMAT,
         "histokd_version": histokd.__version__,

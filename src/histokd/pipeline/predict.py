@@ -7,8 +7,8 @@ files, not recursive) or a cohort CSV whose ``label`` column is optional. The mo
 ``.tar.gz`` from ``histokd export-model``) is installed into ``OUT/models/<id>/`` (portable files only).
 
 Beside the stages' outputs it writes ``OUT/predictions/<id>/slides.csv`` (per slide: the probabilities, the
-call at the bundle's validation threshold, the out-of-distribution score and flag of
-:mod:`histokd.features.ood`) and, where the cohort has ``patient_id``, ``patients.csv`` (per patient: the max
+call at the bundle's validation threshold, the out-of-distribution scores (mean features, tissue colour) and
+flag of :mod:`histokd.features.ood`) and, where the cohort has ``patient_id``, ``patients.csv`` (per patient: the max
 of its slides' probabilities, the call, whether any slide is out of distribution). Without labels there are no
 metrics and the report says so.
 """
@@ -214,9 +214,7 @@ def write_slide_tables(ws: Workspace, model_id: str, bundle: dict[str, Any], fea
                        cohort: Any) -> tuple[Path | None, Path | None, int, int]:
     """``slides.csv`` (and ``patients.csv`` where the cohort has patient ids) from ``label``'s ``bags.csv`` and the
     out-of-distribution scores; returns (slides.csv, patients.csv or None, slides predicted, slides flagged)."""
-    from histokd.features.ood import ood_score, slide_descriptor
-    from histokd.features.store import read_features
-    from histokd.pipeline.bundle import bag_threshold
+    from histokd.pipeline.bundle import bag_threshold, ood_of_slide
 
     bags_csv = ws.predictions_bags_csv(model_id)
     if not bags_csv.is_file():
@@ -226,12 +224,19 @@ def write_slide_tables(ws: Workspace, model_id: str, bundle: dict[str, Any], fea
     pos = str(bundle["positive_class"])
     others = [c for c in classes if c != pos]
     thr = bag_threshold(bundle)
-    ood = bundle.get("ood")
+    summaries = bundle.get("ood") or {}
     df = cohort.df
+    rows_by_id = {str(r["slide_id"]): r for r in cohort.rows()}
     has_patients = "patient_id" in df.columns and any(v is not None for v in df["patient_id"])
     labelled = cohort.labelled
+
+    def threshold_of(what: str) -> Any:
+        s = summaries.get(what)
+        return round(float(s["threshold"]), 4) if s else ""
+
     header = ["slide_id", *(["patient_id"] if has_patients else []), *(["label"] if labelled else []),
-              "pred", *(f"prob_{c}" for c in classes), "threshold", "call", "ood_score", "ood_threshold", "ood"]
+              "pred", *(f"prob_{c}" for c in classes), "threshold", "call", "ood_feature_score",
+              "ood_feature_threshold", "ood_colour_score", "ood_colour_threshold", "ood"]
     rows, per_patient, n_ood = [], {}, 0
     for r in bags.to_dict("records"):
         sid = str(r["slide_id"])
@@ -241,21 +246,15 @@ def write_slide_tables(ws: Workspace, model_id: str, bundle: dict[str, Any], fea
             call = pos
         else:
             call = max(others, key=lambda c: probs[c]) if others else ""
-        score: Any = ""
-        flag: Any = ""
-        if ood:
-            try:
-                ff = read_features(ws.features_h5(features, sid), expected_dim=int(bundle["features"]["dim"]))
-                s, fl = ood_score(ood, slide_descriptor(ff.features), ws.model_files(model_id).bundle)
-                score, flag = round(s, 4), int(fl)
-                n_ood += int(fl)
-            except (HistokdError, OSError) as e:
-                log.warning("%s: no out-of-distribution score (%s)", sid, e)
+        o = ood_of_slide(bundle, ws, features, sid, rows_by_id)
+        flag: Any = "" if o["flag"] is None else int(o["flag"])
+        n_ood += int(bool(o["flag"]))
         patient = df.at[sid, "patient_id"] if has_patients and sid in df.index else None
         label = (df.at[sid, "label"] if sid in df.index else None) if labelled else None
         rows.append([sid, *([patient or ""] if has_patients else []), *([label or ""] if labelled else []),
-                     r.get("pred", ""), *(probs[c] for c in classes), thr, call, score,
-                     round(float(ood["threshold"]), 4) if ood else "", flag])
+                     r.get("pred", ""), *(probs[c] for c in classes), thr, call,
+                     "" if o["feature_score"] is None else round(o["feature_score"], 4), threshold_of("features"),
+                     "" if o["colour_score"] is None else round(o["colour_score"], 4), threshold_of("colour"), flag])
         if has_patients and patient:
             per_patient.setdefault(str(patient), []).append((sid, p, flag, label))
     slides_csv = write_csv(ws.predictions_slides_csv(model_id), header, rows, float_format="%.6f")
@@ -268,15 +267,16 @@ def write_slide_tables(ws: Workspace, model_id: str, bundle: dict[str, Any], fea
             plabel = (pos if pos in labels else labels[0]) if labels else ""
             prow.append([pid, len(items), ";".join(it[0] for it in items), *([plabel] if labelled else []), pmax,
                          thr, pos if pmax >= thr else (others[0] if len(others) == 1 else f"not {pos}"),
-                         int(any(it[2] == 1 for it in items)) if ood else ""])
+                         int(any(it[2] == 1 for it in items)) if summaries else ""])
         patients_csv = write_csv(ws.predictions_patients_csv(model_id),
                                  ["patient_id", "n_slides", "slides", *(["label"] if labelled else []),
                                   f"prob_{pos}_max", "threshold", "call", "ood_any"], prow, float_format="%.6f")
     return slides_csv, patients_csv, len(rows), n_ood
 
 
-def slide_table_ood(ws: Workspace, model_id: str) -> dict[str, tuple[float, bool]]:
-    """(score, flagged) per slide from ``slides.csv`` (empty where predict did not write one)."""
+def slide_table_ood(ws: Workspace, model_id: str) -> dict[str, dict[str, Any]]:
+    """Per slide from ``slides.csv``: ``flag`` and the text of its out-of-distribution scores (empty where
+    predict did not write one)."""
     path = ws.predictions_slides_csv(model_id)
     if not path.is_file():
         return {}
@@ -287,6 +287,7 @@ def slide_table_ood(ws: Workspace, model_id: str) -> dict[str, tuple[float, bool
     out = {}
     for r in df.to_dict("records"):
         if str(r.get("ood", "")) in ("0", "1"):
-            out[str(r["slide_id"])] = (_float(r.get("ood_score")), r["ood"] == "1")
+            parts = [f"{what} {r[f'ood_{what}_score']} / {r[f'ood_{what}_threshold']}" for what in ("feature", "colour")
+                     if str(r.get(f"ood_{what}_score", "")) != ""]
+            out[str(r["slide_id"])] = {"flag": r["ood"] == "1", "text": ", ".join(parts)}
     return out
-

@@ -120,7 +120,7 @@ def run_report(
                     skipped.append({"slide_id": sid, "reason": str(e)})
                 else:
                     if sid in ood:
-                        sec["ood"] = {"score": ood[sid][0], "flag": ood[sid][1]}
+                        sec["ood"] = ood[sid]
                     sections.append(sec)
                     tile_frames.append(df)
                     classes = classes or sec["classes"]
