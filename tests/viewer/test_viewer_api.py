@@ -32,6 +32,7 @@ def test_without_the_token_is_403(client, path):
 def test_with_the_token_the_page_and_api_answer(client):
     r = client.get(f"{B}/")
     assert r.status_code == 200 and "openseadragon.min.js" in r.text
+    assert "script-src 'self'" in r.headers["content-security-policy"] and r.headers["referrer-policy"] == "no-referrer"
     assert client.get(B, follow_redirects=False).status_code == 307
     for p in ("static/viewer.js", "static/viewer.css", "vendor/openseadragon/openseadragon.min.js"):
         assert client.get(f"{B}/{p}").status_code == 200, p

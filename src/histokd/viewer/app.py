@@ -39,6 +39,12 @@ from histokd.viewer.page import STATIC_FILES, render_index
 log = logging.getLogger("histokd")
 
 
+#: the page runs only its own scripts and talks only to this server (defence in depth: it never builds markup
+#: from workspace text); OpenSeadragon sets element styles, hence the inline styles
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
+
+
 def new_token() -> str:
     """A random token for one server run (as Jupyter's): 32 URL-safe characters."""
     return secrets.token_urlsafe(24)
@@ -114,7 +120,8 @@ def create_app(catalog: Catalog, token: str, assets: Path, tile_cache: int = 204
 
     def index(request: Request) -> Response:
         return Response(index_html, media_type="text/html; charset=utf-8",
-                        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+                        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+                                 "Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"})
 
     def root(request: Request) -> Response:
         return RedirectResponse(f"/{token}/", status_code=307)
