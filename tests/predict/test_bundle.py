@@ -193,3 +193,41 @@ def test_a_damaged_or_foreign_bundle_is_one_line(bundle_dir: Path, tmp_path: Pat
     r = cli("label", "-w", tmp_path / "run", "--model", junk)
     assert r.exit_code == 2 and "not a readable model archive" in r.output
     assert json.loads((bundle_dir / "bundle.json").read_text())["model_id"] == "m"  # the source is untouched
+    r = cli("label", "-w", tmp_path / "nothere", "--model", bundle_dir)  # label makes no run folder
+    assert r.exit_code == 2 and "no such run folder" in r.output and not (tmp_path / "nothere").exists()
+
+
+@pytest.mark.slow
+def test_a_bundle_of_an_mfl_encoder_carries_its_encoder(tmp_path: Path):
+    """Features of an ``mfl:`` encoder: the bundle copies the encoder folder, so the exported model still
+    works after the original encoder folder is gone (moved to another machine)."""
+    import shutil
+
+    from predict_slides import training_cohort
+
+    from histokd.methods.more_from_less import MFLConfig, fit_encoders, save_encoder
+
+    cfg = MFLConfig(method="ssl-he", epochs=1, batch_size=8, tile_size=24, proj_hidden=32, proj_dim=32)
+    tiles = np.random.default_rng(0).integers(0, 256, size=(16, 24, 24, 3), dtype=np.uint8)
+    nets, info = fit_encoders(tiles, None, cfg, show_progress=False)
+    enc_dir = save_encoder(tmp_path / "enc", nets, cfg, info, {"note": "test"})
+    co = training_cohort(tmp_path / "slides")
+    run = tmp_path / "run"
+    for args in (("tile", co, "-w", run, *TILE_ARGS), ("embed", "-w", run, "-e", f"mfl:{enc_dir}", "-j", "0"),
+                 ("train", "-w", run, "--method", "abmil", "--model-id", "m", "--max-epochs", "3")):
+        assert cli(*args).exit_code == 0
+    b = read_bundle(run / "models" / "m")
+    assert b["features"]["folder"] == "encoder" and b["features"]["dim"] == 128
+    assert {"encoder/model.pt", "encoder/config.yaml"} <= set(b["files"])
+    out = tmp_path / "m.tar.gz"
+    assert cli("export-model", "-w", run, "-m", "m", "-o", out).exit_code == 0
+    shutil.rmtree(enc_dir)  # the original encoder is gone
+    new = write_cohort(tmp_path / "new.csv", [["y0", str(write_slide(tmp_path / "y0.tif", 7, True))]],
+                       ["slide_id", "path"])
+    r = cli("predict", new, "--model", out, "-w", tmp_path / "pred", "-j", "1", "--no-report")
+    assert r.exit_code == 0, r.output
+    installed = tmp_path / "pred" / "models" / "m" / "encoder"
+    fdirs = [p.name for p in (tmp_path / "pred" / "features").iterdir()]
+    assert len(fdirs) == 1 and fdirs[0].startswith("mfl_") and "encoder" in fdirs[0]
+    assert (installed / "model.pt").is_file()
+    assert read_prediction(tmp_path / "pred" / "predictions" / "m" / "y0.h5").probs.shape == (36, 2)

@@ -232,15 +232,19 @@ def write_bundle(ws: Workspace, model_dir: Path, features: str, ds: Any, labeler
     thresholds["instance"] = float(inst_t) if isinstance(inst_t, (int, float)) else None
     if meta.get("decision") is not None:  # a bag-logit shift the labeller applies itself (its meta)
         thresholds["labeller_decision"] = meta["decision"]
-    descriptors, colours = [], []
+    descriptors, colours, no_colour = [], [], {}
     rows = _cohort_rows(ws)
     for r in train_recs:
         with contextlib.suppress(HistokdError, OSError):
             descriptors.append(slide_descriptor(read_features(r.path, expected_dim=feats["dim"]).features))
         try:
             colours.append(colour_descriptor(ws, r.slide_id, rows))
-        except (HistokdError, OSError) as e:  # a slide moved since tiling: its colour is left out
-            log.warning("%s: no colour statistics for the out-of-distribution summary (%s)", r.slide_id, e)
+        except (HistokdError, OSError) as e:  # no tile grid (imported features), or the slide moved
+            no_colour[r.slide_id] = str(e)
+    if no_colour:
+        sid, why = next(iter(no_colour.items()))
+        log.warning("%d training slide(s) without colour statistics for the out-of-distribution summary, e.g. %s: "
+                    "%s", len(no_colour), sid, why)
     ood = {"features": fit_ood(descriptors), "colour": fit_ood(colours)}
     for what, summary in ood.items():
         if summary is None:
@@ -491,19 +495,20 @@ def opened_bundle(source: str | os.PathLike[str], scratch: Path | None = None): 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def install_model(source: str | os.PathLike[str], ws: Workspace, wait: bool = False) -> str:
+def install_model(source: str | os.PathLike[str], ws: Workspace, wait: bool = False, create: bool = True) -> str:
     """Copy the portable files of the bundle ``source`` (folder or archive) into ``RUN/models/<id>/`` and return
     the id. Reuses a copy already there with the same files; refuses another model under that id. The cohort
-    files (splits, metrics) are never copied: the new slides' splits are their own cohort's."""
-    ws.root.mkdir(parents=True, exist_ok=True)
-    with opened_bundle(source, ws.root / "models") as src:
+    files (splits, metrics) are never copied: the new slides' splits are their own cohort's. ``create``: make
+    the run folder when it does not exist (``predict``); else it must exist (``label``)."""
+    scratch = ws.root / "models" if (create or ws.root.is_dir()) else None
+    with opened_bundle(source, scratch) as src:
         bundle = read_bundle(src)
         verify_files(bundle, src)
         model_id = str(bundle["model_id"])
         target = ws.model_files(model_id)
         if target.dir.resolve() == src.resolve():
             return model_id
-        with ws.writer(target.dir, wait=wait):
+        with ws.writer(target.dir, wait=wait, create=create):
             if target.bundle.is_file():
                 with contextlib.suppress(HistokdError):
                     if read_bundle(target.dir).get("files") == bundle.get("files"):
@@ -525,5 +530,5 @@ def resolve_model(ws: Workspace, model: str | os.PathLike[str], wait: bool = Fal
     """``--model``: a model id of the workspace (returned as is), or a bundle folder / archive installed into the
     workspace (:func:`install_model`), whose id is returned."""
     if is_model_path(model, ws):
-        return install_model(model, ws, wait=wait)
+        return install_model(model, ws, wait=wait, create=False)
     return str(model)
