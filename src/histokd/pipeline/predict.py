@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from histokd.errors import HistokdError, InputError
+from histokd.errors import InputError
 from histokd.workspace import Workspace, encoder_dirname, read_csv, write_csv
 
 log = logging.getLogger("histokd")
