@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -116,6 +117,20 @@ def _exit_with_parent(parent: int) -> None:
     """Worker initializer: end this worker when its parent is gone (a ``kill -9`` of ``histokd tile``
     would otherwise leave the workers tiling their current slide for minutes)."""
     import threading
+
+    if sys.platform.startswith("linux"):
+        # the kernel kills this worker the moment its parent dies (no half-second window in which a
+        # resumed run could see the dead run's worker alive and keep its temp file)
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -241,5 +256,7 @@ def tile(
                             record(job.slide_id, None, f"{job.slide_path}: worker process died ({type(e).__name__}); "
                                                        f"the file may be corrupt: re-run with --workers 1 to see")
                         bar.advance(task)
+        # a run killed just before this one may have had workers still ending when the sweep above ran
+        clean_stale_temps(ws.tiles_dir)
         result.seconds = time.perf_counter() - t0
         return result
