@@ -504,6 +504,11 @@ class Workspace:
     def reports_dir(self, model_id: str) -> Path:
         return self.root / "reports" / check_id(model_id, "model id")
 
+    def view_export_dir(self) -> Path:
+        """Where ``histokd view --export`` writes by convention (``RUN/view/``); ``histokd report`` links each
+        slide to it when it holds an export."""
+        return self.root / "view"
+
     def encoders_dir(self) -> Path:
         """Encoders trained by histokd (More From Less, SSL)."""
         return self.root / "encoders"

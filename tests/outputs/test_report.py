@@ -176,3 +176,26 @@ def test_tile_truth_is_what_label_wrote(tmp_path, make_workspace):
     low, high = n_pos_val(0.05), n_pos_val(0.95)
     assert low[0] == low[1] and high[0] == high[1]
     assert low[0] > high[0]
+
+
+def test_each_slide_links_to_its_view(make_workspace, tmp_path):
+    """With a static viewer export in RUN/view/ (or one given with --view, or a viewer's address) every slide of
+    the report links to its view: the page opens the slide named after ``#``."""
+    run = make_workspace(tmp_path / "ws")
+    index = report(run.root, run.model_id, top_k=1, n_boot=10)
+    html = index.read_text()
+    assert 'class="view"' not in html and "histokd view -w" in html  # no export yet: says how to open one
+
+    (run.root / "view").mkdir()
+    (run.root / "view" / "index.html").write_text("<html></html>")
+    html = report(run.root, run.model_id, top_k=1, n_boot=10).read_text()
+    links = re.findall(r'<a class="view" href="([^"]+)"', html)
+    assert "../../view/index.html#t1" in links and "../../view/index.html#n1" in links
+    target = (index.parent / links[0].split("#")[0]).resolve()
+    assert target == (run.root / "view" / "index.html").resolve()
+
+    html = report(run.root, run.model_id, top_k=1, n_boot=10, view="http://127.0.0.1:8765/?token=abc").read_text()
+    assert 'href="http://127.0.0.1:8765/?token=abc#t1"' in html
+
+    with pytest.raises(InputError, match="no viewer export there"):
+        report(run.root, run.model_id, top_k=1, n_boot=10, view=tmp_path / "nothing")

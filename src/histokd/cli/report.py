@@ -23,6 +23,9 @@ def register(app: typer.Typer) -> None:
         n_boot: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for the 95% CIs."),
         n_boot_old: int = typer.Option(None, "--n-boot", min=0, hidden=True,
                                        help="Deprecated spelling of --bootstrap."),
+        view: str = typer.Option(None, "--view",
+                                 help="Link each slide to its view: a `histokd view --export` folder or a viewer's "
+                                      "http(s) address (default: RUN/view/ where it holds an export)."),
         wait: bool = typer.Option(False, "--wait", help="Wait for another run writing the same folder (default: stop)."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
     ) -> None:
@@ -35,6 +38,6 @@ def register(app: typer.Typer) -> None:
             typer.echo("warning: --n-boot is deprecated; use --bootstrap (as in `histokd label`)", err=True)
             n_boot = n_boot_old
         res = run_report(workspace, model, slides=slides or None, top_k=top_k, threshold=threshold,
-                         thumbnail_size=thumbnail_size, n_boot=n_boot, wait=wait)
+                         thumbnail_size=thumbnail_size, n_boot=n_boot, wait=wait, view=view)
         typer.echo(f"report: {res.index.resolve()}")
         fail_summary(res.failures, res.n_total)

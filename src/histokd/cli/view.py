@@ -36,7 +36,8 @@ def register(app: typer.Typer) -> None:
             res = export_view(workspace, export, models=model or None, max_level=max_level, announce=typer.echo,
                               annotations=annotations)
             typer.echo(f"view export: {res.index.resolve()}  (serve the folder with any static web server, e.g. "
-                       f"`python -m http.server -d {export}`)")
+                       f"`python -m http.server -d {export}`); `histokd report` links each slide to it "
+                       f"(it finds RUN/view/ itself; elsewhere give --view {export})")
             fail_summary(res.failures, res.n_total)
             return
         if max_level is not None:

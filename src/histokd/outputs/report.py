@@ -156,5 +156,6 @@ def render_report_html(ctx: dict[str, Any]) -> str:
     env.filters["pct"] = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
     defaults = {"bag_tables": [], "tile_tables": [], "plots": [], "slides": [], "skipped": [], "metrics_json": [],
                 "method": "", "classes": [], "positive": "", "threshold": 0.5, "n_slides": 0, "n_tiles": 0,
-                "version": _version(), "model_id": "", "no_labels": False, "any_ood": False}
+                "version": _version(), "model_id": "", "no_labels": False, "any_ood": False,
+                "view_base": None, "view_hint": "histokd view -w RUN", "view_export_hint": "histokd view -w RUN --export RUN/view"}
     return env.get_template("report.html").render(**{**defaults, **ctx})

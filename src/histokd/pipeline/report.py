@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -57,11 +59,13 @@ def report(
     n_boot: int = 1000,
     seed: int = 0,
     wait: bool = False,
+    view: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write ``RUN/reports/<model_id>/`` and return the path of its ``index.html`` (see :func:`run_report`,
     which also returns the slides that could not be reported)."""
     return run_report(workspace, model_id, slides=slides, top_k=top_k, threshold=threshold,
-                      thumbnail_size=thumbnail_size, n_boot=n_boot, seed=seed, wait=wait).index
+                      thumbnail_size=thumbnail_size, n_boot=n_boot, seed=seed, wait=wait,
+                      view=view).index
 
 
 def run_report(
@@ -74,6 +78,7 @@ def run_report(
     n_boot: int = 1000,
     seed: int = 0,
     wait: bool = False,
+    view: str | os.PathLike[str] | None = None,
 ) -> ReportResult:
     """Write ``RUN/reports/<model_id>/``; returns its ``index.html`` and the slides that could not be reported.
 
@@ -89,8 +94,12 @@ def run_report(
         n_boot: bootstrap resamples for the 95% CIs.
         seed: seed of the bootstrap.
         wait: wait for another run writing the same report folder instead of stopping.
+        view: where each slide's "view" link points: a static export folder of ``histokd view --export`` or the
+            base address of a viewer (``http(s)://...``). Default: ``RUN/view/`` where it holds an export, else
+            no links (the report then says how to open the viewer).
     """
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    view_base = view_link_base(ws, model_id, view)
     pred_dir = ws.predictions_dir(model_id)
     if not pred_dir.is_dir():
         raise InputError(f"{pred_dir}: no predictions for model {model_id!r}; run `histokd label -w {ws.root} --model {model_id}` first")
@@ -121,6 +130,8 @@ def run_report(
                 else:
                     if sid in ood:
                         sec["ood"] = ood[sid]
+                    if view_base is not None:
+                        sec["view"] = f"{view_base}#{quote(sid, safe='')}"
                     sections.append(sec)
                     tile_frames.append(df)
                     classes = classes or sec["classes"]
@@ -150,6 +161,9 @@ def run_report(
             metrics_json=[("predictions/metrics.json", flatten_metrics(pred_metrics)),
                           ("models/metrics.json", flatten_metrics(model_metrics))],
             n_slides=len(sections),
+            view_base=view_base,
+            view_hint=f"histokd view -w {ws.root}",
+            view_export_hint=f"histokd view -w {ws.root} --export {ws.view_export_dir()}",
             any_ood=any("ood" in s for s in sections),
             n_tiles=int(sum(len(df) for df in tile_frames)),
             version=__version__,
@@ -158,6 +172,28 @@ def run_report(
         write_text(index, render_report_html(ctx))
         log.info("report: %d slides (%d skipped) -> %s", len(sections), len(skipped), index)
         return ReportResult(index, {s["slide_id"]: s["reason"] for s in skipped}, len(slide_ids))
+
+
+def view_link_base(ws: Workspace, model_id: str, view: str | os.PathLike[str] | None) -> str | None:
+    """The address each slide's view link starts with (the slide id goes after ``#``, which the viewer page
+    opens): a viewer URL as given, or a static export's ``index.html`` relative to the report folder."""
+    if view is None:
+        if not (ws.view_export_dir() / "index.html").is_file():
+            return None
+        view = ws.view_export_dir()
+    text = str(view)
+    if re.match(r"^https?://", text):
+        return text.split("#", 1)[0]
+    folder = Path(view)
+    index = folder if folder.name == "index.html" else folder / "index.html"
+    if not index.is_file():
+        raise InputError(f"{index}: no viewer export there; write one with `histokd view -w {ws.root} --export "
+                         f"{folder}` or give --view an http(s) address")
+    try:
+        rel = os.path.relpath(index.resolve(), ws.reports_dir(model_id).resolve())
+    except ValueError:  # another drive (Windows)
+        return index.resolve().as_uri()
+    return quote(Path(rel).as_posix(), safe="/.-_~")
 
 
 def _slide(
