@@ -19,6 +19,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -77,7 +78,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{TEMP_TAG}{os.getpid()}-", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -197,6 +198,12 @@ TEMP_TAG = "histokd-"
 _TEMP_NAME = re.compile(r"^\..+\." + re.escape(TEMP_TAG) + r"(\d+)-[^/]*\.tmp$")
 
 
+def temp_prefix(name: str) -> str:
+    """The start of a temporary file or folder name for ``name`` (``.<name>.histokd-<pid>-``; end it with
+    ``.tmp``): only histokd makes such names, and :func:`clean_stale_temps` removes them once the process is gone."""
+    return f".{name}.{TEMP_TAG}{os.getpid()}-"
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -220,8 +227,11 @@ def clean_stale_temps(folder: str | os.PathLike[str]) -> int:
             m = _TEMP_NAME.match(p.name)
             if m is None or _pid_alive(int(m.group(1))):
                 continue
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                p.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                if p.is_dir() and not p.is_symlink():  # a folder written whole, then renamed (encoders, assets)
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
                 n += 1
     return n
 

@@ -46,7 +46,7 @@ from histokd.engine.fabric import seed_everything
 from histokd.errors import InputError, ModelError
 from histokd.features.mfl_encoder import load_encoder_folder  # noqa: F401  (re-exported)
 from histokd.registry import Registry
-from histokd.workspace import EncoderFiles
+from histokd.workspace import EncoderFiles, clean_stale_temps, temp_prefix
 
 log = logging.getLogger("histokd")
 
@@ -452,7 +452,8 @@ def save_encoder(
     if out_dir.exists() and not overwrite:
         raise InputError(f"{out_dir}: encoder folder exists; pass --overwrite or choose another --id")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    clean_stale_temps(out_dir.parent)  # what a killed run of this command left
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir.name), suffix=".tmp", dir=out_dir.parent))
     try:
         files = EncoderFiles(tmp)
         states = {k: v.state_dict() for k, v in nets.named_children()}

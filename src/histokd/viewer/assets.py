@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from histokd.errors import InputError, one_line
+from histokd.workspace import clean_stale_temps, temp_prefix
 
 VERSION = "6.1.1"
 #: ``npm view openseadragon@6.1.1 dist.integrity``
@@ -68,7 +69,8 @@ def extract(tarball: bytes, dest: Path) -> Path:
         raise InputError(f"openseadragon-{VERSION}.tgz: checksum {algo}-{got[:16]}... is not the pinned "
                          f"{INTEGRITY[:24]}...; the download is damaged or not the pinned release: run it again")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    clean_stale_temps(dest.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(dest.name), suffix=".tmp", dir=dest.parent))
     try:
         with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:gz") as tf:
             for m in tf.getmembers():
