@@ -514,6 +514,10 @@ class Workspace:
     def reports_dir(self, model_id: str) -> Path:
         return self.root / "reports" / check_id(model_id, "model id")
 
+    def probes_dir(self) -> Path:
+        """``RUN/probes/``: linear-probe results (``<encoder dir>.json``) and the encoder comparison."""
+        return self.root / "probes"
+
     def view_export_dir(self) -> Path:
         """Where ``histokd view --export`` writes by convention (``RUN/view/``); ``histokd report`` links each
         slide to it when it holds an export."""

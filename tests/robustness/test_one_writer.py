@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import subprocess
 import sys
 
@@ -89,9 +91,14 @@ def test_a_second_cohort_spelling_a_class_differently_is_refused_before_writing(
 
 def test_the_lock_record_names_the_running_command(tmp_path):
     import json
+    import os
+    import socket
+    import sys
 
     from histokd.workspace import writer_lock
 
     with writer_lock(tmp_path / "f"):
         doc = json.loads((tmp_path / "f" / ".histokd.lock.json").read_text())
-    assert doc["command"] and doc["command"] != "histokd" and doc["pid"] > 0
+    assert doc["pid"] == os.getpid() and doc["host"] == socket.gethostname()
+    assert doc["command"].split()[0] == Path(sys.argv[0]).name  # this very process's command line
+    assert not (tmp_path / "f" / ".histokd.lock.json").exists()  # the record goes with the lock

@@ -61,10 +61,11 @@ def register(app: typer.Typer) -> None:
         name: str = typer.Option(..., "--name", help="Feature set name: RUN/features/<name>/ (use it as --features)."),
         format: str = typer.Option("auto", "--format", help="auto | clam | trident."),  # noqa: A002
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace files already imported."),
+        wait: bool = typer.Option(False, "--wait", help="Wait for another run writing the same folder (default: stop)."),
     ) -> None:
         """Register existing CLAM/TRIDENT feature files as feature set RUN/features/<name>/."""
         from histokd.features.importer import import_features as run
 
-        res = run(src_dir, workspace, name, format=format, overwrite=overwrite)
+        res = run(src_dir, workspace, name, format=format, overwrite=overwrite, wait=wait)
         typer.echo(f"{res.out_dir}: {len(res.imported)} {res.format} file(s) imported, {res.dim}-d; {len(res.failed)} failed")
         fail_summary(res.failed, len(res.imported) + len(res.failed), what="files")

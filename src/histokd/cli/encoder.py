@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
         encoder_id: str = typer.Option(None, "--id", help="Folder name under RUN/encoders/ (default from the config)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing encoder folder."),
         threads: int = typer.Option(None, "--threads", help="Torch CPU threads (1 is fastest on a loaded CPU)."),
+        wait: bool = typer.Option(False, "--wait", help="Wait for another run saving an encoder (default: stop)."),
     ) -> None:
         """Train an H&E encoder with paired dense data (More From Less) or H&E alone (ssl-he) -> RUN/encoders/<id>/."""
         from histokd.pipeline.train_encoder import train_encoder as run
@@ -38,7 +39,7 @@ def register(app: typer.Typer) -> None:
             workspace, method=method, epochs=epochs, batch_size=batch_size, tile_size=tile_size, mpp=mpp,
             max_tiles=max_tiles, seed=seed, loss=loss, encoder_id=encoder_id, overwrite=overwrite, arch=arch, lr=lr,
             splits=[s.strip() for s in splits.split(",") if s.strip()], shared_geometry=shared_geometry,
-            threads=threads, max_epochs=max_epochs,
+            threads=threads, max_epochs=max_epochs, wait=wait,
         )
         typer.echo(f"{out}: use it with `histokd embed -w {workspace} --encoder mfl:{out}`")
 

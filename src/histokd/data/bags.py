@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from histokd.classes import class_names, positive_class  # the class rules, re-exported for their importers
 from histokd.errors import FeatureError, InputError
 from histokd.features.store import majority_dim
-from histokd.workspace import Workspace, atomic_path, check_id
+from histokd.workspace import Workspace, atomic_path, check_id, writer_lock
 
 log = logging.getLogger("histokd")
 
@@ -441,12 +441,24 @@ def ensure_instance_labels(
     df = _cohort_frame(ws, cohort)
     if df is None or "mask_path" not in df.columns:
         return {}
-    from histokd.features.store import read_features
-
     classes = class_names(df["label"].tolist())
     pos = positive_class(classes) if len(classes) == 2 else None
     failures: dict[str, str] = {}
-    for r in df.to_dict("records"):
+    records = df.to_dict("records")
+    if not records or not ws.features_dir(features).is_dir():
+        return failures
+    # label, bench, probe and report may all make them: one writer of the folder at a time (a second waits,
+    # then finds them made)
+    with writer_lock(instance_labels_path(ws, features, str(records[0]["slide_id"])).parent, wait=True):
+        _write_instance_labels(ws, features, records, classes, pos, threshold, overwrite, failures)
+    return failures
+
+
+def _write_instance_labels(ws: Workspace, features: str, records: list[dict], classes: list[str], pos: int | None,
+                           threshold: float, overwrite: bool, failures: dict[str, str]) -> None:
+    from histokd.features.store import read_features
+
+    for r in records:
         sid = str(r["slide_id"])
         fpath = ws.features_h5(features, sid)
         out = instance_labels_path(ws, features, sid)
@@ -466,7 +478,6 @@ def ensure_instance_labels(
         except Exception as e:  # noqa: BLE001 - one bad mask must not stop the others
             failures[sid] = str(e)
             log.warning("instance labels for %s not written: %s", sid, e)
-    return failures
 
 
 def _mask_fractions(ws: Workspace, row: dict[str, Any], ff: Any) -> np.ndarray:

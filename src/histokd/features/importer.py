@@ -112,8 +112,10 @@ def import_features(
     name: str,
     format: str = "auto",  # noqa: A002 - mirrors the CLI option
     overwrite: bool = False,
+    wait: bool = False,
 ) -> ImportResult:
-    """Validate and copy a folder of CLAM/TRIDENT feature files into ``RUN/features/<name>/``."""
+    """Validate and copy a folder of CLAM/TRIDENT feature files into ``RUN/features/<name>/``; ``wait``: wait for
+    another run writing that feature set instead of stopping."""
     src = Path(src_dir).expanduser()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     if not src.is_dir():
@@ -121,7 +123,7 @@ def import_features(
     if encoder_dirname(name) != name:
         raise InputError(f"--name {name!r}: use only letters, digits, '.', '_' and '-' (e.g. {encoder_dirname(name)})")
     fmt, found = _detect(src, format)
-    with ws.writer(ws.features_dir(name), create=True):  # one writer per feature set
+    with ws.writer(ws.features_dir(name), wait=wait, create=True):  # one writer per feature set
         existing = sorted(ws.features_dir(name).glob("*.h5"))
         if existing and not overwrite:
             raise InputError(

@@ -23,7 +23,7 @@ log = logging.getLogger("histokd")
 
 
 def probe_path(ws: Workspace, features: str) -> Path:
-    return ws.root / "probes" / f"{encoder_dirname(features)}.json"
+    return ws.probes_dir() / f"{encoder_dirname(features)}.json"
 
 
 def collect_tile_set(
@@ -96,7 +96,8 @@ def linear_probe(
     res = score_probe(xtr, ytr, gtr, xte, yte, gte, features=features, threshold=threshold, seed=seed, C=C,
                       max_iter=max_iter, cv_folds=cv_folds)
     if write:
-        write_json(probe_path(ws, features), res.as_dict())
+        with ws.writer(ws.probes_dir()):  # one writer of RUN/probes/ at a time
+            write_json(probe_path(ws, features), res.as_dict())
     return res
 
 
@@ -148,9 +149,10 @@ def compare_encoders(
             row.update(_mil_scores(ws, spec, mil_method, seed))
         rows.append(row)
     table = markdown_table(rows, COMPARE_COLUMNS)
-    out = ws.root / "probes"
-    write_json(out / "comparison.json", {"rows": rows, "seed": seed, "mil_method": mil_method})
-    write_text(out / "comparison.md", table)
+    out = ws.probes_dir()
+    with ws.writer(out):
+        write_json(out / "comparison.json", {"rows": rows, "seed": seed, "mil_method": mil_method})
+        write_text(out / "comparison.md", table)
     return rows, table
 
 

@@ -42,6 +42,7 @@ def train_encoder(
     show_progress: bool | None = None,
     threads: int | None = None,
     max_epochs: int | None = None,
+    wait: bool = False,
     **overrides: Any,
 ) -> Path:
     """Train a More From Less (``more-from-less``) or H&E-only SSL (``ssl-he``) encoder on a tiled workspace.
@@ -94,7 +95,7 @@ def train_encoder(
         "failed_slides": tiles.failures,
         "config_hash": config_hash(config, {"tiles": coords_hash}),
     }
-    with ws.writer(ws.encoders_dir()):  # the save is atomic (a folder renamed into place); one saver at a time
+    with ws.writer(ws.encoders_dir(), wait=wait):  # the save is atomic (a folder renamed into place); one saver at a time
         out = save_encoder(ws.encoders_dir() / eid, nets, config, info, provenance, overwrite=overwrite)
     log.info("encoder saved to %s (use --encoder mfl:%s)", out, out)
     return out
