@@ -504,8 +504,14 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None, backend: 
     if not path.exists():
         raise SlideError(f"{path}: slide file not found; fix the path in the cohort CSV (relative paths are "
                          f"relative to the CSV's folder)")
+    if path.is_dir():  # a DICOM WSI is a folder of instances; OpenSlide opens it from any one of them
+        instances = sorted(path.glob("*.dcm"))
+        if not instances:
+            raise SlideError(f"{path}: a folder without DICOM (.dcm) files; point the cohort at the slide file itself, "
+                             f"or at the folder of a DICOM WSI")
+        path = instances[0]
     if not path.is_file():
-        raise SlideError(f"{path}: not a file (a folder?); point the cohort at the slide file itself")
+        raise SlideError(f"{path}: not a file; point the cohort at the slide file itself")
     if path.stat().st_size == 0:
         raise SlideError(f"{path}: the file is empty (0 bytes); {_fix_hint(path)}")
     damage = tiff_damage(path)
