@@ -78,3 +78,30 @@ def test_render_heatmap_never_parses_user_text_as_mathtext():
     png = render_heatmap(thumb, (800, 600), coords, 100, np.array([0.1, 0.9]), title=r"slide $\frac{$ tumour $x",
                          label=r"p($\notacommand$)")
     assert Image.open(io.BytesIO(png)).format == "PNG"
+
+
+def test_low_probabilities_are_transparent_and_the_colour_bar_says_so(monkeypatch):
+    """A tile at probability 0.02 leaves the tissue under it as it is; one at 0.95 is coloured; one at 0.3 is
+    in between. The colour bar's label names the transparency."""
+    from histokd.outputs import plots
+    from histokd.outputs.heatmaps import FADE, fade_alpha, faded_colormap
+
+    assert fade_alpha(np.array([0.0, FADE[0], (FADE[0] + FADE[1]) / 2, FADE[1], 1.0]), 0.8).tolist() == \
+        pytest.approx([0.0, 0.0, 0.4, 0.8, 0.8])
+    cm = faded_colormap("inferno", 0.8)
+    assert cm(0.0)[3] == 0.0 and cm(1.0)[3] == pytest.approx(0.8)
+    texts: list[str] = []
+    real = plots.text_safe
+    monkeypatch.setattr(plots, "text_safe", lambda t: texts.append(t) or real(t))
+    tissue = (60, 160, 90)  # a colour no inferno entry has
+    thumb = np.zeros((100, 300, 3), np.uint8)
+    thumb[:] = tissue
+    coords = np.array([[0, 0], [1000, 0], [2000, 0]])
+    png = render_heatmap(thumb, (3000, 1000), coords, 1000, np.array([0.02, 0.3, 0.95]), dpi=100)
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    untouched = np.where((np.abs(img - np.array(tissue)).sum(axis=2) < 8).any(axis=0))[0]
+    panel = np.where((np.abs(img - 255).sum(axis=2) > 30).any(axis=0))[0]
+    x0, x1 = panel.min(), panel.max()
+    # the tissue shows through untouched under the 0.02 tile (left third of the panel) and nowhere else
+    assert len(untouched) > 0 and untouched.max() < x0 + (x1 - x0) * 0.45
+    assert any("transparent below 0.1" in t for t in texts)

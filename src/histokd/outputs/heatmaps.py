@@ -10,6 +10,7 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,28 @@ def resample_mask(mask: np.ndarray, downsample: float, thumb_shape: tuple[int, i
     return np.asarray(mask)[np.ix_(rows, cols)].astype(bool)
 
 
+#: tile values up to FADE[0] are drawn transparent; opacity reaches its maximum at FADE[1]
+FADE = (0.1, 0.5)
+
+
+def fade_alpha(values: np.ndarray, alpha: float = 0.75, fade: tuple[float, float] = FADE) -> np.ndarray:
+    """Opacity of a heatmap cell of value ``values`` (in [0, 1]): 0 up to ``fade[0]``, linear to ``alpha`` at
+    ``fade[1]``, ``alpha`` above."""
+    lo, hi = fade
+    return alpha * np.clip((np.asarray(values, float) - lo) / max(hi - lo, 1e-9), 0.0, 1.0)
+
+
+def faded_colormap(cmap: str, alpha: float = 0.75, fade: tuple[float, float] = FADE, n: int = 256) -> Any:
+    """``cmap`` with the opacity of :func:`fade_alpha` in its alpha channel (the colour bar shows it too)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
+    base = colormaps[cmap].resampled(n)
+    colours = base(np.linspace(0.0, 1.0, n))
+    colours[:, 3] = fade_alpha(np.linspace(0.0, 1.0, n), alpha, fade)
+    return ListedColormap(colours, name=f"{cmap}_faded")
+
+
 def render_heatmap(
     thumbnail: np.ndarray,
     slide_dimensions: tuple[int, int],
@@ -75,15 +98,19 @@ def render_heatmap(
     title: str = "",
     label: str = "tumour probability",
     cmap: str = "inferno",
-    alpha: float = 0.55,
+    alpha: float = 0.75,
+    fade: tuple[float, float] = FADE,
     dpi: int = 100,
 ) -> bytes:
     """Render one slide's heatmap and return it as PNG bytes.
 
     ``thumbnail`` [h, w, 3] uint8 RGB of the whole slide; ``slide_dimensions`` level-0 (W, H);
     ``values`` [N] in [0, 1] for the tiles at ``coords`` [N, 2] (level-0 top-left). Panel 1: the values
-    over the thumbnail with a colour bar, and the ground-truth contour when given. Panel 2 (only with
-    ``pixel_mask``): the predicted pixel mask over the thumbnail, with the same contour.
+    over the thumbnail with a colour bar, and the ground-truth contour when given. Low values are
+    transparent so that the tissue under them stays visible: opacity is 0 up to ``fade[0]``, rises linearly
+    to ``alpha`` at ``fade[1]`` and stays there (:func:`fade_alpha`); the colour bar shows the same opacity
+    and says so. Panel 2 (only with ``pixel_mask``): the predicted pixel mask over the thumbnail, with the
+    same contour.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -104,8 +131,13 @@ def render_heatmap(
 
     ax = axes[0]
     ax.imshow(thumbnail, interpolation="bilinear")
-    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0.0, vmax=1.0, alpha=alpha, interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=text_safe(label))
+    cm = faded_colormap(cmap, alpha, fade)
+    ax.imshow(np.ma.masked_invalid(grid), cmap=cm, vmin=0.0, vmax=1.0, interpolation="nearest")
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cm), ax=ax, fraction=0.046, pad=0.02)
+    bar.set_label(text_safe(f"{label}\n(transparent below {fade[0]:g}, full colour from {fade[1]:g})"), fontsize=8)
     ax.set_title("tile predictions", fontsize=10)
     handles = []
     if gt is not None and gt.any():
