@@ -199,3 +199,13 @@ def test_each_slide_links_to_its_view(make_workspace, tmp_path):
 
     with pytest.raises(InputError, match="no viewer export there"):
         report(run.root, run.model_id, top_k=1, n_boot=10, view=tmp_path / "nothing")
+
+
+def test_report_aggregates_per_patient(make_workspace, tmp_path):
+    """A cohort with patient ids that group slides gets a bag table per patient beside the one per slide."""
+    run = make_workspace(tmp_path / "ws")
+    co = pd.read_csv(run.root / "cohort.csv", dtype=str)
+    co["patient_id"] = ["P1" if s in ("t1", "n1") else f"P-{s}" for s in co["slide_id"]]
+    co.to_csv(run.root / "cohort.csv", index=False)
+    html = report(run.root, run.model_id, top_k=1, n_boot=10).read_text()
+    assert "per patient (max over its slides)" in html

@@ -62,10 +62,14 @@ def tile_card(slide: Any, pred: SlidePrediction, i: int, pos: int, psl0: float, 
 def report_evaluation(
     bags: pd.DataFrame, inst: dict[str, list[np.ndarray]], classes: list[str], threshold: float, n_boot: int,
     seed: int, plot_path: Callable[[str], Path], positive: int | None = None,
+    patients: dict[str, str | None] | None = None,
 ) -> dict:
     """Metric tables (bag and tile level, per split) and the four plots, written to ``plot_path(name)``; ``positive``
     is the index of the positive class stored with the model (default: the rule of
-    :func:`histokd.classes.positive_class`)."""
+    :func:`histokd.classes.positive_class`). ``patients`` (slide id -> patient id): where they group slides, each
+    split also gets a table per patient (:func:`histokd.evaluate.patients.aggregate_patients`)."""
+    from histokd.evaluate.patients import aggregate_patients, has_patients
+
     ctx: dict[str, Any] = {"bag_tables": [], "tile_tables": [], "plots": []}
     if not classes:
         return ctx
@@ -83,6 +87,14 @@ def report_evaluation(
             rows = binary_metrics(y[sel], s[sel], threshold, n_boot=n_boot, seed=seed,
                                   names=["AUC", "accuracy", "balanced accuracy", "F1"])
             ctx["bag_tables"].append({"split": split, "n": int(sel.sum()), "n_pos": int(y[sel].sum()), "rows": rows})
+            ids = bags["slide_id"].astype(str).to_numpy()[sel].tolist()
+            pids = [(patients or {}).get(s) for s in ids]
+            if has_patients(pids, ids):
+                _, yp, pp = aggregate_patients(ids, pids, y[sel], np.stack([1 - s[sel], s[sel]], axis=1), 1)
+                rows = binary_metrics(yp, pp[:, 1], threshold, n_boot=n_boot, seed=seed,
+                                      names=["AUC", "accuracy", "balanced accuracy", "F1"])
+                ctx["bag_tables"].append({"split": f"{split}, per patient (max over its slides)", "n": len(yp),
+                                          "n_pos": int(yp.sum()), "rows": rows})
         main = _main_split(bags["split"])
         sel = (bags["split"] == main).to_numpy() if main != "all" else np.ones(len(bags), bool)
         roc[f"slides ({main})"] = (y[sel], s[sel])

@@ -95,6 +95,7 @@ def label(
         weights_sha = file_sha256(ws.model_files(model).weights)
         pos = model_positive_class({**meta, "classes": classes})  # decided at training, stored with the model
         rows, inst = [], []
+        patients: dict[str, str | None] = {}
         cohort = None  # read on first use by segmenting labellers
         with progress() as bar:
             task = bar.add_task("label", total=len(ds), unit="slide")
@@ -129,12 +130,13 @@ def label(
                     continue
                 split = splits.get(sid, rec.split) or ""
                 rows.append((sid, split, rec.label, np.asarray(bag_probs, np.float64)))
+                patients[sid] = rec.patient
                 if inst_labels is not None:
                     inst.append((split, np.asarray(inst_labels), np.asarray(probs)[:, pos],
                                  None if scores is None else np.asarray(scores).reshape(-1)))
                 bar.advance(task)
         _write_bags_csv(ws.predictions_bags_csv(model), rows, classes)
-        metrics = evaluate_predictions(rows, inst, classes, n_boot, seed, positive=pos)
+        metrics = evaluate_predictions(rows, inst, classes, n_boot, seed, positive=pos, patients=patients)
         if reads_pixels:  # pixel masks: PNGs + Dice/IoU/AUC/Hausdorff/FROC per split
             from histokd.methods.ifkd_label import finish_pixel_outputs
 
@@ -173,12 +175,20 @@ def _write_bags_csv(path: Path, rows: list[tuple[str, str, int, np.ndarray]], cl
 
 
 def evaluate_predictions(rows: list[tuple[str, str, int, np.ndarray]], inst: list[tuple], classes: list[str],
-                         n_boot: int = 1000, seed: int = 0, positive: int | None = None) -> dict[str, Any]:
+                         n_boot: int = 1000, seed: int = 0, positive: int | None = None,
+                         patients: dict[str, str | None] | None = None) -> dict[str, Any]:
     """Bag metrics with bootstrap CIs per split and ``all``; pooled instance AUC/AP where labels exist.
-    ``positive``: index of the model's stored positive class (default: the rule)."""
+    ``positive``: index of the model's stored positive class (default: the rule). ``patients``: slide id ->
+    patient id; where they group slides, each split also gets ``patients``: the bag metrics per patient
+    (:func:`histokd.evaluate.patients.aggregate_patients`)."""
     from histokd.classes import positive_class
     from histokd.evaluate.bootstrap import bootstrap_bag_metrics
     from histokd.evaluate.metrics import instance_metrics
+    from histokd.evaluate.patients import aggregate_patients, has_patients
+
+    ids = [r[0] for r in rows]
+    pids = [(patients or {}).get(s) for s in ids]
+    per_patient = has_patients(pids, ids)
 
     pos = positive_class(classes) if positive is None else positive
     out: dict[str, Any] = {"classes": classes, "positive_class": classes[pos], "splits": {}}
@@ -191,6 +201,13 @@ def evaluate_predictions(rows: list[tuple[str, str, int, np.ndarray]], inst: lis
             P = np.stack([r[3] for r in sel])
             for m, (v, lo, hi) in bootstrap_bag_metrics(y, P, pos, n_boot, seed=seed).items():
                 entry[m] = {"value": v, "ci95": [lo, hi]}
+            if per_patient:
+                _, yp, Pp = aggregate_patients([r[0] for r in sel], [(patients or {}).get(r[0]) for r in sel],
+                                               y, P, pos)
+                pe: dict[str, Any] = {"n_patients": len(yp)}
+                for m, (v, lo, hi) in bootstrap_bag_metrics(yp, Pp, pos, n_boot, seed=seed).items():
+                    pe[m] = {"value": v, "ci95": [lo, hi]}
+                entry["patients"] = pe
         isel = [t for t in inst if name == "all" or t[0] == name]
         if isel:
             labels = np.concatenate([t[1] for t in isel])

@@ -148,8 +148,10 @@ def run_report(
         classes = classes or _classes_from(pred_dir, bags)
         stored = _first(sections, "positive_class") or pred_metrics.get("positive_class")
         pos = stored_positive_class(classes, stored) if classes else None
+        patients = ({str(k): (None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+                     for k, v in cohort["patient_id"].items()} if "patient_id" in cohort else None)
         ctx = report_evaluation(bags, inst, classes, threshold, n_boot, seed,
-                                lambda name: ws.report_plot(model_id, name), positive=pos)
+                                lambda name: ws.report_plot(model_id, name), positive=pos, patients=patients)
         ctx.update(
             model_id=model_id,
             method=_first(sections, "method") or str(pred_metrics.get("method", "")),
