@@ -128,7 +128,7 @@ def _append_workspace_log(workspace: Any, command: str, params: dict[str, Any], 
 
     path = Path(workspace) / LOG_FILE
     when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    args = " ".join(f"{k}={v}" for k, v in params.items() if v not in (None, False, [], ()))
+    args = " ".join(f"{k}={v}" for k, v in params.items() if k != "ctx" and v not in (None, False, [], ()))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as f:
@@ -145,3 +145,23 @@ def fail_summary(failures: dict[str, str], total: int, what: str = "slides") -> 
         for k, msg in failures.items():
             typer.echo(f"  {k}: {msg}", err=True)
         raise typer.Exit(code=1)
+
+
+CONFIG_HELP = "YAML file of this stage's settings (keys: the long option names with '_'); options given here win."
+SET_HELP = "Override a setting, e.g. --set min_tissue=0.3 (repeatable); wins over --config, loses to options."
+
+
+def stage_settings(ctx: typer.Context | None, cls: Any, config: Path | None, set_: list[str] | None,
+                   renamed: dict[str, str] | None = None, **values: Any) -> Any:
+    """The stage config ``cls``: its defaults < ``--config FILE`` < ``--set`` < the options given on the
+    command line (``values``: config key -> the option's value; ``renamed``: config key -> the command's
+    parameter name where they differ). Options left at their default do not override the file; without a
+    command context (a direct call) every value counts as given."""
+    from histokd.pipeline.configs import stage_config
+
+    given: dict[str, Any] = {}
+    for key, value in values.items():
+        source = ctx.get_parameter_source((renamed or {}).get(key, key)) if ctx is not None else None
+        if ctx is None or (source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")):
+            given[key] = value
+    return stage_config(cls, config, list(set_ or []) or None, given)

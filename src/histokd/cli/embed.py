@@ -6,13 +6,14 @@ from pathlib import Path
 
 import typer
 
-from histokd.cli._common import fail_summary, run_command
+from histokd.cli._common import CONFIG_HELP, SET_HELP, fail_summary, run_command, stage_settings
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     @run_command
     def embed(
+        ctx: typer.Context,
         workspace: Path = typer.Option(..., "--workspace", "-w", help="Run folder (tiled with `histokd tile`)."),
         encoder: str = typer.Option(
             "efficientnet_lite0", "--encoder", "-e",
@@ -36,16 +37,19 @@ def register(app: typer.Typer) -> None:
         weights: str = typer.Option(None, "--weights", help="Weights file (state dict) overriding the encoder's own."),
         stain_norm: str = typer.Option("none", "--stain-norm", help="none | reinhard | macenko."),
         threads: int = typer.Option(None, "--threads", help="CPU threads for the encoder, PyTorch or ONNX Runtime (default: torch's)."),
+        config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+        set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
     ) -> None:
         """Extract tile features for every tiled slide -> RUN/features/<encoder>/<slide>.h5."""
+        from histokd.pipeline.configs import EmbedConfig
         from histokd.pipeline.embed import embed as run
 
-        res = run(
-            workspace, encoder, weights=weights, batch_size=batch_size, workers=workers, device=device,
-            precision=precision, runtime=runtime, dtype=dtype, engine=engine, address=address, overwrite=overwrite,
-            wait=wait,
-            stain_norm=None if stain_norm == "none" else stain_norm, threads=threads,
+        cfg = stage_settings(
+            ctx, EmbedConfig, config, set_, encoder=encoder, weights=weights, batch_size=batch_size, workers=workers,
+            device=device, precision=precision, runtime=runtime, dtype=dtype, engine=engine, address=address,
+            overwrite=overwrite, wait=wait, stain_norm=None if stain_norm == "none" else stain_norm, threads=threads,
         )
+        res = run(workspace, **cfg.model_dump())
         typer.echo(
             f"{res.out_dir}: {len(res.written)} written, {len(res.skipped)} skipped (done before), "
             f"{len(res.failed)} failed; {res.n_tiles} tiles at {res.tiles_per_s:.1f} tiles/s ({res.runtime})"

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import typer
 
-from histokd.cli._common import fail_summary, run_command
+from histokd.cli._common import CONFIG_HELP, SET_HELP, fail_summary, run_command, stage_settings
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     @run_command
     def label(
+        ctx: typer.Context,
         workspace: Path = typer.Option(..., "--workspace", "-w", help="Run folder."),
         model: str = typer.Option(..., "--model", "-m", help="Model id under RUN/models/, or a model folder / .tar.gz from export-model (checked against the features)."),
         features: str = typer.Option(None, "--features", help="Feature set (default: the model's)."),
@@ -21,12 +22,16 @@ def register(app: typer.Typer) -> None:
         n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% CIs."),
         threshold: float = typer.Option(0.5, "--tumour-threshold", help="Tile tumour fraction above which it is positive."),
         seed: int = typer.Option(0, "--seed"),
+        config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+        set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
     ) -> None:
         """Write RUN/predictions/ID/<slide>.h5, bags.csv and metrics.json; print the metrics per split."""
+        from histokd.pipeline.configs import LabelConfig
         from histokd.pipeline.label import label as label_fn
 
-        res = label_fn(workspace, model, features=features, overwrite=overwrite, n_boot=n_boot, seed=seed,
-                       tumour_threshold=threshold, wait=wait)
+        cfg = stage_settings(ctx, LabelConfig, config, set_, {"tumour_threshold": "threshold"}, features=features,
+                             overwrite=overwrite, n_boot=n_boot, seed=seed, tumour_threshold=threshold, wait=wait)
+        res = label_fn(workspace, model, **cfg.model_dump())
         for split, m in res.metrics.get("splits", {}).items():
             parts = [f"{split:<6} n={m['n_bags']}"]
             for k in ("auc", "accuracy", "balanced_accuracy", "f1"):

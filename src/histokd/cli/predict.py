@@ -7,13 +7,14 @@ from typing import Optional
 
 import typer
 
-from histokd.cli._common import fail_summary, run_command
+from histokd.cli._common import CONFIG_HELP, SET_HELP, fail_summary, run_command, stage_settings
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     @run_command
     def predict(
+        ctx: typer.Context,
         model: str = typer.Option(..., "--model", "-m",
                                   help="Model bundle: a model folder (RUN/models/ID) or a .tar.gz from export-model."),
         slides: Optional[list[str]] = typer.Argument(
@@ -33,19 +34,23 @@ def register(app: typer.Typer) -> None:
         no_report: bool = typer.Option(False, "--no-report", help="Skip the HTML report."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Redo every stage instead of resuming."),
         wait: bool = typer.Option(False, "--wait", help="Wait for another run writing the same folder (default: stop)."),
+        config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+        set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     ) -> None:
         """Tile, embed, label and report new slides with a model bundle's own settings -> RUN/predictions/ID/slides.csv.
 
         Resumable; a bad slide fails alone (exit 1, one line each). Each slide gets an out-of-distribution flag."""
         from histokd.errors import InputError
+        from histokd.pipeline.configs import PredictConfig
         from histokd.pipeline.predict import predict as run
 
         given = [*(slides or []), *(slides_opt or [])]
         if not given:
             raise InputError("no slides given; name slide files, a folder of slides or a cohort CSV (or --slides ...)")
-        res = run(model, given, workspace, workers=workers, batch_size=batch_size, device=device, runtime=runtime,
-                  slide_mpp=slide_mpp, backend=backend, overwrite=overwrite, n_boot=n_boot, report=not no_report,
-                  wait=wait)
+        cfg = stage_settings(ctx, PredictConfig, config, set_, {"report": "no_report"}, workers=workers,
+                             batch_size=batch_size, device=device, runtime=runtime, slide_mpp=slide_mpp,
+                             backend=backend, overwrite=overwrite, n_boot=n_boot, report=not no_report, wait=wait)
+        res = run(model, given, workspace, **cfg.model_dump())
         typer.echo(f"model {res.model_id}: {res.n_predicted} of {res.n_total} slide(s) predicted, "
                    f"{res.n_ood} out of distribution")
         if not res.labelled:

@@ -7,13 +7,14 @@ from typing import Optional
 
 import typer
 
-from histokd.cli._common import fail_summary, run_command
+from histokd.cli._common import CONFIG_HELP, SET_HELP, fail_summary, run_command, stage_settings
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     @run_command
     def tile(
+        ctx: typer.Context,
         cohort: Path = typer.Argument(..., help="Cohort CSV: slide_id,path,label[,split,mask_path,...]."),
         workspace: Path = typer.Option(..., "--workspace", "-w", help="Run folder (created if needed)."),
         mpp: float = typer.Option(0.5, "--mpp", help="Target resolution of the tiles, µm/px."),
@@ -33,13 +34,18 @@ def register(app: typer.Typer) -> None:
         label_map: Optional[list[str]] = typer.Option(
             None, "--label-map",
             help='Rename labels as the cohort is read, FROM=TO pairs: "tumor=tumour,Tumour=tumour" (repeatable).'),
+        config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+        set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     ) -> None:
         """Detect tissue and write a tile grid per slide (RUN/tiles/<slide>.h5 + QC PNG). Resumable."""
+        from histokd.pipeline.configs import TileConfig
         from histokd.pipeline.tile import tile as tile_api
 
-        res = tile_api(cohort, workspace, mpp=mpp, size=size, overlap=overlap, min_tissue=min_tissue,
-                       workers=workers, overwrite=overwrite, slide_mpp=slide_mpp,
-                       tissue_mask_dir=tissue_mask_dir, backend=backend, label_map=label_map or None, wait=wait)
+        cfg = stage_settings(ctx, TileConfig, config, set_, mpp=mpp, size=size, overlap=overlap, min_tissue=min_tissue,
+                             workers=workers, overwrite=overwrite, slide_mpp=slide_mpp,
+                             tissue_mask_dir=tissue_mask_dir, backend=backend, label_map=label_map or None,
+                             wait=wait)
+        res = tile_api(cohort, workspace, **cfg.model_dump())
         n_new = sum(res.tiled.values())
         rate = n_new / res.seconds if res.seconds > 0 else 0.0
         typer.echo(
