@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "histokd"
 
 # Floors, bottom (0) to top: a module may import its own floor and any floor below it.
 FLOORS: dict[str, int] = {
-    "config": 0, "workspace": 0, "errors": 0, "registry": 0, "progress": 0, "classes": 0, "predictions": 0,
+    "config": 0, "workspace": 0, "locks": 0, "errors": 0, "registry": 0, "progress": 0, "classes": 0, "predictions": 0,
     "slides": 1, "synth": 1,
     "features": 2, "models": 2, "segmentation": 2,
     "data": 3,
@@ -204,3 +204,32 @@ def test_the_walk_sees_verbs_called_through_the_facade():
     src = "def f(ws):\n    import histokd\n    histokd.embed(ws)\n    return histokd.__version__\n"
     assert verb_calls(src) == [(3, "histokd.embed")]
     assert verb_calls("from histokd import train\n") == [(1, "from histokd import train")]
+
+
+# ------------------------------------------------------------------------------------------------------
+# size limits (issue 14): a file over ~500 lines or a function over ~80 is split
+# ------------------------------------------------------------------------------------------------------
+MAX_FILE_LINES = 520
+MAX_FUNCTION_LINES = 85
+
+
+def oversized() -> list[str]:
+    out: list[str] = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC.parents[1])
+        source = path.read_text(encoding="utf-8")
+        n = len(source.splitlines())
+        if n > MAX_FILE_LINES:
+            out.append(f"{rel}: {n} lines (at most {MAX_FILE_LINES}); move a part into its own module")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    out.append(f"{rel}:{node.lineno}: {node.name} is {length} lines (at most {MAX_FUNCTION_LINES}); "
+                               f"extract helpers")
+    return out
+
+
+def test_no_file_or_function_is_too_long():
+    too_long = oversized()
+    assert not too_long, "too long:\n" + "\n".join(too_long)

@@ -108,6 +108,31 @@ class BagRecord:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def _bag_record(ws: Workspace, features: str, sid: str, path: Path, n: int, d: int, dim: int, row: dict[str, Any],
+                classes: list[str], require_labels: bool) -> BagRecord | str:
+    """The bag of one slide's feature file, or why it is left out (one line)."""
+    if n == 0:
+        return f"{path}: empty bag (0 tiles); check its tissue mask / tiling"
+    if d != dim:
+        return f"{path}: features are {d}-d but the feature set is {dim}-d; re-embed this slide"
+    raw = row.get("label")
+    if require_labels and not _known(raw):
+        return "no label in the cohort; fill its label column"
+    if _known(raw) and str(raw).strip() not in classes:
+        if require_labels:
+            return f"label {raw!r} is not one of the model's classes {classes}"
+        # labelling needs no label: the slide is predicted, and left out of the metrics (label -1)
+        log.warning("slide %s: label %r is not one of the model's classes %s; predicted, not evaluated",
+                    sid, raw, classes)
+        raw = None
+    ipath = ws.instance_labels_h5(features, sid)
+    return BagRecord(
+        slide_id=sid, label=_to_index(raw, classes) if _known(raw) else -1,
+        split=_opt_str(row.get("split")), patient=_opt_str(row.get("patient_id", row.get("patch_id"))),
+        path=path, n=n, instance_path=ipath if ipath.exists() else None,
+    )
+
+
 class BagDataset(Dataset):
     """A list of bags with class names. ``ds[i]`` -> :class:`Bag`.
 
@@ -212,31 +237,11 @@ class BagDataset(Dataset):
                            "re-embed the odd slides with one encoder, or keep each encoder's features in its own "
                            "feature set") or 0
         for sid, (n, d) in shapes.items():
-            if n == 0:
-                skipped[sid] = f"{present[sid]}: empty bag (0 tiles); check its tissue mask / tiling"
-                continue
-            if d != dim:
-                skipped[sid] = f"{present[sid]}: features are {d}-d but the feature set is {dim}-d; re-embed this slide"
-                continue
-            r = rows.get(sid, {})
-            raw = r.get("label")
-            if require_labels and not _known(raw):
-                skipped[sid] = "no label in the cohort; fill its label column"
-                continue
-            if _known(raw) and str(raw).strip() not in classes:
-                if require_labels:
-                    skipped[sid] = f"label {raw!r} is not one of the model's classes {classes}"
-                    continue
-                # labelling needs no label: the slide is predicted, and left out of the metrics (label -1)
-                log.warning("slide %s: label %r is not one of the model's classes %s; predicted, not evaluated",
-                            sid, raw, classes)
-                raw = None
-            ipath = ws.instance_labels_h5(features, sid)
-            recs.append(BagRecord(
-                slide_id=sid, label=_to_index(raw, classes) if _known(raw) else -1,
-                split=_opt_str(r.get("split")), patient=_opt_str(r.get("patient_id", r.get("patch_id"))),
-                path=present[sid], n=n, instance_path=ipath if ipath.exists() else None,
-            ))
+            rec = _bag_record(ws, features, sid, present[sid], n, d, dim, rows.get(sid, {}), classes, require_labels)
+            if isinstance(rec, str):
+                skipped[sid] = rec
+            else:
+                recs.append(rec)
         ds = cls(recs, classes, dim, skipped)
         total = sum(r.n for r in recs) * dim * 4
         if preload is True or (preload == "auto" and total <= PRELOAD_LIMIT_BYTES):

@@ -102,6 +102,31 @@ def make_jobs(ws: Workspace, encoder: str, slides: list[str] | None = None) -> t
     return jobs, failed
 
 
+def _check_options(batch_size: int, workers: int, dtype: str, engine: str, stain_norm: str | None) -> None:
+    if batch_size < 1 or workers < 0:
+        raise InputError(f"--batch-size {batch_size} / --workers {workers}: want batch size >= 1 and workers >= 0")
+    if dtype not in ("float32", "float16"):
+        raise InputError(f"--dtype {dtype!r}: choose float32 or float16")
+    if engine not in ("local", "ray"):
+        raise InputError(f"--engine {engine!r}: choose local or ray")
+    build_stain_normalizer(stain_norm)  # validate the name early
+
+
+def _warm_runner(result: EmbedResult, enc: Any, runtime: str, device: str, precision: str, threads: int | None,
+                 warm_batch: int) -> Any:
+    """The local encoder runner, warmed up; its runtime, export and warm-up times go to ``result``."""
+    runner, result.runtime, result.export_seconds = build_runner(enc, runtime, device, precision, threads)
+    # one batch of blank tiles first: either runtime spends its first call of a batch shape on set-up
+    # (memory arenas, kernel choice: ~1 s), which is start-up, not throughput
+    t_warm = time.perf_counter()
+    if warm_batch:
+        runner(torch.zeros((warm_batch, 3, enc.input_size, enc.input_size), dtype=torch.uint8))
+    result.setup_seconds = time.perf_counter() - t_warm
+    log.info("encoder %s runs on %s through %s (%s); warm-up %.1f s", result.encoder, device, result.runtime,
+             precision, result.setup_seconds)
+    return runner
+
+
 def embed(
     workspace: str | os.PathLike[str] | Workspace,
     encoder: str = DEFAULT_ENCODER,
@@ -129,13 +154,7 @@ def embed(
     encoder exports, else PyTorch), ``torch`` or ``onnx`` (see :mod:`histokd.features.runtime`).
     """
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    if batch_size < 1 or workers < 0:
-        raise InputError(f"--batch-size {batch_size} / --workers {workers}: want batch size >= 1 and workers >= 0")
-    if dtype not in ("float32", "float16"):
-        raise InputError(f"--dtype {dtype!r}: choose float32 or float16")
-    if engine not in ("local", "ray"):
-        raise InputError(f"--engine {engine!r}: choose local or ray")
-    build_stain_normalizer(stain_norm)  # validate the name early
+    _check_options(batch_size, workers, dtype, engine, stain_norm)
     device = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
@@ -155,15 +174,7 @@ def embed(
         n_tiles = sum(len(j.coords) for j in todo)
         runner = None
         if todo and engine == "local":
-            runner, result.runtime, result.export_seconds = build_runner(enc, runtime, device, precision, threads)
-            # one batch of blank tiles first: either runtime spends its first call of a batch shape on set-up
-            # (memory arenas, kernel choice: ~1 s), which is start-up, not throughput
-            t_warm = time.perf_counter()
-            if n_tiles:
-                runner(torch.zeros((min(batch_size, n_tiles), 3, enc.input_size, enc.input_size), dtype=torch.uint8))
-            result.setup_seconds = time.perf_counter() - t_warm
-            log.info("encoder %s runs on %s through %s (%s); warm-up %.1f s", encoder, device, result.runtime,
-                     precision, result.setup_seconds)
+            runner = _warm_runner(result, enc, runtime, device, precision, threads, min(batch_size, n_tiles))
         else:
             result.runtime = resolve_runtime(runtime, enc, device, precision)
         t0 = time.perf_counter()

@@ -23,9 +23,9 @@ import h5py
 import numpy as np
 
 from histokd.data.bags import BagDataset, ensure_instance_labels
-from histokd.errors import FeatureError, HistokdError, ModelError
+from histokd.errors import FeatureError, ModelError
+from histokd.pipeline.runner import run_slides
 from histokd.predictions import is_prediction_of, read_prediction, source_key, write_prediction
-from histokd.progress import progress
 from histokd.workspace import ModelFiles, Workspace, file_sha256, read_csv, write_csv, write_json
 
 log = logging.getLogger("histokd")
@@ -58,10 +58,53 @@ def label(
     and weights, dimension, µm/px, tile size, precision, stain normalisation); a mismatch is refused with one
     line. ``LabelResult.directory`` is ``RUN/predictions/<id>/``.
     """
-    from histokd.methods.base import SlideLabeler, load_labeler, model_positive_class, read_model_meta
-    from histokd.pipeline.bundle import check_features, find_feature_set, read_bundle, resolve_model
+    from histokd.methods.base import SlideLabeler, load_labeler, model_positive_class
 
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    model, meta, features = _model_and_features(ws, model, features, wait)
+    mdir = ws.model_dir(model)
+    labeler = load_labeler(mdir)
+    classes = list(labeler.classes)
+    out = ws.predictions_dir(model)
+    with ws.writer(out, wait=wait):
+        failures = ensure_instance_labels(ws, features, threshold=tumour_threshold)
+        ds = BagDataset.from_workspace(ws, features, classes=classes, require_labels=False, preload=False)
+        for sid, why in ds.skipped.items():  # empty bags, missing or damaged feature files: failures, not silence
+            failures[sid] = why
+        reads_pixels = isinstance(labeler, SlideLabeler)  # segmenters (ifkd, end-to-end weno)
+        _check_feature_dim(ws, ds, model, meta, features, reads_pixels)
+        pos = model_positive_class({**meta, "classes": classes})  # decided at training, stored with the model
+        splits = _model_splits(mdir)
+        slides = _SlideLabelling(ws, model, ds, labeler, meta, classes, pos, overwrite, reads_pixels)
+        run = run_slides(range(len(ds.records)), key=lambda i: ds.records[i].slide_id, work=slides.predict,
+                         resume=slides.read_back, description="label", total=len(ds))
+        failures.update(run.failures)
+        rows, inst = [], []
+        patients: dict[str, str | None] = {}
+        for sid, (rec, bag_probs, probs, scores, inst_labels) in run.results:
+            split = splits.get(sid, rec.split) or ""
+            rows.append((sid, split, rec.label, np.asarray(bag_probs, np.float64)))
+            patients[sid] = rec.patient
+            if inst_labels is not None:
+                inst.append((split, np.asarray(inst_labels), np.asarray(probs)[:, pos],
+                             None if scores is None else np.asarray(scores).reshape(-1)))
+        _write_bags_csv(ws.predictions_bags_csv(model), rows, classes)
+        metrics = evaluate_predictions(rows, inst, classes, n_boot, seed, positive=pos, patients=patients)
+        if reads_pixels:  # pixel masks: PNGs + Dice/IoU/AUC/Hausdorff/FROC per split
+            from histokd.methods.ifkd_label import finish_pixel_outputs
+
+            metrics["pixel"] = finish_pixel_outputs(ws, model)
+        metrics.update({"model_id": model, "method": meta["method"], "features": features, "failures": failures})
+        write_json(ws.predictions_metrics(model), metrics)
+        return LabelResult(out, len(rows), failures, metrics, n_total=len({r[0] for r in rows} | set(failures)))
+
+
+def _model_and_features(ws: Workspace, model: str, features: str | None, wait: bool) -> tuple[str, dict, str]:
+    """(model id, its stored meta, the feature set to label): a bundle from elsewhere is installed first,
+    and where the model has a ``bundle.json`` the feature set must have been made as the model's."""
+    from histokd.methods.base import read_model_meta
+    from histokd.pipeline.bundle import check_features, find_feature_set, read_bundle, resolve_model
+
     model = resolve_model(ws, model, wait=wait)
     mdir = ws.model_dir(model)
     meta = read_model_meta(mdir)
@@ -75,75 +118,59 @@ def label(
         features = pick_features(ws, None)
     if bundle is not None:
         check_features(bundle, ws, features, model)
-    labeler = load_labeler(mdir)
-    classes = list(labeler.classes)
-    out = ws.predictions_dir(model)
-    with ws.writer(out, wait=wait):
-        failures = ensure_instance_labels(ws, features, threshold=tumour_threshold)
-        ds = BagDataset.from_workspace(ws, features, classes=classes, require_labels=False, preload=False)
-        for sid, why in ds.skipped.items():  # empty bags, missing or damaged feature files: failures, not silence
-            failures[sid] = why
-        reads_pixels = isinstance(labeler, SlideLabeler)  # segmenters (ifkd, end-to-end weno)
-        in_dim = None if reads_pixels else meta.get("in_dim")  # pixel labellers: no feature dimension
-        if in_dim is not None and int(in_dim) != ds.dim:
-            raise FeatureError(
-                f"{ws.features_dir(features)}: features are {ds.dim}-d but model {model!r} was trained on {in_dim}-d "
-                f"features ({meta.get('features', 'another feature set')}); label features of the model's own "
-                f"encoder (--features), or retrain the model on these"
-            )
-        splits = _model_splits(mdir)
-        weights_sha = file_sha256(ws.model_files(model).weights)
-        pos = model_positive_class({**meta, "classes": classes})  # decided at training, stored with the model
-        rows, inst = [], []
-        patients: dict[str, str | None] = {}
-        cohort = None  # read on first use by segmenting labellers
-        with progress() as bar:
-            task = bar.add_task("label", total=len(ds), unit="slide")
-            for i, rec in enumerate(ds.records):
-                sid = rec.slide_id
-                path = ws.predictions_h5(model, sid)
-                try:
-                    key = source_key(weights_sha, rec.path)
-                    if path.exists() and not overwrite and is_prediction_of(path, model, key):
-                        p = read_prediction(path)
-                        bag_probs, probs, scores = p.bag_probs, p.probs, p.scores
-                        inst_labels = ds[i].instance_labels
-                    else:
-                        bag = ds[i]
-                        if reads_pixels:  # segmenters read the slide's pixels
-                            from histokd.data.cohort import load_workspace_cohort
+    return model, meta, features
 
-                            cohort = cohort or load_workspace_cohort(ws)
-                            pred = labeler.predict_slide(cohort.row(sid), bag.features.numpy(), bag.coords,
-                                                         _feature_attr(rec.path, "patch_size_level0"))
-                        else:
-                            pred = labeler.predict(bag.features.numpy())
-                        write_prediction(path, pred, bag.coords if bag.coords is not None else np.zeros((len(bag.features), 2)),
-                                         {"classes": json.dumps(classes), "positive_class": classes[pos],
-                                          "model_id": model, "method": meta["method"], "source_key": key,
-                                          "slide_id": sid, "patch_size_level0": _feature_attr(rec.path, "patch_size_level0")})
-                        bag_probs, probs, scores, inst_labels = pred.bag_probs, pred.instance_probs, pred.instance_scores, bag.instance_labels
-                except (HistokdError, OSError) as e:
-                    failures[sid] = str(e)
-                    log.warning("%s: %s", sid, e)
-                    bar.advance(task)
-                    continue
-                split = splits.get(sid, rec.split) or ""
-                rows.append((sid, split, rec.label, np.asarray(bag_probs, np.float64)))
-                patients[sid] = rec.patient
-                if inst_labels is not None:
-                    inst.append((split, np.asarray(inst_labels), np.asarray(probs)[:, pos],
-                                 None if scores is None else np.asarray(scores).reshape(-1)))
-                bar.advance(task)
-        _write_bags_csv(ws.predictions_bags_csv(model), rows, classes)
-        metrics = evaluate_predictions(rows, inst, classes, n_boot, seed, positive=pos, patients=patients)
-        if reads_pixels:  # pixel masks: PNGs + Dice/IoU/AUC/Hausdorff/FROC per split
-            from histokd.methods.ifkd_label import finish_pixel_outputs
 
-            metrics["pixel"] = finish_pixel_outputs(ws, model)
-        metrics.update({"model_id": model, "method": meta["method"], "features": features, "failures": failures})
-        write_json(ws.predictions_metrics(model), metrics)
-        return LabelResult(out, len(rows), failures, metrics, n_total=len({r[0] for r in rows} | set(failures)))
+def _check_feature_dim(ws: Workspace, ds: BagDataset, model: str, meta: dict, features: str,
+                       reads_pixels: bool) -> None:
+    in_dim = None if reads_pixels else meta.get("in_dim")  # pixel labellers: no feature dimension
+    if in_dim is not None and int(in_dim) != ds.dim:
+        raise FeatureError(
+            f"{ws.features_dir(features)}: features are {ds.dim}-d but model {model!r} was trained on {in_dim}-d "
+            f"features ({meta.get('features', 'another feature set')}); label features of the model's own "
+            f"encoder (--features), or retrain the model on these"
+        )
+
+
+class _SlideLabelling:
+    """One slide's prediction (record i of the dataset): read back when this model already predicted these
+    features (``resume``), else predicted and written (contract 7)."""
+
+    def __init__(self, ws: Workspace, model: str, ds: BagDataset, labeler: Any, meta: dict,
+                 classes: list[str], pos: int, overwrite: bool, reads_pixels: bool) -> None:
+        self.ws, self.model, self.ds, self.labeler, self.meta = ws, model, ds, labeler, meta
+        self.classes, self.pos, self.overwrite, self.reads_pixels = classes, pos, overwrite, reads_pixels
+        self.weights_sha = file_sha256(ws.model_files(model).weights)
+        self.cohort = None  # read on first use by segmenting labellers
+
+    def read_back(self, i: int) -> tuple | None:
+        rec = self.ds.records[i]
+        path = self.ws.predictions_h5(self.model, rec.slide_id)
+        key = source_key(self.weights_sha, rec.path)
+        if path.exists() and not self.overwrite and is_prediction_of(path, self.model, key):
+            p = read_prediction(path)
+            return rec, p.bag_probs, p.probs, p.scores, self.ds[i].instance_labels
+        return None
+
+    def predict(self, i: int) -> tuple:
+        rec = self.ds.records[i]
+        sid = rec.slide_id
+        key = source_key(self.weights_sha, rec.path)
+        bag = self.ds[i]
+        if self.reads_pixels:  # segmenters read the slide's pixels
+            from histokd.data.cohort import load_workspace_cohort
+
+            self.cohort = self.cohort or load_workspace_cohort(self.ws)
+            pred = self.labeler.predict_slide(self.cohort.row(sid), bag.features.numpy(), bag.coords,
+                                              _feature_attr(rec.path, "patch_size_level0"))
+        else:
+            pred = self.labeler.predict(bag.features.numpy())
+        coords = bag.coords if bag.coords is not None else np.zeros((len(bag.features), 2))
+        write_prediction(self.ws.predictions_h5(self.model, sid), pred, coords,
+                         {"classes": json.dumps(self.classes), "positive_class": self.classes[self.pos],
+                          "model_id": self.model, "method": self.meta["method"], "source_key": key,
+                          "slide_id": sid, "patch_size_level0": _feature_attr(rec.path, "patch_size_level0")})
+        return rec, pred.bag_probs, pred.instance_probs, pred.instance_scores, bag.instance_labels
 
 
 def _feature_attr(path: Path | None, key: str) -> Any:

@@ -16,6 +16,7 @@ metrics and the report says so.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -101,6 +102,19 @@ def _tissue_params(tiling: dict[str, Any]) -> Any:
     return TissueParams(**{k: v for k, v in given.items() if k in known})
 
 
+def _bundle_tiling(ws: Workspace, model_id: str, model: Any, bundle: dict[str, Any]) -> dict[str, Any]:
+    """The tiling the model's features were made with (refused where the bundle records none)."""
+    tiling = bundle.get("tiling")
+    if not tiling or tiling.get("target_mpp") is None or tiling.get("patch_size") is None:
+        raise InputError(f"{ws.model_files(model_id).bundle}: the model records no tiling (trained on imported "
+                         f"features); tile and embed the slides as its features were made, then `histokd label "
+                         f"--model {model}`")
+    if tiling.get("tissue_source") not in (None, "auto"):
+        log.warning("the model's training slides were tiled with user tissue masks; predict detects tissue itself "
+                    "(a tissue_mask_path column in the cohort CSV is used where given)")
+    return tiling
+
+
 def predict(
     model: str | os.PathLike[str],
     slides: str | os.PathLike[str] | list[str | os.PathLike[str]],
@@ -145,24 +159,11 @@ def predict(
     model_id = install_model(model, ws, wait=wait)
     mdir = ws.model_dir(model_id)
     bundle = read_bundle(mdir)
-    tiling = bundle.get("tiling")
-    if not tiling or tiling.get("target_mpp") is None or tiling.get("patch_size") is None:
-        raise InputError(f"{ws.model_files(model_id).bundle}: the model records no tiling (trained on imported "
-                         f"features); tile and embed the slides as its features were made, then `histokd label "
-                         f"--model {model}`")
-    if tiling.get("tissue_source") not in (None, "auto"):
-        log.warning("the model's training slides were tiled with user tissue masks; predict detects tissue itself "
-                    "(a tissue_mask_path column in the cohort CSV is used where given)")
+    tiling = _bundle_tiling(ws, model_id, model, bundle)
     cohort_csv = input_cohort(slides, ws)
     timings["setup"] = time.perf_counter() - t0
     res = PredictResult(workspace=ws.root, model_id=model_id)
-
-    def stage(name: str, fn, *args, **kwargs):  # noqa: ANN001, ANN202
-        t = time.perf_counter()
-        out = fn(*args, **kwargs)
-        timings[name] = time.perf_counter() - t
-        return out
-
+    stage = functools.partial(_timed, timings)
     tres = stage("tile", tile, cohort_csv, ws, mpp=float(tiling["target_mpp"]), size=int(tiling["patch_size"]),
                  overlap=int(tiling.get("overlap") or 0), min_tissue=float(tiling.get("min_tissue", 0.5)),
                  workers=workers, overwrite=overwrite, slide_mpp=slide_mpp, backend=backend,
@@ -175,8 +176,7 @@ def predict(
         eres = stage("embed", embed, ws, spec, batch_size=batch_size, workers=workers, device=device,
                      precision=str(f.get("precision") or "fp32"), runtime=runtime, dtype=str(f.get("dtype") or "float32"),
                      stain_norm=stain, overwrite=overwrite, wait=wait)
-        for sid, why in eres.failed.items():
-            failures.setdefault(sid, why)
+        _first_failures(failures, eres.failed)
     cohort = load_workspace_cohort(ws)
     res.n_total = len(cohort)
     if len(failures) >= res.n_total:  # nothing to label
@@ -185,8 +185,7 @@ def predict(
         return res
     lres = stage("label", label, ws, model_id, features=encoder_dirname(spec), overwrite=overwrite, n_boot=n_boot,
                  wait=wait)
-    for sid, why in lres.failures.items():
-        failures.setdefault(sid, why)
+    _first_failures(failures, lres.failures)
     res.labelled = cohort.labelled
     res.metrics = lres.metrics if cohort.labelled else {}
     t = time.perf_counter()
@@ -196,11 +195,24 @@ def predict(
     if report:
         rres = stage("report", run_report, ws, model_id, n_boot=n_boot, wait=wait)
         res.report = rres.index
-        for sid, why in rres.failures.items():
-            failures.setdefault(sid, why)
+        _first_failures(failures, rres.failures)
     res.failures = failures
     res.timings = timings
     return res
+
+
+def _timed(timings: dict[str, float], name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, its wall time recorded as ``timings[name]``."""
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    timings[name] = time.perf_counter() - t
+    return out
+
+
+def _first_failures(failures: dict[str, str], more: dict[str, str]) -> None:
+    """Add a later stage's failures; a slide keeps the reason of the first stage that failed it."""
+    for sid, why in more.items():
+        failures.setdefault(sid, why)
 
 
 def _float(v: Any) -> float:

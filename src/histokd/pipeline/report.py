@@ -32,8 +32,8 @@ from histokd.outputs.heatmaps import Overlay, render_heatmap, write_bytes
 from histokd.outputs.report import data_uri, render_report_html, report_evaluation, tile_card
 from histokd.outputs.tables import flatten_metrics, tiles_frame, write_csv
 from histokd.pipeline.predict import slide_table_ood
+from histokd.pipeline.runner import run_slides
 from histokd.predictions import attr_value, read_prediction
-from histokd.progress import progress
 from histokd.workspace import Workspace, read_csv, write_text
 
 log = logging.getLogger("histokd")
@@ -114,33 +114,12 @@ def run_report(
 
         slide_ids = list(slides) if slides else sorted(p.stem for p in pred_dir.glob("*.h5"))
         ood = slide_table_ood(ws, model_id)  # histokd predict's out-of-distribution flags, where it ran
-        sections: list[dict] = []
-        skipped: list[dict] = []
-        tile_frames: list[pd.DataFrame] = []
-        inst: dict[str, list[np.ndarray]] = {"y": [], "p": [], "g": [], "split": []}
-        classes: list[str] | None = None
-        with progress() as bar:
-            task = bar.add_task("report", total=len(slide_ids), unit="slide")
-            for sid in slide_ids:
-                try:
-                    sec, df, gt = _slide(ws, model_id, sid, cohort, top_k, threshold, thumbnail_size, features)
-                except HistokdError as e:
-                    log.warning("report: skipping slide %s: %s", sid, e)
-                    skipped.append({"slide_id": sid, "reason": str(e)})
-                else:
-                    if sid in ood:
-                        sec["ood"] = ood[sid]
-                    if view_base is not None:
-                        sec["view"] = f"{view_base}#{quote(sid, safe='')}"
-                    sections.append(sec)
-                    tile_frames.append(df)
-                    classes = classes or sec["classes"]
-                    if gt is not None:
-                        inst["y"].append(gt["y"])
-                        inst["p"].append(gt["p"])
-                        inst["g"].append(np.full(len(gt["y"]), len(inst["g"])))
-                        inst["split"].append(np.full(len(gt["y"]), sec["split"] or "all", dtype=object))
-                bar.advance(task)
+        run = run_slides(slide_ids, key=str, description="report", catch=(HistokdError,),
+                         failure_log="report: skipping slide %s: %s",
+                         work=lambda sid: _slide(ws, model_id, sid, cohort, top_k, threshold, thumbnail_size,
+                                                 features))
+        skipped = [{"slide_id": sid, "reason": why} for sid, why in run.failures.items()]
+        sections, tile_frames, inst, classes = _collect_slides(run.results, ood, view_base)
 
         if tile_frames:
             write_csv(ws.report_tiles_csv(model_id), pd.concat(tile_frames, ignore_index=True))
@@ -174,6 +153,30 @@ def run_report(
         write_text(index, render_report_html(ctx))
         log.info("report: %d slides (%d skipped) -> %s", len(sections), len(skipped), index)
         return ReportResult(index, {s["slide_id"]: s["reason"] for s in skipped}, len(slide_ids))
+
+
+def _collect_slides(results: list[tuple[str, tuple[dict, pd.DataFrame, dict | None]]], ood: dict,
+                    view_base: str | None) -> tuple[list[dict], list[pd.DataFrame], dict, list[str] | None]:
+    """The reported slides' sections (with their out-of-distribution flag and view link), tile tables,
+    pooled tile truth and the classes of the first."""
+    sections: list[dict] = []
+    tile_frames: list[pd.DataFrame] = []
+    inst: dict[str, list[np.ndarray]] = {"y": [], "p": [], "g": [], "split": []}
+    classes: list[str] | None = None
+    for sid, (sec, df, gt) in results:
+        if sid in ood:
+            sec["ood"] = ood[sid]
+        if view_base is not None:
+            sec["view"] = f"{view_base}#{quote(sid, safe='')}"
+        sections.append(sec)
+        tile_frames.append(df)
+        classes = classes or sec["classes"]
+        if gt is not None:
+            inst["y"].append(gt["y"])
+            inst["p"].append(gt["p"])
+            inst["g"].append(np.full(len(gt["y"]), len(inst["g"])))
+            inst["split"].append(np.full(len(gt["y"]), sec["split"] or "all", dtype=object))
+    return sections, tile_frames, inst, classes
 
 
 def view_link_base(ws: Workspace, model_id: str, view: str | os.PathLike[str] | None) -> str | None:

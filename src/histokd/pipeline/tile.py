@@ -152,6 +152,59 @@ def _find_user_mask(row: dict, mask_dir: Path | None, slide_id: str) -> str | No
     return None
 
 
+def _plan_jobs(ws: Workspace, co: Any, cfg: TilingConfig, mask_dir: Path | None, overwrite: bool,
+               result: TilingResult) -> list[_Job]:
+    """One job per slide to tile; the slides whose grid is up to date go to ``result.skipped`` (resume)."""
+    jobs: list[_Job] = []
+    cfg_d = asdict(cfg)
+    for row in co.rows():
+        sid = str(row["slide_id"])
+        user_mask = _find_user_mask(row, mask_dir, sid)
+        h5 = ws.tiles_h5(sid)
+        expected = tiling_attrs(cfg, sid, str(row["path"]), user_mask if user_mask else "auto")
+        if not overwrite:
+            n = tiles_up_to_date(h5, expected, slide_mpp=cfg.slide_mpp)
+            if n is not None:
+                result.skipped[sid] = n
+                continue
+        jobs.append(_Job(sid, str(row["path"]), str(h5), str(ws.tiles_png(sid)), user_mask, cfg_d))
+    if result.skipped:
+        log.info("%d slide(s) already tiled with this configuration (use --overwrite to redo)", len(result.skipped))
+    return jobs
+
+
+def _run_jobs(jobs: list[_Job], workers: int, result: TilingResult, show_progress: bool | None) -> None:
+    """Tile the slides of ``jobs``, here (one worker or one slide) or in spawned worker processes; each
+    slide's tile count goes to ``result.tiled``, its failure (one line) to ``result.failures``."""
+
+    def record(sid: str, n: int | None, err: str | None) -> None:
+        if err is None and n is not None:
+            result.tiled[sid] = n
+        else:
+            result.failures[sid] = err or "failed"
+            log.error("%s: %s", sid, err)
+
+    with progress(disable=None if show_progress is None else not show_progress) as bar:
+        task = bar.add_task("tiling", total=len(jobs), unit="slide")
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                record(*_run_job(job))
+                bar.advance(task)
+            return
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx,
+                                 initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
+            futures: dict[Future, _Job] = {pool.submit(_run_job, j): j for j in jobs}
+            for fut in as_completed(futures):
+                job = futures[fut]
+                try:
+                    record(*fut.result())
+                except Exception as e:  # noqa: BLE001 - a crashed worker (e.g. a decoder segfault)
+                    record(job.slide_id, None, f"{job.slide_path}: worker process died ({type(e).__name__}); "
+                                               f"the file may be corrupt: re-run with --workers 1 to see")
+                bar.advance(task)
+
+
 def tile(
     cohort: Any,
     workspace: Any,
@@ -214,48 +267,8 @@ def tile(
 
         result = TilingResult(workspace=ws.root)
         result.failures.update(co.invalid)
-        jobs: list[_Job] = []
-        cfg_d = asdict(cfg)
-        for row in co.rows():
-            sid = str(row["slide_id"])
-            user_mask = _find_user_mask(row, mask_dir, sid)
-            h5 = ws.tiles_h5(sid)
-            expected = tiling_attrs(cfg, sid, str(row["path"]), user_mask if user_mask else "auto")
-            if not overwrite:
-                n = tiles_up_to_date(h5, expected, slide_mpp=cfg.slide_mpp)
-                if n is not None:
-                    result.skipped[sid] = n
-                    continue
-            jobs.append(_Job(sid, str(row["path"]), str(h5), str(ws.tiles_png(sid)), user_mask, cfg_d))
-        if result.skipped:
-            log.info("%d slide(s) already tiled with this configuration (use --overwrite to redo)", len(result.skipped))
-
-        def record(sid: str, n: int | None, err: str | None) -> None:
-            if err is None and n is not None:
-                result.tiled[sid] = n
-            else:
-                result.failures[sid] = err or "failed"
-                log.error("%s: %s", sid, err)
-
-        with progress(disable=None if show_progress is None else not show_progress) as bar:
-            task = bar.add_task("tiling", total=len(jobs), unit="slide")
-            if workers <= 1 or len(jobs) <= 1:
-                for job in jobs:
-                    record(*_run_job(job))
-                    bar.advance(task)
-            else:
-                ctx = multiprocessing.get_context("spawn")
-                with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx,
-                                     initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
-                    futures: dict[Future, _Job] = {pool.submit(_run_job, j): j for j in jobs}
-                    for fut in as_completed(futures):
-                        job = futures[fut]
-                        try:
-                            record(*fut.result())
-                        except Exception as e:  # noqa: BLE001 - a crashed worker (e.g. a decoder segfault)
-                            record(job.slide_id, None, f"{job.slide_path}: worker process died ({type(e).__name__}); "
-                                                       f"the file may be corrupt: re-run with --workers 1 to see")
-                        bar.advance(task)
+        jobs = _plan_jobs(ws, co, cfg, mask_dir, overwrite, result)
+        _run_jobs(jobs, workers, result, show_progress)
         # a run killed just before this one may have had workers still ending when the sweep above ran
         clean_stale_temps(ws.tiles_dir)
         result.seconds = time.perf_counter() - t0

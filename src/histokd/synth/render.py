@@ -189,29 +189,7 @@ def render(p: SynthParams, lay: SlideLayout, rng: np.random.Generator) -> Render
     tissue = tissue_lvl > 0
     del tissue_lvl
 
-    # --- nuclei -----------------------------------------------------------------------------
-    banks: dict[str, KernelBank] = {k: build_bank(t, lay.mpp, rng) for k, t in types.items()}
-    pad = max(b.max_radius for b in banks.values()) + 1
-    hn = np.zeros((s + 2 * pad, s + 2 * pad), dtype=np.float32)  # hematoxylin OD of nuclei
-    markers = {m: np.zeros_like(hn) for m in (TUMOUR_MARKER, IMMUNE_MARKER)}
-    positions = _place_nuclei(lay, types, tissue, rng)
-    counts = {}
-    for kind, (xs, ys) in positions.items():
-        t, bank = types[kind], banks[kind]
-        n = len(xs)
-        counts[kind] = n
-        if n == 0:
-            continue
-        which = rng.integers(0, len(bank.nucleus), n)
-        dark = np.clip(rng.normal(1.0, t.darkness_sd / t.darkness, n), 0.5, 1.6).astype(np.float32)
-        stamp(hn, pad, xs, ys, bank.nucleus, bank.radius, which, dark)
-        if t.marker is not None:
-            expr = rng.uniform(*t.expression, n).astype(np.float32)
-            if kind in ("tumour", "subtle"):
-                expr[rng.random(n) < p.marker_dropout] = 0.0
-            stamp(markers[t.marker], pad, xs, ys, bank.cell, bank.radius, which, expr)
-    hn = hn[pad:pad + s, pad:pad + s]
-    markers = {m: a[pad:pad + s, pad:pad + s] for m, a in markers.items()}
+    hn, markers, counts = _nuclei(p, lay, types, tissue, rng)
 
     # --- eosin: stroma fibres; tumour replaces fibres by smoother, denser cytoplasm -------------
     eos = _fibres(lay, rng)
@@ -274,7 +252,44 @@ def render(p: SynthParams, lay: SlideLayout, rng: np.random.Generator) -> Render
         rgb[..., c] = ch
         del ch, od
 
-    # --- paired multiplex: nuclear, tumour marker, immune marker, stroma ----------------------
+    paired = _paired(hn, markers, stroma_signal, tissue, noise, np.float32(1.0 / (0.5 * st.e_amount)))
+    return RenderedSlide(rgb, paired, counts, blur_sigma_um)
+
+
+def _nuclei(p: SynthParams, lay: SlideLayout, types: dict, tissue: np.ndarray,
+            rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, int]]:
+    """Hematoxylin OD of the nuclei [s, s], the marker expression maps, and the nuclei per kind."""
+    s = lay.size
+    # --- nuclei -----------------------------------------------------------------------------
+    banks: dict[str, KernelBank] = {k: build_bank(t, lay.mpp, rng) for k, t in types.items()}
+    pad = max(b.max_radius for b in banks.values()) + 1
+    hn = np.zeros((s + 2 * pad, s + 2 * pad), dtype=np.float32)  # hematoxylin OD of nuclei
+    markers = {m: np.zeros_like(hn) for m in (TUMOUR_MARKER, IMMUNE_MARKER)}
+    positions = _place_nuclei(lay, types, tissue, rng)
+    counts = {}
+    for kind, (xs, ys) in positions.items():
+        t, bank = types[kind], banks[kind]
+        n = len(xs)
+        counts[kind] = n
+        if n == 0:
+            continue
+        which = rng.integers(0, len(bank.nucleus), n)
+        dark = np.clip(rng.normal(1.0, t.darkness_sd / t.darkness, n), 0.5, 1.6).astype(np.float32)
+        stamp(hn, pad, xs, ys, bank.nucleus, bank.radius, which, dark)
+        if t.marker is not None:
+            expr = rng.uniform(*t.expression, n).astype(np.float32)
+            if kind in ("tumour", "subtle"):
+                expr[rng.random(n) < p.marker_dropout] = 0.0
+            stamp(markers[t.marker], pad, xs, ys, bank.cell, bank.radius, which, expr)
+    hn = hn[pad:pad + s, pad:pad + s]
+    markers = {m: a[pad:pad + s, pad:pad + s] for m, a in markers.items()}
+    return hn, markers, counts
+
+
+def _paired(hn: np.ndarray, markers: dict[str, np.ndarray], stroma_signal: np.ndarray, tissue: np.ndarray,
+            noise: np.ndarray, stroma_gain: np.float32) -> np.ndarray:
+    """The paired multiplex image [s, s, 4]: nuclear, tumour marker, immune marker, stroma."""
+    s = hn.shape[0]
     paired = np.empty((s, s, 4), dtype=np.uint8)
     # dark background with no noise (as in fluorescence), tissue autofluorescence + read noise
     autofluo = tissue * np.float32(10.0)
@@ -283,7 +298,7 @@ def render(p: SynthParams, lay: SlideLayout, rng: np.random.Generator) -> Render
         0: hn * np.float32(1.0 / 0.8),
         1: markers[TUMOUR_MARKER],
         2: markers[IMMUNE_MARKER],
-        3: stroma_signal * np.float32(1.0 / (0.5 * st.e_amount)),
+        3: stroma_signal * stroma_gain,
     }
     for c, src in sources.items():
         ch = np.minimum(src, 1.0) * np.float32(225.0)
@@ -292,4 +307,4 @@ def render(p: SynthParams, lay: SlideLayout, rng: np.random.Generator) -> Render
         ch += 0.5
         np.clip(ch, 0, 255, out=ch)
         paired[..., c] = ch
-    return RenderedSlide(rgb, paired, counts, blur_sigma_um)
+    return paired
