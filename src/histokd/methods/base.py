@@ -40,6 +40,15 @@ class Labeler(ABC):
 
     method: str = ""
     classes: list[str]
+    # What the pipeline may read of every labeller, declared here with their defaults (a labeller that has
+    # one sets it), so that no caller probes attribute names:
+    #: what the labeller stores with its weights (its ``config.yaml`` fields); None where it keeps none
+    meta: dict[str, Any] | None = None
+    #: the slide cut chosen at fit (:mod:`histokd.methods.decision`); None where it has none
+    decision: dict[str, Any] | None = None
+    #: the epoch loop's record of the fit that made it (``engine.epochs.fit_epochs``); None where it ran none
+    best_epoch: int | None = None
+    history: list[dict[str, Any]] | None = None
 
     @abstractmethod
     def predict(self, features: np.ndarray) -> Prediction:

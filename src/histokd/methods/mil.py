@@ -143,8 +143,8 @@ class MILMethod(Method):
                                            train, [int(y) == pos for y in train.labels],
                                            va if va is not None else [],
                                            [int(y) == pos for y in va.labels] if va is not None else [])
-        lab.history = res.history  # type: ignore[attr-defined]
-        lab.best_epoch = res.best_epoch  # type: ignore[attr-defined]
+        lab.history = res.history
+        lab.best_epoch = res.best_epoch
         return lab
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from histokd.evaluate.metrics import bag_metrics, instance_metrics
 from histokd.evaluate.protocols import Fold, cv_folds, parse_protocol, split_fold
 from histokd.progress import progress
 from histokd.workspace import write_json
+
+if TYPE_CHECKING:
+    from histokd.methods.base import Labeler
 
 __all__ = ["bench", "format_table", "run_fold"]
 
@@ -79,11 +82,11 @@ def run_fold(method: str, ds: BagDataset, fold: Fold, overrides: dict[str, Any],
     return rec
 
 
-def _decision_of(labeler: Any) -> dict[str, Any] | None:
+def _decision_of(labeler: Labeler) -> dict[str, Any] | None:
     """The slide cut the labeller chose at fit (:mod:`histokd.methods.decision`), if it has one."""
-    d = getattr(labeler, "decision", None)
+    d = labeler.decision
     if d is None:
-        d = (getattr(labeler, "meta", None) or {}).get("decision")
+        d = (labeler.meta or {}).get("decision")
     return dict(d) if isinstance(d, dict) else None
 
 

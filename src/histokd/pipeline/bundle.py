@@ -130,7 +130,7 @@ def write_bundle(ws: Workspace, model_dir: Path, features: str, ds: Any, labeler
     else:
         thresholds = {"chosen_on": "val", "n_val": 0, "youden": None, "at_specificity": None,
                       "note": "no validation split: no threshold chosen (0.5 is used)"}
-    inst_t = getattr(labeler, "meta", {}).get("instance_threshold") if hasattr(labeler, "meta") else None
+    inst_t = (labeler.meta or {}).get("instance_threshold")
     thresholds["instance"] = float(inst_t) if isinstance(inst_t, (int, float)) else None
     if meta.get("decision") is not None:  # a bag-logit shift the labeller applies itself (its meta)
         thresholds["labeller_decision"] = meta["decision"]

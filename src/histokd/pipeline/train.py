@@ -143,8 +143,8 @@ def train(
         metrics: dict[str, Any] = {"method": method, "features": features, "seed": seed, "fit_seconds": seconds,
                                    "n_bags": {k: len(ds.split(k)) for k in ("train", "val", "test")},
                                    "skipped": ds.skipped,
-                                   "best_epoch": getattr(labeler, "best_epoch", None),
-                                   "history": getattr(labeler, "history", None)}
+                                   "best_epoch": labeler.best_epoch,
+                                   "history": labeler.history}
         val_probs = _bag_probs(labeler, va) if len(va) else None
         if val_probs is not None:
             from histokd.evaluate.metrics import bag_metrics
