@@ -61,3 +61,32 @@ def test_an_option_means_the_same_in_every_command():
 def test_report_keeps_n_boot_as_a_hidden_deprecated_alias():
     res = runner.invoke(app, ["report", "--help"])
     assert res.exit_code == 0 and "--bootstrap" in res.output and "--n-boot" not in res.output
+
+
+# commands whose output holds bootstrap 95% CIs without naming them in the command's own code
+_PRINTS_CIS_VIA_TABLE = {"compare-encoders"}  # the probe table's "probe AUC 95% CI" columns
+
+
+def _group_commands():
+    import typer.main
+
+    group = typer.main.get_command(app)
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):  # a sub-group (e.g. synth): its own commands
+            yield from ((f"{name} {n}", c) for n, c in cmd.commands.items())
+        else:
+            yield name, cmd
+
+
+def test_every_command_printing_cis_has_bootstrap_and_every_command_takes_v():
+    import inspect
+
+    printing = set()
+    for name, cmd in _group_commands():
+        opts = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
+        assert "-v" in opts and "--verbose" in opts, name
+        src = inspect.getsource(cmd.callback) if cmd.callback is not None else ""
+        if name in _PRINTS_CIS_VIA_TABLE or "ci95" in src or "95% CI" in src:
+            printing.add(name)
+            assert "--bootstrap" in opts, f"{name} prints 95% CIs but has no --bootstrap"
+    assert {"label", "report", "predict", "probe", "compare-encoders"} <= printing, printing

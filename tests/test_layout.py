@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "histokd"
 
 # Floors, bottom (0) to top: a module may import its own floor and any floor below it.
 FLOORS: dict[str, int] = {
-    "config": 0, "workspace": 0, "locks": 0, "errors": 0, "registry": 0, "progress": 0, "classes": 0, "predictions": 0,
+    "config": 0, "workspace": 0, "locks": 0, "runner": 0, "errors": 0, "registry": 0, "progress": 0, "classes": 0, "predictions": 0,
     "slides": 1, "synth": 1,
     "features": 2, "models": 2, "segmentation": 2,
     "data": 3,

@@ -51,11 +51,12 @@ def register(app: typer.Typer) -> None:
         threshold: float = typer.Option(0.5, "--threshold", help="A tile is tumour when its mask fraction is above this."),
         c: float = typer.Option(None, "--C", help="Inverse L2 strength (default: chosen by slide-grouped CV on train)."),
         seed: int = typer.Option(0, "--seed"),
+        n_boot: int = typer.Option(1000, "--bootstrap", min=1, help="Bootstrap resamples for the 95% CIs."),
     ) -> None:
         """Linear probe on tile labels (train split -> test split) -> RUN/probes/<encoder>.json."""
         from histokd.pipeline.probe import linear_probe
 
-        r = linear_probe(workspace, features, threshold=threshold, seed=seed, C=c)
+        r = linear_probe(workspace, features, threshold=threshold, seed=seed, C=c, n_boot=n_boot)
         typer.echo(
             f"{features}: AUC {r.auc:.3f} (95% CI {r.auc_ci95[0]:.3f}-{r.auc_ci95[1]:.3f})  balanced acc {r.balanced_accuracy:.3f} "
             f"(95% CI {r.balanced_accuracy_ci95[0]:.3f}-{r.balanced_accuracy_ci95[1]:.3f}, p >= {r.decision_threshold:.3g}, "
@@ -71,10 +72,12 @@ def register(app: typer.Typer) -> None:
         mil: str = typer.Option("abmil", "--mil", help="MIL method for bag/instance AUC, or 'none' for the probe only."),
         seed: int = typer.Option(0, "--seed"),
         workers: int = typer.Option(0, "--workers", "-j", help="Tile-reading workers for embed."),
+        n_boot: int = typer.Option(1000, "--bootstrap", min=1,
+                                   help="Bootstrap resamples for the 95% CIs (probe and MIL metrics)."),
     ) -> None:
         """Probe (and MIL) every encoder; print the table and write RUN/probes/comparison.{json,md}."""
         from histokd.pipeline.probe import compare_encoders as run
 
         _, table = run(workspace, encoders, mil_method=None if mil == "none" else mil, seed=seed,
-                       embed_kwargs={"workers": workers})
+                       embed_kwargs={"workers": workers}, n_boot=n_boot)
         typer.echo(table)

@@ -112,7 +112,7 @@ def out_of_fold(
 def score_probe(
     xtr: np.ndarray, ytr: np.ndarray, gtr: np.ndarray, xte: np.ndarray, yte: np.ndarray, gte: np.ndarray, *,
     features: str, threshold: float, seed: int = 0, C: float | None = None, max_iter: int = 2000,
-    cv_folds: int = 4,
+    cv_folds: int = 4, n_boot: int = 1000,
 ) -> ProbeResult:
     """Fit the probe on training tiles ``xtr`` ``[N, D]`` (labels ``ytr`` 0/1, slide index ``gtr``) and score
     it on test tiles ``xte`` / ``yte`` (slide index ``gte``); both sets need both classes.
@@ -120,6 +120,7 @@ def score_probe(
     ``C=None`` chooses the inverse L2 strength from ``C_GRID`` by slide-grouped out-of-fold AUC on the
     training slides; the decision threshold is always chosen on the same out-of-fold predictions.
     ``features`` (the encoder spec) and ``threshold`` (the tile-label mask fraction) are recorded in the result.
+    ``n_boot``: tile-bootstrap resamples of the 95% CIs.
     """
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
@@ -151,12 +152,12 @@ def score_probe(
     pred = (p >= thr).astype(np.int8)
     # tiles are resampled within each class (1000 resamples, seeded): the CI shows how few tumour tiles
     # a test split holds, not slide-to-slide variation
-    _, lo, hi = bootstrap_ci(roc_auc_score, yte, p, n_boot=1000, seed=seed)
+    _, lo, hi = bootstrap_ci(roc_auc_score, yte, p, n_boot=n_boot, seed=seed)
     def bacc_fn(yy: np.ndarray, pp: np.ndarray) -> float:  # numpy, not sklearn: 1000 resamples stay fast
         hit = (pp >= thr) == (yy == 1)
         return float((hit[yy == 1].mean() + hit[yy == 0].mean()) / 2)
 
-    bacc, blo, bhi = bootstrap_ci(bacc_fn, yte, p, n_boot=1000, seed=seed)
+    bacc, blo, bhi = bootstrap_ci(bacc_fn, yte, p, n_boot=n_boot, seed=seed)
     res = ProbeResult(
         encoder=features, dim=int(xtr.shape[1]), n_train=len(ytr), n_test=len(yte), pos_train=int(ytr.sum()),
         pos_test=int(yte.sum()), accuracy=float(accuracy_score(yte, pred)),

@@ -20,7 +20,7 @@ from PIL import Image
 from histokd.errors import HistokdError
 from histokd.methods.base import Prediction, SlideLabeler
 from histokd.predictions import read_prediction, write_prediction
-from histokd.progress import progress
+from histokd.runner import run_slides
 from histokd.workspace import Workspace, atomic_path, write_json
 
 log = logging.getLogger("histokd")
@@ -107,26 +107,22 @@ def label_ifkd(workspace: str | os.PathLike[str], model_id: str, overwrite: bool
     meta = read_model_meta(ws.model_dir(model_id))
     positive = classes[model_positive_class({**meta, "classes": classes})]  # stored with the model
     df = load_workspace_cohort(ws).df
-    failures: dict[str, str] = {}
-    with progress() as bar:
-        task = bar.add_task(f"ifkd label {model_id}", total=len(df), unit="slide")
-        for r in df.to_dict("records"):
-            sid = str(r["slide_id"])
-            out = ws.predictions_h5(model_id, sid)
-            try:
-                if out.exists() and not overwrite:
-                    continue
-                grid = read_tiles(ws.tiles_h5(sid))
-                ps = float(grid.attrs["patch_size_level0"])
-                pred = lab.predict_slide(r, None, grid.coords, ps)
-                write_prediction(out, pred, grid.coords,
-                                 {"classes": classes, "positive_class": positive, "model_id": model_id,
-                                  "method": meta["method"], "slide_id": sid, "patch_size_level0": ps})
-                write_slide_outputs(ws, model_id, sid, pred)
-            except HistokdError as e:
-                failures[sid] = str(e)
-                log.warning("slide %s: %s", sid, e)
-            finally:
-                bar.advance(task)
+
+    def done(r: dict) -> bool | None:
+        return True if ws.predictions_h5(model_id, str(r["slide_id"])).exists() and not overwrite else None
+
+    def segment(r: dict) -> bool:
+        sid = str(r["slide_id"])
+        grid = read_tiles(ws.tiles_h5(sid))
+        ps = float(grid.attrs["patch_size_level0"])
+        pred = lab.predict_slide(r, None, grid.coords, ps)
+        write_prediction(ws.predictions_h5(model_id, sid), pred, grid.coords,
+                         {"classes": classes, "positive_class": positive, "model_id": model_id,
+                          "method": meta["method"], "slide_id": sid, "patch_size_level0": ps})
+        write_slide_outputs(ws, model_id, sid, pred)
+        return True
+
+    run = run_slides(df.to_dict("records"), key=lambda r: str(r["slide_id"]), work=segment, resume=done,
+                     description=f"ifkd label {model_id}", catch=(HistokdError,), failure_log="slide %s: %s")
     write_json(ws.predictions_pixel_metrics(model_id), pixel_metrics(ws, model_id))
-    return failures
+    return run.failures

@@ -24,7 +24,7 @@ import numpy as np
 
 from histokd.data.bags import BagDataset, ensure_instance_labels
 from histokd.errors import FeatureError, ModelError
-from histokd.pipeline.runner import run_slides
+from histokd.runner import run_slides
 from histokd.predictions import is_prediction_of, read_prediction, source_key, write_prediction
 from histokd.workspace import ModelFiles, Workspace, file_sha256, read_csv, write_csv, write_json
 

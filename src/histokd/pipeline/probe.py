@@ -79,12 +79,14 @@ def linear_probe(
     max_iter: int = 2000,
     cv_folds: int = 4,
     write: bool = True,
+    n_boot: int = 1000,
 ) -> ProbeResult:
     """Fit the probe on the training tiles of ``features`` (an encoder spec) and score it on the test tiles
     (:func:`histokd.evaluate.probe.score_probe`); writes ``RUN/probes/<encoder dir>.json`` when ``write``.
 
     ``C=None`` chooses the inverse L2 strength from ``C_GRID`` by slide-grouped out-of-fold AUC on the
     training slides; the decision threshold is always chosen on the same out-of-fold predictions.
+    ``n_boot``: bootstrap resamples of the 95% CIs (as ``label --bootstrap``).
     """
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     xtr, ytr, gtr = collect_tile_set(ws, features, tuple(train_splits), threshold)
@@ -94,7 +96,7 @@ def linear_probe(
             raise InputError(f"{ws.root}: the {name} tiles of {features} are all of one class; the probe needs "
                              f"tumour and normal tiles in both the train and the test split")
     res = score_probe(xtr, ytr, gtr, xte, yte, gte, features=features, threshold=threshold, seed=seed, C=C,
-                      max_iter=max_iter, cv_folds=cv_folds)
+                      max_iter=max_iter, cv_folds=cv_folds, n_boot=n_boot)
     if write:
         with ws.writer(ws.probes_dir()):  # one writer of RUN/probes/ at a time
             write_json(probe_path(ws, features), res.as_dict())
@@ -125,6 +127,7 @@ def compare_encoders(
     seed: int = 0,
     threshold: float = 0.5,
     embed_kwargs: dict[str, Any] | None = None,
+    n_boot: int = 1000,
 ) -> tuple[list[dict[str, Any]], str]:
     """For each encoder spec: features (:func:`~histokd.pipeline.embed.embed`, resumed when present), linear
     probe, and with ``mil_method`` a MIL teacher (:func:`~histokd.pipeline.train.train`) and its test-split
@@ -137,7 +140,7 @@ def compare_encoders(
     rows: list[dict[str, Any]] = []
     for spec in encoders:
         embed(ws, spec, **(embed_kwargs or {}))
-        pr = linear_probe(ws, spec, threshold=threshold, seed=seed)
+        pr = linear_probe(ws, spec, threshold=threshold, seed=seed, n_boot=n_boot)
         row: dict[str, Any] = {"encoder": spec, "dim": pr.dim, "probe_auc": pr.auc,
                                "probe_auc_ci95": f"{pr.auc_ci95[0]:.3f}-{pr.auc_ci95[1]:.3f}",
                                "probe_bacc": pr.balanced_accuracy,
@@ -146,7 +149,7 @@ def compare_encoders(
                                "bag_auc": float("nan"), "instance_auc": float("nan"),
                                "instance_auc_probs": float("nan")}
         if mil_method:
-            row.update(_mil_scores(ws, spec, mil_method, seed))
+            row.update(_mil_scores(ws, spec, mil_method, seed, n_boot))
         rows.append(row)
     table = markdown_table(rows, COMPARE_COLUMNS)
     out = ws.probes_dir()
@@ -156,14 +159,14 @@ def compare_encoders(
     return rows, table
 
 
-def _mil_scores(ws: Workspace, features: str, method: str, seed: int) -> dict[str, Any]:
+def _mil_scores(ws: Workspace, features: str, method: str, seed: int, n_boot: int = 1000) -> dict[str, Any]:
     """Train ``method`` on ``features`` and label: test-split bag AUC and instance AUC (attention scores,
     and the model's instance probabilities) from ``RUN/predictions/<id>/metrics.json``."""
     from histokd.pipeline.label import label
     from histokd.pipeline.train import train
 
     model_dir = train(ws, features=features, method=method, seed=seed, overwrite=True)
-    res = label(ws, model=model_dir.name, overwrite=True, seed=seed)
+    res = label(ws, model=model_dir.name, overwrite=True, seed=seed, n_boot=n_boot)
     test = res.metrics.get("splits", {}).get("test", {})
 
     def val(d: Any, key: str) -> float:

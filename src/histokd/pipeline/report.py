@@ -32,7 +32,7 @@ from histokd.outputs.heatmaps import Overlay, render_heatmap, write_bytes
 from histokd.outputs.report import data_uri, render_report_html, report_evaluation, tile_card
 from histokd.outputs.tables import flatten_metrics, tiles_frame, write_csv
 from histokd.pipeline.predict import slide_table_ood
-from histokd.pipeline.runner import run_slides
+from histokd.runner import run_slides
 from histokd.predictions import attr_value, read_prediction
 from histokd.workspace import Workspace, read_csv, write_text
 

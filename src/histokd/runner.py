@@ -1,6 +1,8 @@
 """The per-slide runner: skip / resume, one failure line per slide, progress with rate and ETA.
 
-Every per-slide stage that works in this process runs its slides through :func:`run_slides`:
+Every per-slide stage that works in this process runs its slides through :func:`run_slides` (``label``,
+``report``, IFKD's ``label_ifkd``); it sits on the lowest floor so that a method's own per-slide loop can use
+it too:
 
 * ``resume(item)`` (optional) returns the item's result when it is already done (read back, not
   recomputed), else None; ``work(item)`` computes it;
@@ -12,8 +14,9 @@ Every per-slide stage that works in this process runs its slides through :func:`
 
 The result keeps the items' order: ``results`` holds (id, result) of every slide done, now or before
 (``resumed`` names the ones read back). ``tile`` and ``embed`` keep their own loops: their slides run in
-worker processes (tile: a spawn pool, one slide per worker; embed: a tile-reading DataLoader pipeline
-feeding one encoder, or Ray), whose scheduling this sequential runner would serialise.
+worker processes (tile: a spawn pool, one slide per worker, failures returned by the worker; embed: a
+tile-reading DataLoader pipeline feeding one encoder, or Ray, with progress counted in tiles), whose
+scheduling this sequential runner would serialise.
 """
 
 from __future__ import annotations
