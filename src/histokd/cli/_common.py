@@ -147,7 +147,8 @@ def fail_summary(failures: dict[str, str], total: int, what: str = "slides") -> 
         raise typer.Exit(code=1)
 
 
-CONFIG_HELP = "YAML file of this stage's settings (keys: the long option names with '_'); options given here win."
+CONFIG_HELP = ("YAML file of this stage's settings (keys: the long option names with '_', --bootstrap is n_boot); "
+               "options given here win.")
 SET_HELP = "Override a setting, e.g. --set min_tissue=0.3 (repeatable); wins over --config, loses to options."
 
 

@@ -113,6 +113,25 @@ def _safe(fn: Callable[[Request], Response]) -> Callable[[Request], Response]:
     return wrapper
 
 
+def _deepzoom(catalog: Catalog, sid: str) -> DeepZoom:
+    """The slide's deep-zoom source; a slide that cannot be read is a 404 with its one line."""
+    try:
+        return catalog.deepzoom(sid)
+    except HistokdError as e:
+        raise _not_found(f"slide {sid} cannot be read ({e})") from None
+
+
+def _threshold_of(request: Request) -> float:
+    """The overlay's probability threshold ``?t=`` in 0..1 (3 decimals; 0 when absent)."""
+    try:
+        t = float(request.query_params.get("t", "0"))
+    except ValueError:
+        raise _not_found("threshold t must be a number in 0..1") from None
+    if not 0.0 <= t <= 1.0:
+        raise _not_found("threshold t must be a number in 0..1")
+    return round(t, 3)
+
+
 def create_app(catalog: Catalog, token: str, assets: Path, tile_cache: int = 2048) -> Starlette:
     """The viewer app for ``catalog``; ``assets`` is the OpenSeadragon folder (:func:`assets.require_assets`)."""
     cache = LRU(tile_cache)
@@ -139,18 +158,12 @@ def create_app(catalog: Catalog, token: str, assets: Path, tile_cache: int = 204
 
     def tiles(request: Request) -> Response:
         sid = _slide_of(catalog, request.path_params["name"], ".json")
-        try:
-            catalog.deepzoom(sid)
-        except HistokdError as e:
-            raise _not_found(f"slide {sid} cannot be read ({e})") from None
+        _deepzoom(catalog, sid)
         return JSONResponse(cache.get(("tiles", sid), lambda: catalog.tiles_json(sid)))
 
     def dzi(request: Request) -> Response:
         sid = _slide_of(catalog, request.path_params["name"], ".dzi")
-        try:
-            dz = catalog.deepzoom(sid)
-        except HistokdError as e:
-            raise _not_found(f"slide {sid} cannot be read ({e})") from None
+        dz = _deepzoom(catalog, sid)
         return Response(dz.dzi_xml("jpeg"), media_type="application/xml")
 
     def slide_tile(request: Request) -> Response:
@@ -165,13 +178,7 @@ def create_app(catalog: Catalog, token: str, assets: Path, tile_cache: int = 204
         sid, dz, level, col, row = _tile_args(catalog, p["files"], p["level"], p["tile"], "png")
         if not catalog.layer_available(key, sid):
             raise _not_found("no such overlay for this slide")
-        try:
-            t = float(request.query_params.get("t", "0"))
-        except ValueError:
-            raise _not_found("threshold t must be a number in 0..1") from None
-        if not 0.0 <= t <= 1.0:
-            raise _not_found("threshold t must be a number in 0..1")
-        t = round(t, 3)
+        t = _threshold_of(request)
         data = cache.get(("overlay", key, sid, level, col, row, t),
                          lambda: catalog.overlay_png(key, sid, dz, level, col, row, t))
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
