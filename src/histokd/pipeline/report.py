@@ -29,7 +29,7 @@ from histokd.classes import stored_positive_class
 from histokd.errors import HistokdError, InputError
 from histokd.outputs.geojson import prediction_geojson, write_geojson
 from histokd.outputs.heatmaps import Overlay, render_heatmap, write_bytes
-from histokd.outputs.report import data_uri, render_report_html, report_evaluation, tile_card
+from histokd.outputs.report import data_uri, pixel_tables, render_report_html, report_evaluation, tile_card
 from histokd.outputs.tables import flatten_metrics, tiles_frame, write_csv
 from histokd.pipeline.predict import slide_table_ood
 from histokd.predictions import attr_value, read_prediction
@@ -162,6 +162,7 @@ def run_report(
             skipped=skipped,
             metrics_json=[("predictions/metrics.json", flatten_metrics(pred_metrics)),
                           ("models/metrics.json", flatten_metrics(model_metrics))],
+            pixel_tables=pixel_tables(pred_metrics, _read_json(ws.model_files(model_id).pixel_metrics)),
             n_slides=len(sections),
             view_base=view_base,
             view_hint=f"histokd view -w {ws.root}",
