@@ -411,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
                          "plain MIL references under 'defaults' beside an ablation of one student).")
     ap.add_argument("--smoke", action="store_true", help="The tiny CI version.")
     ap.add_argument("--n-boot", type=int, default=500)
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="Draw, tile and embed the stage's cohorts, run no method (no result is seen: the evaluation "
+                         "cohorts can be made while defaults are still being chosen on the tuning ones).")
     ap.add_argument("--cohorts", type=int, default=None,
                     help="Run only the first N cohorts of each family's stage (the others are left out of the table).")
     args = ap.parse_args(argv)
@@ -438,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     for k, (fam, seed) in enumerate(jobs):
         spec = fams[fam]
         dataset = prepare(args.root, fam, spec, seed, common)
+        if args.prepare_only:
+            log.info("robustness: cohort %d/%d (%s-%d) prepared: %s", k + 1, len(jobs), fam, seed, dataset)
+            continue
         for m in methods:
             ov = method_overrides(m, sets, common.get("max_epochs"))
             res = run_method(dataset, m, spec, ov, res_root / fam / str(seed) / f"{m}.json")
@@ -451,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         eta = el / (k + 1) * (len(jobs) - k - 1)
         log.info("robustness: cohort %d/%d (%s-%d) done; %.0f s elapsed, %.2f cohorts/min, ETA %.0f s",
                  k + 1, len(jobs), fam, seed, el, 60 * (k + 1) / el, eta)
+    if args.prepare_only:
+        return 0
     shown = methods + (reused if args.reuse else [])
     md, verdicts = table(scores, shown)
     text = (f"# robustness suite: stage {stage}, tag {args.tag}\n\n{md}\n\n"

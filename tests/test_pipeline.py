@@ -28,8 +28,14 @@ def test_pipeline_end_to_end(tmp_path):
         assert abs(float(f.attrs["bag_probs"].sum()) - 1) < 1e-5
     metrics = json.loads((ws / "predictions" / "weno" / "metrics.json").read_text())
     assert "all" in metrics["splits"]
+    # any tile labeller: pixel metrics of the pseudo-masks its tile probabilities paint, per split
+    painted = metrics["pixel_painted"]
+    assert painted["work_mpp"] == 8.0 and 0.1 <= painted["threshold"] <= 0.9
+    assert {"dice_mean", "pixel_auc", "froc"} <= set(painted["splits"]["all"])
+    assert 0.0 <= painted["splits"]["all"]["pixel_auc"] <= 1.0
     index = histokd.report(ws, "weno", n_boot=50)
     html = index.read_text()
+    assert "painted tile probabilities at 8.0 µm/px" in html and "pixel AUC" in html
     assert "<html" in html.lower() and "synth_000" in html
     assert len(list((index.parent / "heatmaps").glob("*.png"))) == 6
     assert len(list((index.parent / "geojson").glob("*.geojson"))) == 6

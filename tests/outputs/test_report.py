@@ -209,3 +209,20 @@ def test_report_aggregates_per_patient(make_workspace, tmp_path):
     co.to_csv(run.root / "cohort.csv", index=False)
     html = report(run.root, run.model_id, top_k=1, n_boot=10).read_text()
     assert "per patient (max over its slides)" in html
+
+
+def test_pixel_tables_from_label_and_ifkd():
+    """The report's pixel tables: a tile labeller's painted pseudo-masks per split, and for IFKD the MIL pseudo-masks
+    beside the student on the test slides."""
+    from histokd.outputs.report import pixel_tables
+
+    pred = {"pixel_painted": {"work_mpp": 8.0, "threshold": 0.4, "threshold_chosen_on": "val",
+                              "splits": {"test": {"dice_mean": 0.5, "pixel_auc": 0.9, "froc": float("nan")}}}}
+    model = {"mil": {"test": {"dice_mean": 0.68}}, "final": {"test": {"dice_mean": 0.82}}}
+    tables = pixel_tables(pred, model)
+    titles = [t["title"] for t in tables]
+    assert titles[0].startswith("test · painted tile probabilities at 8.0 µm/px, threshold 0.4 (val)")
+    assert dict(tables[0]["rows"]) == {"Dice (mean over tumour slides)": "0.500", "pixel AUC": "0.900"}  # NaN left out
+    assert "test · MIL pseudo-masks (the teacher's), calibrated on validation" in titles
+    assert dict(tables[-1]["rows"])["Dice (mean over tumour slides)"] == "0.820"
+    assert pixel_tables({}, {}) == []

@@ -127,6 +127,40 @@ def report_evaluation(
     return ctx
 
 
+PIXEL_ROWS = (("Dice (mean over tumour slides)", "dice_mean"), ("Dice (pixels pooled)", "dice_global"),
+              ("IoU (mean)", "iou_mean"), ("pixel AUC", "pixel_auc"), ("FROC", "froc"),
+              ("specificity on tumour-free slides", "specificity_neg"), ("Hausdorff (µm, mean)", "hausdorff_mean"))
+
+
+def pixel_tables(pred_metrics: dict[str, Any], model_pixel: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's pixel tables from what ``label`` and ``train`` wrote: the pseudo-masks a tile labeller's
+    probabilities paint (``pixel_painted``), a segmenter's own masks (``pixel``), and, for IFKD, its MIL
+    pseudo-masks beside its student on the test slides (the model's ``pixel_metrics.json``)."""
+
+    def rows(d: dict[str, Any]) -> list[tuple[str, str]]:
+        out = []
+        for name, key in PIXEL_ROWS:
+            v = d.get(key)
+            if isinstance(v, (int, float)) and math.isfinite(float(v)):
+                out.append((name, f"{float(v):.3f}" if key != "hausdorff_mean" else f"{float(v):.0f}"))
+        return out
+
+    tables: list[dict[str, Any]] = []
+    painted = pred_metrics.get("pixel_painted") or {}
+    for split, d in (painted.get("splits") or {}).items():
+        tables.append({"title": f"{split} · painted tile probabilities at {painted.get('work_mpp')} µm/px, "
+                                f"threshold {painted.get('threshold')} ({painted.get('threshold_chosen_on')})",
+                       "rows": rows(d)})
+    for split, d in (pred_metrics.get("pixel") or {}).items():
+        if isinstance(d, dict):
+            tables.append({"title": f"{split} · predicted pixel mask", "rows": rows(d)})
+    for key, what in (("mil", "MIL pseudo-masks (the teacher's)"), ("final", "IFKD student")):
+        d = (model_pixel.get(key) or {}).get("test")
+        if isinstance(d, dict):
+            tables.append({"title": f"test · {what}, calibrated on validation", "rows": rows(d)})
+    return [t for t in tables if t["rows"]]
+
+
 def _splits(col: pd.Series) -> list[str]:
     present = [s for s in ("test", "val", "train") if (col == s).any()]
     return present if present else ["all"]
@@ -169,5 +203,5 @@ def render_report_html(ctx: dict[str, Any]) -> str:
     defaults = {"bag_tables": [], "tile_tables": [], "plots": [], "slides": [], "skipped": [], "metrics_json": [],
                 "method": "", "classes": [], "positive": "", "threshold": 0.5, "n_slides": 0, "n_tiles": 0,
                 "version": _version(), "model_id": "", "no_labels": False, "any_ood": False,
-                "view_base": None, "view_hint": "histokd view -w RUN", "view_export_hint": "histokd view -w RUN --export RUN/view"}
+                "view_base": None, "pixel_tables": [], "view_hint": "histokd view -w RUN", "view_export_hint": "histokd view -w RUN --export RUN/view"}
     return env.get_template("report.html").render(**{**defaults, **ctx})

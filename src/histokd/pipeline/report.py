@@ -29,7 +29,7 @@ from histokd.classes import stored_positive_class
 from histokd.errors import HistokdError, InputError
 from histokd.outputs.geojson import prediction_geojson, write_geojson
 from histokd.outputs.heatmaps import Overlay, render_heatmap, write_bytes
-from histokd.outputs.report import data_uri, render_report_html, report_evaluation, tile_card
+from histokd.outputs.report import data_uri, pixel_tables, render_report_html, report_evaluation, tile_card
 from histokd.outputs.tables import flatten_metrics, tiles_frame, write_csv
 from histokd.pipeline.predict import slide_table_ood
 from histokd.runner import run_slides
@@ -127,10 +127,9 @@ def run_report(
         classes = classes or _classes_from(pred_dir, bags)
         stored = _first(sections, "positive_class") or pred_metrics.get("positive_class")
         pos = stored_positive_class(classes, stored) if classes else None
-        patients = ({str(k): (None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
-                     for k, v in cohort["patient_id"].items()} if "patient_id" in cohort else None)
         ctx = report_evaluation(bags, inst, classes, threshold, n_boot, seed,
-                                lambda name: ws.report_plot(model_id, name), positive=pos, patients=patients)
+                                lambda name: ws.report_plot(model_id, name), positive=pos,
+                                patients=_patients(cohort))
         ctx.update(
             model_id=model_id,
             method=_first(sections, "method") or str(pred_metrics.get("method", "")),
@@ -141,6 +140,7 @@ def run_report(
             skipped=skipped,
             metrics_json=[("predictions/metrics.json", flatten_metrics(pred_metrics)),
                           ("models/metrics.json", flatten_metrics(model_metrics))],
+            pixel_tables=pixel_tables(pred_metrics, _read_json(ws.model_files(model_id).pixel_metrics)),
             n_slides=len(sections),
             view_base=view_base,
             view_hint=f"histokd view -w {ws.root}",
@@ -153,6 +153,14 @@ def run_report(
         write_text(index, render_report_html(ctx))
         log.info("report: %d slides (%d skipped) -> %s", len(sections), len(skipped), index)
         return ReportResult(index, {s["slide_id"]: s["reason"] for s in skipped}, len(slide_ids))
+
+
+def _patients(cohort: pd.DataFrame) -> dict[str, str | None] | None:
+    """Slide id -> patient id, where the cohort has the column."""
+    if "patient_id" not in cohort:
+        return None
+    return {str(k): (None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+            for k, v in cohort["patient_id"].items()}
 
 
 def _collect_slides(results: list[tuple[str, tuple[dict, pd.DataFrame, dict | None]]], ood: dict,
