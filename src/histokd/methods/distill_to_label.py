@@ -50,7 +50,9 @@ where they exist (else 0.5); never on test. ``max_epochs`` (``histokd train --ma
 stages: the teacher's ``train.max_epochs`` and the student's ``epochs``.
 
 Outputs: ``instance_probs`` = the student, ``instance_scores`` = the teacher's attention logits; the
-bag probability is the student's max-tile rule (``bag_score=max``) or the teacher's (``teacher``).
+bag probability is the teacher's (``bag_score=teacher``, the default) or the student's max-tile rule
+(``bag_score=max``). Defaults chosen on the robustness suite's tuning cohorts (docs/methods.md): the MIL-net
+student (``student=mil``; ``--set student=head`` is the instance head) and the teacher's bag output.
 """
 
 from __future__ import annotations
@@ -101,7 +103,9 @@ class D2LConfig(BaseConfig):
     vat_iters: int = 1
     vat_norm: Literal["bag", "instance"] = "bag"
     # stage 2: distillation
-    student: Literal["head", "mil"] = "head"
+    # the student: the teacher's architecture on bags of one ("mil", default since the robustness suite's
+    # tuning cohorts, docs/methods.md) or an instance head on the teacher's embedding ("head")
+    student: Literal["head", "mil"] = "mil"
     student_init: Literal["teacher", "scratch"] = "teacher"
     student_hidden: list[int] = [256]
     student_dropout: float = 0.0
@@ -121,7 +125,7 @@ class D2LConfig(BaseConfig):
     instance_batch: int = 256
     min_student_steps: int = 30
     patience: int = 10
-    bag_score: Literal["max", "teacher"] = "max"
+    bag_score: Literal["max", "teacher"] = "teacher"  # the teacher's slide output (tuning cohorts); "max": the student's
     negative_class: str | None = None
     threads: int | None = 1  # torch threads while fitting (distill.training.torch_threads); None: torch's
 

@@ -42,8 +42,12 @@ What we implement (``histokd train --method weno``):
   validation. The instance decision threshold is the validation F1-optimal one where the validation
   bags carry instance labels, else 0.5.
 - **Outputs**: ``instance_probs`` = the student's probabilities, ``instance_scores`` = the teacher's
-  evidence ``s``; bag probabilities = the max-tile rule (``bag_score=max``) or the teacher's output
-  (``bag_score=teacher``).
+  evidence ``s``; bag probabilities = the teacher's output (``bag_score=teacher``, the default) or the
+  student's max-tile rule (``bag_score=max``, the paper's).
+- **Defaults that differ from the paper**, chosen on the robustness suite's tuning cohorts only
+  (docs/methods.md): pseudo-labels from the teacher on each tile as a bag of one
+  (``pseudo_source=singleton``; the paper's attention: ``--set pseudo_source=attention``) and the teacher's
+  bag output (``bag_score=teacher``; the paper's: ``--set bag_score=max``).
 
 - **Calibration** (``calibrate``): the class-weighted loss biases the student's probabilities
   (:func:`student_logit_offset`); the bias is removed from its logits at prediction.
@@ -123,14 +127,17 @@ class WenoConfig(BaseConfig):
     pseudo_norm: Literal["global", "bag", "negative"] = "negative"
     # what the pseudo-labels are made of: the teacher's attention logits (the authors'), its own instance
     # classifier on each tile as a bag of one ("singleton": log-odds of the bag's class against the negative
-    # class), or the mean of both after each is scaled to [0, 1] ("fused")
-    pseudo_source: Literal["attention", "singleton", "fused"] = "attention"
+    # class), or the mean of both after each is scaled to [0, 1] ("fused"). Default singleton, chosen on the
+    # robustness suite's tuning cohorts (docs/methods.md, "Robustness suite"); attention is the paper's recipe
+    pseudo_source: Literal["attention", "singleton", "fused"] = "singleton"
     pseudo_neg_quantile: float = 0.95  # pseudo_norm=negative: negative-bag evidence quantile mapped to 0
     hpm: bool = True
     hpm_warmup: int = 10
     hpm_threshold: float = 0.5
     hpm_threshold_grid: list[float] = []
-    bag_score: Literal["max", "teacher"] = "max"
+    # the slide output: the teacher's (default, chosen on the tuning cohorts: the max-tile rule lets one
+    # look-alike tile decide a normal slide) or the student's max-tile rule (the paper's)
+    bag_score: Literal["max", "teacher"] = "teacher"
     calibrate: bool = True  # undo the class weights' bias in the student's logits at prediction
     negative_class: str | None = None
     patience: int = 20
