@@ -66,11 +66,13 @@ class TissueParams:
     pen_smooth_um: float = 32.0
     """Colour is averaged over this window before the ink rules (see :func:`pen_mask`)."""
     pen_dark_max: int = 80
-    pen_dilate_um: float = 12.0
+    pen_dilate_um: float = 24.0
     pen_min_area_um2: float = 1_500.0
     """Ink blobs smaller than this are compression artefacts at stain edges, not pen strokes."""
-    ink_od: bool = True
-    """Also find ink by its optical density (ink over tissue, semi-transparent ink): :func:`ink_score` > 0."""
+    ink_od: bool = False
+    """Also find ink by its optical density (ink over tissue, semi-transparent ink): :func:`ink_score` > 0. Off by
+    default: with the fixed reference stain vectors it takes tissue whose hematoxylin drifts towards R = G for
+    ink (docs/slides.md, tissue section)."""
     ink_weights: tuple[float, float, float, float, float] = (14.0, -21.0, 36.0, 9.0, -4.0)
     """Weights of :func:`ink_score`: hematoxylin share, eosin share, out-of-plane share, ln |OD|, bias."""
     ink_min_od: float = 0.15
