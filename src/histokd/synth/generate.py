@@ -116,8 +116,14 @@ def plan_cohort(n: int, seed: int, p: SynthParams, prefix: str = "synth") -> lis
             for i in range(n)]
 
 
+# knobs added after cohorts were written, with the value that draws exactly what was drawn before them:
+# left out of the configuration hash at that value, so such cohorts still resume instead of being redrawn
+_NEUTRAL_KNOBS = {"pen_over_tissue": 0.0}
+
+
 def _config_hash(p: SynthParams, spec: SlideSpec, mask_ds: int) -> str:
-    blob = json.dumps({"params": p.to_dict(), "spec": asdict(spec), "mask_ds": mask_ds}, sort_keys=True)
+    params = {k: v for k, v in p.to_dict().items() if not (k in _NEUTRAL_KNOBS and v == _NEUTRAL_KNOBS[k])}
+    blob = json.dumps({"params": params, "spec": asdict(spec), "mask_ds": mask_ds}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -176,6 +182,7 @@ def generate_slide(out: str | os.PathLike[str], spec: SlideSpec, params: SynthPa
     write_mask_png(out / files["mask"], mask)
     write_geojson(out / files["geojson"], mask_polygons(mask, mask_ds), {"slide_id": spec.slide_id})
     tissue = lay.tissue_mask(mask_ds)
+    ink = lay.ink_mask(mask_ds)
     st = lay.stain
     meta: dict[str, Any] = {
         "slide_id": spec.slide_id,
@@ -190,6 +197,9 @@ def generate_slide(out: str | os.PathLike[str], spec: SlideSpec, params: SynthPa
         "mask_downsample": mask_ds,
         "mask_shape": list(mask.shape),
         "tissue_fraction_of_slide": float(tissue.mean()),
+        "clean_tissue_fraction_of_slide": float((tissue & ~ink).mean()),
+        "ink_fraction_of_slide": float(ink.mean()),
+        "ink_over_tissue_fraction": float((tissue & ink).sum() / max(1, tissue.sum())),
         "tumour_fraction": float(mask.sum() / max(1, tissue.sum())),
         "lesions": [{**_blob_meta(b, spec.mpp), "grade": "subtle" if b.kind == "subtle" else "main"}
                     for b in lay.lesions],
@@ -199,6 +209,8 @@ def generate_slide(out: str | os.PathLike[str], spec: SlideSpec, params: SynthPa
             "pen": None if lay.pen is None else {"colour": lay.pen.colour, "width_px": lay.pen.width,
                                                  "opacity": lay.pen.opacity,
                                                  "points": [list(q) for q in lay.pen.points]},
+            "pen_over_tissue": [{"colour": q.colour, "width_px": q.width, "opacity": q.opacity,
+                                 "points": [list(x) for x in q.points]} for q in lay.ink],
             "fold": None if lay.fold is None else asdict(lay.fold),
             "blur": [_blob_meta(b, spec.mpp) for b in lay.blurs],
             "blur_sigma_um": drawn.blur_sigma_um,

@@ -133,6 +133,12 @@ class SlideLayout:
     fold: Fold | None = None
     pen: Pen | None = None
     stain: Stain | None = None
+    ink: list[Pen] = field(default_factory=list)  # strokes across the tissue (SynthParams.pen_over_tissue)
+
+    @property
+    def pens(self) -> list[Pen]:
+        """Every pen stroke of the slide: the edge mark (if any), then the strokes across the tissue."""
+        return ([self.pen] if self.pen is not None else []) + list(self.ink)
 
     def px(self, um: float) -> float:
         """µm -> level-0 px."""
@@ -166,6 +172,19 @@ class SlideLayout:
         c = (np.arange(n, dtype=np.float32) + 0.5) * downsample
         yy, xx = np.meshgrid(c, c, indexing="ij")
         return self.tissue_at(xx, yy)
+
+    def ink_mask(self, downsample: int) -> np.ndarray:
+        """Ground-truth ink mask [ceil(size/ds)]² bool: pixel centres that lie within half the width of a pen
+        stroke (coverage >= 0.5 of the stroke's soft edge; the opacity does not matter), any pen."""
+        n = -(-self.size // downsample)
+        out = np.zeros((n, n), dtype=bool)
+        c = (np.arange(n, dtype=np.float32) + 0.5) * downsample
+        yy, xx = np.meshgrid(c, c, indexing="ij")
+        for pen in self.pens:
+            cov = pen_coverage(self, pen)
+            if cov is not None:
+                out |= sample_bilinear(cov.astype(np.float32), xx / self.step, yy / self.step) >= 0.5
+        return out
 
     def tumour_fraction(self, downsample: int = 16) -> float:
         """Fraction of the tissue area that is tumour (measured on the mask grid)."""
@@ -217,6 +236,24 @@ def upsample(field: np.ndarray, step: int, size: int) -> np.ndarray:
     out += rows[:, :-1, None]
     out = out.reshape(size, -1)
     return out if out.shape[1] == size else np.ascontiguousarray(out[:, :size])
+
+
+def pen_coverage(lay: SlideLayout, pen: Pen) -> np.ndarray | None:
+    """Coarse [g, g] float64 coverage of a pen stroke in [0, 1] (1 under the stroke, a one-cell soft edge;
+    times ``pen.opacity`` it is the ink's opacity), or None for a stroke of fewer than two points."""
+    if len(pen.points) < 2:
+        return None
+    g = lay.tissue_level.shape[0]
+    hit = np.zeros((g, g), dtype=bool)
+    pts = np.asarray(pen.points, dtype=np.float64)
+    for (xa, ya), (xb, yb) in zip(pts[:-1], pts[1:]):
+        n = int(max(2, math.hypot(xb - xa, yb - ya) / lay.step * 2))
+        t = np.linspace(0, 1, n)
+        j = np.clip(np.rint((xa + t * (xb - xa)) / lay.step).astype(int), 0, g - 1)
+        i = np.clip(np.rint((ya + t * (yb - ya)) / lay.step).astype(int), 0, g - 1)
+        hit[i, j] = True
+    dist_px = ndi.distance_transform_edt(~hit) * lay.step
+    return np.clip((pen.width / 2 - dist_px) / lay.step + 0.5, 0, 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,6 +355,47 @@ def _pen(rng: np.random.Generator, level: np.ndarray, step: int, mpp: float, siz
     return Pen(tuple(pts), _uniform(rng, (50.0, 130.0)) / mpp, colour, _uniform(rng, (0.6, 0.9)))
 
 
+INK_COLOURS = ("black", "blue", "green")
+"""Colours of the strokes across the tissue (SynthParams.pen_over_tissue)."""
+INK_OPACITY = (0.4, 1.0)
+_INK_STREAM = 0x1A4  # spawn key of the ink's own random stream
+
+
+def _ink_rng(rng: np.random.Generator) -> np.random.Generator:
+    """A stream of its own for the strokes across the tissue, derived from the slide's seed without drawing
+    from ``rng``: the slide (layout and pixels) is the one drawn without ink, plus the ink."""
+    ss = getattr(rng.bit_generator, "seed_seq", None)
+    if not isinstance(ss, np.random.SeedSequence):  # no seed sequence: a jumped copy (rng is not advanced)
+        return np.random.Generator(rng.bit_generator.jumped())
+    return np.random.default_rng(np.random.SeedSequence(ss.entropy, spawn_key=(*ss.spawn_key, _INK_STREAM)))
+
+
+def _ink_across(rng: np.random.Generator, level: np.ndarray, step: int, mpp: float, size: int) -> Pen | None:
+    """A wobbly stroke across the tissue: it starts >= 100 µm inside it (or anywhere in it when the tissue is
+    thin), heads anywhere, 0.5-1.5 mm long; black, blue or green, 50-130 µm wide, opacity 0.4-1."""
+    inside = ndi.distance_transform_edt(level > 0) * step * mpp
+    cand = np.argwhere(inside > 100)
+    if len(cand) == 0:
+        cand = np.argwhere(inside > 0)
+    if len(cand) == 0:
+        return None
+    i, j = cand[rng.integers(len(cand))]
+    x, y = float(j * step), float(i * step)
+    heading = rng.uniform(0, 2 * math.pi)
+    seg = 25.0 / mpp
+    pts = [(x, y)]
+    turn = 0.0
+    for _ in range(int(rng.integers(20, 60))):
+        turn = 0.8 * turn + rng.normal(0, 0.06)
+        heading += turn
+        x, y = x + seg * math.cos(heading), y + seg * math.sin(heading)
+        if not (0 <= x < size and 0 <= y < size):
+            break
+        pts.append((float(x), float(y)))
+    colour = str(rng.choice(INK_COLOURS))
+    return Pen(tuple(pts), _uniform(rng, (50.0, 130.0)) / mpp, colour, _uniform(rng, INK_OPACITY))
+
+
 def _stain(rng: np.random.Generator, spread: float, shift: float = 0.0) -> Stain:
     """One slide's stain: the references moved by ``shift`` along the site direction (the same for every
     slide of a cohort), then spread per slide. ``shift=0`` draws exactly what it drew before the knob."""
@@ -388,4 +466,9 @@ def make_layout(p: SynthParams, mpp: float, positive: bool, rng: np.random.Gener
     if rng.random() < p.pen_prob:
         lay.pen = _pen(rng, level, step, mpp, p.size)
     lay.stain = _stain(rng, p.stain_spread, p.site_shift)
+    if p.pen_over_tissue > 0:  # its own stream: nothing above (nor the rendering) changes
+        ink = _ink_rng(rng)
+        if ink.random() < p.pen_over_tissue:
+            strokes = (_ink_across(ink, level, step, mpp, p.size) for _ in range(int(ink.integers(1, 3))))
+            lay.ink = [s for s in strokes if s is not None]
     return lay

@@ -74,6 +74,10 @@ class SynthParams:
     still tell them apart; a model that only asks "what stands out in this slide" cannot."""
     pen_prob: float = 0.4
     """Probability of a pen mark (on the background / tissue edge)."""
+    pen_over_tissue: float = 0.0
+    """Probability of ink strokes drawn across the tissue itself (1-2 strokes, black / blue / green, opacity
+    0.4-1), independent of ``pen_prob``. They come from their own random stream, so a slide drawn with this
+    knob is the same slide as without it plus the ink; at 0 (every preset) nothing new is drawn."""
     blur_prob: float = 0.4
     """Probability of an out-of-focus patch."""
     fold_prob: float = 0.3
@@ -113,7 +117,8 @@ def _check(p: SynthParams) -> None:
         if lo <= 0 or hi < lo:
             raise bad(name, "must be (low, high) with 0 < low <= high")
     for name in ("atypia", "positive_fraction", "marker_dropout", "pen_prob", "blur_prob", "fold_prob",
-                 "max_tumour_fraction", "lookalike_mimicry", "subtle_fraction", "subtle_atypia", "site_shift"):
+                 "max_tumour_fraction", "lookalike_mimicry", "subtle_fraction", "subtle_atypia", "site_shift",
+                 "pen_over_tissue"):
         if not 0.0 <= getattr(p, name) <= 1.0:
             raise bad(name, "must lie in [0, 1]")
     if p.tissue_fraction[1] > 0.8:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from histokd.synth.layout import COARSE_UM, PEN_COLOURS, SlideLayout, upsample
+from histokd.synth.layout import COARSE_UM, PEN_COLOURS, SlideLayout, pen_coverage, upsample
 from histokd.synth.nuclei import (
     IMMUNE_MARKER,
     TUMOUR_MARKER,
@@ -161,22 +161,25 @@ def _fold_field(lay: SlideLayout) -> np.ndarray | None:
 
 
 def _pen_field(lay: SlideLayout) -> np.ndarray | None:
-    """Coarse [g, g] pen opacity in [0, 1], or None."""
+    """Coarse [g, g] opacity of the edge pen mark in [0, 1], or None."""
     pen = lay.pen
-    if pen is None or len(pen.points) < 2:
+    cov = None if pen is None else pen_coverage(lay, pen)
+    if cov is None:
         return None
-    g = lay.tissue_level.shape[0]
-    hit = np.zeros((g, g), dtype=bool)
-    pts = np.asarray(pen.points, dtype=np.float64)
-    for (xa, ya), (xb, yb) in zip(pts[:-1], pts[1:]):
-        n = int(max(2, math.hypot(xb - xa, yb - ya) / lay.step * 2))
-        t = np.linspace(0, 1, n)
-        j = np.clip(np.rint((xa + t * (xb - xa)) / lay.step).astype(int), 0, g - 1)
-        i = np.clip(np.rint((ya + t * (yb - ya)) / lay.step).astype(int), 0, g - 1)
-        hit[i, j] = True
-    dist_px = ndi.distance_transform_edt(~hit) * lay.step
-    alpha = np.clip((pen.width / 2 - dist_px) / lay.step + 0.5, 0, 1)
-    return (alpha * pen.opacity).astype(np.float32)
+    return (cov * pen.opacity).astype(np.float32)  # type: ignore[union-attr]
+
+
+def _ink_transmission(lay: SlideLayout) -> list[np.ndarray] | None:
+    """Coarse [g, g] float32 transmission per RGB channel of the strokes across the tissue, or None."""
+    out = None
+    for pen in lay.ink:
+        cov = pen_coverage(lay, pen)
+        if cov is None:
+            continue
+        a = cov * pen.opacity
+        t = [1.0 - a * (1.0 - PEN_COLOURS[pen.colour][c]) for c in range(3)]
+        out = t if out is None else [o * tc for o, tc in zip(out, t)]
+    return None if out is None else [o.astype(np.float32) for o in out]
 
 
 def render(p: SynthParams, lay: SlideLayout, rng: np.random.Generator) -> RenderedSlide:
@@ -232,6 +235,7 @@ def render(p: SynthParams, lay: SlideLayout, rng: np.random.Generator) -> Render
     noise = rng.standard_normal((s + 4, s + 4), dtype=np.float32)
     pen = _pen_field(lay)
     pen_a = upsample(pen, lay.step, s) if pen is not None else None
+    ink_t = _ink_transmission(lay)
     blur_sigma_um = float(rng.uniform(1.5, 3.0))
     blur_soft = _soft_regions(lay.blurs, s, lay.px(30.0))
     rgb = np.empty((s, s, 3), dtype=np.uint8)
@@ -246,6 +250,8 @@ def render(p: SynthParams, lay: SlideLayout, rng: np.random.Generator) -> Render
             win[:] = win * (1 - w) + w * ndi.gaussian_filter(win, lay.px(blur_sigma_um))
         if pen_a is not None:
             ch *= 1.0 - pen_a * np.float32(1.0 - PEN_COLOURS[lay.pen.colour][c])  # type: ignore[union-attr]
+        if ink_t is not None:  # ink over the tissue: its transmission multiplies the stained light
+            ch *= upsample(ink_t[c], lay.step, s)
         ch += noise[2:2 + s, 2:2 + s] * np.float32(2.0)
         ch += 0.5
         np.clip(ch, 0, 255, out=ch)
