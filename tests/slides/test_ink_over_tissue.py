@@ -43,3 +43,14 @@ def test_ink_over_tissue_is_not_tissue(base, colour: str, opacity: float) -> Non
     assert abs(found.mean() - clean.mean()) <= 0.05 * clean.mean()
     assert (found & under).sum() <= 0.15 * under.sum()  # ink-covered tissue left out (0.4: up to ~10 % kept)
     assert (found & clean).sum() >= 0.95 * clean.sum()
+
+
+def test_the_ink_rule_off_keeps_the_resume_key_of_older_grids():
+    """Grids tiled before the optical-density ink rule existed still resume: its settings are not in the stored
+    tissue settings while it is off."""
+    from histokd.slides.tissue import TissueParams
+
+    off = TissueParams().to_dict()
+    assert not [k for k in off if k.startswith("ink_")]
+    on = TissueParams(ink_od=True).to_dict()
+    assert on["ink_od"] is True and "ink_weights" in on

@@ -86,7 +86,12 @@ class TissueParams:
     ink_dilate_um: float = 4.0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings as stored with a tile grid (its resume key). The optical-density ink rule's settings are
+        left out while it is off, so grids tiled before the rule existed still resume."""
+        d = asdict(self)
+        if not self.ink_od:
+            d = {k: v for k, v in d.items() if not k.startswith("ink_")}
+        return d
 
 
 @dataclass
