@@ -101,6 +101,39 @@ def test_a_mismatched_workspace_is_refused_with_one_line(bundle_dir: Path, tmp_p
     assert len(_error_lines(r.output)) == 1
 
 
+def test_another_encoder_or_dimension_is_refused_with_one_line(bundle_dir: Path, tmp_path: Path):
+    run = _new_workspace(tmp_path)
+    files = sorted((run / "features" / "handcrafted").glob("*.h5"))
+    for p in files:  # the same dimension, from another encoder
+        with h5py.File(p, "a") as f:
+            f.attrs["encoder"] = "timm:resnet18"
+            f.attrs["weights_hash"] = "f" * 64
+    r = cli("label", "-w", run, "--model", bundle_dir)
+    assert r.exit_code == 2 and len(_error_lines(r.output)) == 1
+    assert "encoder timm:resnet18 (weights ffffffffffff), the model's is handcrafted" in r.output
+    assert not list((run / "predictions").glob("m/*.h5"))
+    for p in files:  # another dimension
+        with h5py.File(p, "a") as f:
+            x = f["features"][()]
+            del f["features"]
+            f["features"] = x[:, :40]
+    r = cli("label", "-w", run, "--model", "m")
+    assert r.exit_code == 2 and len(_error_lines(r.output)) == 1
+    assert "features are 40-d but model 'm' was trained on 55-d features (handcrafted)" in r.output
+
+
+def test_a_model_folder_moved_elsewhere_still_works(bundle_dir: Path, tmp_path: Path):
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "m"
+    shutil.copytree(bundle_dir, tmp_path / "copy")
+    shutil.move(str(tmp_path / "copy"), str(moved))  # the folder alone, away from its workspace
+    run = _new_workspace(tmp_path / "w")
+    r = cli("label", "-w", run, "--model", moved, "--bootstrap", "10")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.stem for p in (run / "predictions" / "m").glob("*.h5")) == ["x0", "x1", "x2", "x3"]
+
+
 def test_another_model_under_the_same_id_is_refused(bundle_dir: Path, tmp_path: Path):
     run = _new_workspace(tmp_path)
     assert cli("train", "-w", run, "--method", "meanpool", "--model-id", "m", "--max-epochs", "1").exit_code == 0
