@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from histokd.slides.reader import open_slide
-from histokd.slides.tissue import detect_tissue
+from histokd.slides.tissue import TissueParams, detect_tissue
 
 
 def _pens(meta: dict) -> str:
@@ -32,13 +32,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cohorts", nargs="+", help="folders written by `histokd synth` (with meta/)")
     ap.add_argument("--worst", type=int, default=12, help="how many of the worst slides to list")
+    ap.add_argument("--ink-od", action="store_true", help="also find ink by optical density (TissueParams.ink_od)")
+    ap.add_argument("--pen-dilate-um", type=float, default=None, help="pen mask dilation (TissueParams.pen_dilate_um)")
     args = ap.parse_args()
+    params = TissueParams(ink_od=args.ink_od,
+                          **({} if args.pen_dilate_um is None else {"pen_dilate_um": args.pen_dilate_um}))
     rows = []
     for d in map(Path, args.cohorts):
         for mf in sorted((d / "meta").glob("*.json")):
             meta = json.loads(mf.read_text(encoding="utf-8"))
             with open_slide(d / meta["files"]["slide"]) as s:
-                found = float(detect_tissue(s).mask.mean())
+                found = float(detect_tissue(s, params).mask.mean())
             true = float(meta.get("clean_tissue_fraction_of_slide", meta["tissue_fraction_of_slide"]))
             rows.append((f"{d}/{meta['slide_id']}", true, found, abs(found - true) / true,
                          float(meta.get("ink_over_tissue_fraction", 0.0)), _pens(meta)))

@@ -214,7 +214,11 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # alive, another user's
         return True
-    return True
+    try:  # a killed process nobody has reaped yet (a zombie) is gone for our purposes
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def clean_stale_temps(folder: str | os.PathLike[str]) -> int:

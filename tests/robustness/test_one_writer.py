@@ -95,10 +95,18 @@ def test_the_lock_record_names_the_running_command(tmp_path):
     import socket
     import sys
 
+    import subprocess
+
     from histokd.workspace import writer_lock
 
     with writer_lock(tmp_path / "f"):
         doc = json.loads((tmp_path / "f" / ".histokd.lock.json").read_text())
     assert doc["pid"] == os.getpid() and doc["host"] == socket.gethostname()
-    assert doc["command"].split()[0] == Path(sys.argv[0]).name  # this very process's command line
     assert not (tmp_path / "f" / ".histokd.lock.json").exists()  # the record goes with the lock
+    # another process, started as `histokd embed -w RUN`: its record names that command
+    code = ("import json, sys; sys.argv = ['/usr/bin/histokd', 'embed', '-w', 'RUN']\n"
+            "from histokd.workspace import writer_lock\n"
+            f"with writer_lock({str(tmp_path / 'g')!r}):\n"
+            f"    print(open({str(tmp_path / 'g' / '.histokd.lock.json')!r}).read())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out)["command"] == "histokd embed -w RUN"

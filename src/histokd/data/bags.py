@@ -452,11 +452,37 @@ def ensure_instance_labels(
     records = df.to_dict("records")
     if not records or not ws.features_dir(features).is_dir():
         return failures
+    todo = [r for r in records if _gets_labels(r, classes, pos) and _needs_labels(ws, features, r, threshold, overwrite)]
+    if not todo:  # all made already: only read (a read-only or shared feature set stays untouched)
+        return failures
     # label, bench, probe and report may all make them: one writer of the folder at a time (a second waits,
     # then finds them made)
-    with writer_lock(instance_labels_path(ws, features, str(records[0]["slide_id"])).parent, wait=True):
-        _write_instance_labels(ws, features, records, classes, pos, threshold, overwrite, failures)
+    with writer_lock(instance_labels_path(ws, features, str(todo[0]["slide_id"])).parent, wait=True):
+        _write_instance_labels(ws, features, todo, classes, pos, threshold, overwrite, failures)
     return failures
+
+
+def _gets_labels(r: dict, classes: list[str], pos: int | None) -> bool:
+    """Whether a slide gets instance labels at all: it has a tumour mask, or it is of the negative class."""
+    if _known(r.get("mask_path")):
+        return True
+    lab = str(r.get("label") or "").strip()
+    return pos is not None and _known(r.get("label")) and lab in classes and classes.index(lab) != pos
+
+
+def _needs_labels(ws: Workspace, features: str, r: dict, threshold: float, overwrite: bool) -> bool:
+    """Whether slide ``r`` has features but no instance labels at ``threshold`` yet."""
+    sid = str(r["slide_id"])
+    if not ws.features_h5(features, sid).exists():
+        return False
+    out = instance_labels_path(ws, features, sid)
+    if overwrite or not out.exists():
+        return True
+    try:
+        with h5py.File(out, "r") as f:
+            return abs(float(f.attrs.get("threshold", -1)) - threshold) >= 1e-9
+    except OSError:  # damaged: make it again
+        return True
 
 
 def _write_instance_labels(ws: Workspace, features: str, records: list[dict], classes: list[str], pos: int | None,

@@ -12,10 +12,10 @@ Fabric engine (:func:`histokd.engine.fit_mil`, checkpoint on validation) and the
 
 Stage 2 -- the student, trained to reproduce the (frozen) teacher:
 
-- **what the student is** (``student``): ``head`` (default) = a separate MLP instance classifier on the
-  features, whose output on a bag is the max-tile rule; ``mil`` = the teacher's own architecture
-  re-trained (initialised from the teacher, ``student_init=teacher``, or from scratch), whose instance
-  prediction is its output on the singleton bag {x}.
+- **what the student is** (``student``): ``mil`` (default) = the teacher's own architecture re-trained
+  (initialised from the teacher, ``student_init=teacher``, or from scratch), whose instance prediction is
+  its output on the singleton bag {x}; ``head`` (the default before the robustness suite's tuning round) = a
+  separate MLP instance classifier on the features, whose output on a bag is the max-tile rule.
 - **singleton targets** (``singleton_target``), for instances of positive bags: ``teacher`` = the
   teacher's output on the singleton bag {x}, softened at temperature ``tau``; ``attention`` = the
   bag's teacher probability times the instance's min-max-scaled attention within the bag (WENO-like);

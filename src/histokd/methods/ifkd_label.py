@@ -86,12 +86,13 @@ PAINT_MPP = 8.0
 
 
 def painted_pixel_metrics(ws: Workspace, model_id: str, threshold: float | None = None,
-                          work_mpp: float = PAINT_MPP) -> dict[str, Any]:
+                          work_mpp: float = PAINT_MPP, splits: dict[str, str] | None = None) -> dict[str, Any]:
     """Pixel metrics of the pseudo-masks a tile labeller's predictions paint (what IFKD distils): per slide with a
     ground-truth mask, the positive-class tile probabilities painted at ``work_mpp`` (overlaps averaged,
     :func:`histokd.segmentation.pseudo.tile_map`) and read as a probability map; Dice / IoU / Hausdorff at
     ``threshold``, pooled pixel AUC and FROC per split (and ``all``), as :func:`pixel_metrics` gives a
-    segmenter's masks. ``threshold=None``: the one of 0.1, 0.2, ..., 0.9 with the best global Dice on the ``val``
+    segmenter's masks. ``splits``: slide id -> split as the model was trained (its ``splits.csv``, as ``label``'s
+    bag metrics use it; the cohort's ``split`` column where a slide is not in it). ``threshold=None``: the one of 0.1, 0.2, ..., 0.9 with the best global Dice on the ``val``
     slides (0.5 without them), never chosen on test. Slides whose files cannot be read are left out (``label``
     has already counted them)."""
     from histokd.data.cohort import load_workspace_cohort
@@ -121,7 +122,8 @@ def painted_pixel_metrics(ws: Workspace, model_id: str, threshold: float | None 
         except (HistokdError, OSError) as e:
             log.warning("pixel metrics: slide %s left out: %s", r["slide_id"], e)
             continue
-        split = str(r.get("split")) if r.get("split") is not None and str(r.get("split")) != "nan" else "all"
+        split = (splits or {}).get(str(r["slide_id"])) or (
+            str(r.get("split")) if r.get("split") is not None and str(r.get("split")) != "nan" else "all")
         per_split.setdefault(split, []).append((prob, gt, work_mpp))
     if threshold is None:
         threshold, chosen_on = 0.5, "default"

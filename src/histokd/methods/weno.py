@@ -12,8 +12,9 @@ What we implement (``histokd train --method weno``):
   :mod:`histokd.models`, on ``f(x)``; loss = the model's own bag loss.
 - **Student**: :class:`~histokd.models.student.InstanceHead` on ``f(x)``; it labels a tile on its own.
 - **Pseudo-labels** (:func:`~histokd.methods.distill.rules.minmax_pseudo_labels`): the teacher's instance
-  evidence ``s`` (pre-softmax
-  attention logit for ABMIL, the bag class's instance-classifier logit for DSMIL), min-max scaled and
+  evidence ``s`` (``pseudo_source``: by default its output on each tile as a bag of one, the log-odds of the
+  bag's class; the authors' ``attention``: the pre-softmax attention logit for ABMIL, the bag class's
+  instance-classifier logit for DSMIL), min-max scaled and
   clamped to ``[1e-5, 1 - 1e-5]`` in positive bags, 0 in negative bags. ``pseudo_norm=negative``
   (default) takes max over every training instance of the last teacher pass and min = the
   ``pseudo_neg_quantile`` (0.95) quantile of the negative bags' evidence, so a tile the teacher scores

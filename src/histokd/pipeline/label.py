@@ -97,7 +97,7 @@ def label(
         elif rows and _has_masks(ws):  # any tile labeller: the pseudo-masks its tile probabilities paint
             from histokd.methods.ifkd_label import painted_pixel_metrics
 
-            metrics["pixel_painted"] = painted_pixel_metrics(ws, model)
+            metrics["pixel_painted"] = painted_pixel_metrics(ws, model, splits=splits)
         metrics.update({"model_id": model, "method": meta["method"], "features": features, "failures": failures})
         write_json(ws.predictions_metrics(model), metrics)
         return LabelResult(out, len(rows), failures, metrics, n_total=len({r[0] for r in rows} | set(failures)))
@@ -180,6 +180,8 @@ class _SlideLabelling:
 def _has_masks(ws: Workspace) -> bool:
     from histokd.data.cohort import load_workspace_cohort
 
+    if not ws.cohort_csv.is_file():  # features imported without a cohort: nothing to paint against
+        return False
     df = load_workspace_cohort(ws).df
     return "mask_path" in df.columns and any(isinstance(v, str) and v for v in df["mask_path"])
 
