@@ -27,21 +27,20 @@ from torch.utils.data import Dataset
 from histokd.classes import class_names, positive_class  # the class rules, re-exported for their importers
 from histokd.errors import FeatureError, InputError
 from histokd.features.store import majority_dim
-from histokd.workspace import Workspace, atomic_path, check_id, writer_lock
+from histokd.data.instance_labels import (  # noqa: F401  (instance labels: re-exported for their importers)
+    DEFAULT_TUMOUR_THRESHOLD,
+    cohort_frame,
+    ensure_instance_labels,
+    instance_labels_path,
+    known_value,
+    read_instance_labels,
+    write_instance_labels,
+)
+from histokd.workspace import Workspace, check_id
 
 log = logging.getLogger("histokd")
 
-#: Instance labels are positive when the tumour fraction of the tile is above this (contract 6).
-DEFAULT_TUMOUR_THRESHOLD = 0.5
 PRELOAD_LIMIT_BYTES = 2 * 2**30
-
-
-def _known(v: Any) -> bool:
-    if v is None:
-        return False
-    if isinstance(v, float) and np.isnan(v):
-        return False
-    return str(v).strip() != ""
 
 
 @dataclass
@@ -116,9 +115,9 @@ def _bag_record(ws: Workspace, features: str, sid: str, path: Path, n: int, d: i
     if d != dim:
         return f"{path}: features are {d}-d but the feature set is {dim}-d; re-embed this slide"
     raw = row.get("label")
-    if require_labels and not _known(raw):
+    if require_labels and not known_value(raw):
         return "no label in the cohort; fill its label column"
-    if _known(raw) and str(raw).strip() not in classes:
+    if known_value(raw) and str(raw).strip() not in classes:
         if require_labels:
             return f"label {raw!r} is not one of the model's classes {classes}"
         # labelling needs no label: the slide is predicted, and left out of the metrics (label -1)
@@ -127,7 +126,7 @@ def _bag_record(ws: Workspace, features: str, sid: str, path: Path, n: int, d: i
         raw = None
     ipath = ws.instance_labels_h5(features, sid)
     return BagRecord(
-        slide_id=sid, label=_to_index(raw, classes) if _known(raw) else -1,
+        slide_id=sid, label=_to_index(raw, classes) if known_value(raw) else -1,
         split=_opt_str(row.get("split")), patient=_opt_str(row.get("patient_id", row.get("patch_id"))),
         path=path, n=n, instance_path=ipath if ipath.exists() else None,
     )
@@ -204,7 +203,7 @@ class BagDataset(Dataset):
         fdir = ws.features_dir(features)
         if not fdir.is_dir():
             raise FeatureError(f"{fdir}: no feature folder; run `histokd embed -w {ws.root} --encoder {features}`")
-        df = _cohort_frame(ws, cohort)
+        df = cohort_frame(ws, cohort)
         present = {p.stem: p for p in sorted(fdir.glob("*.h5")) if not p.name.startswith(".")}
         skipped: dict[str, str] = {}
         rows: dict[str, dict[str, Any]] = {}
@@ -217,7 +216,7 @@ class BagDataset(Dataset):
             for sid in sorted(set(present) - set(rows)):
                 skipped[sid] = "has features but is not in the cohort, so its label is unknown; add it to the cohort CSV"
         labels = [rows[s].get("label") for s in rows]
-        if require_labels and not any(_known(v) for v in labels):
+        if require_labels and not any(known_value(v) for v in labels):
             where = ws.cohort_csv if cohort is None else getattr(cohort, "source", None) or "the cohort"
             raise InputError(f"{where}: no slide has a label (no label column, or every label cell empty); training "
                              f"and benchmarks need slide-level labels: give the cohort CSV a label column (predict / "
@@ -364,7 +363,7 @@ def _to_index(label: Any, classes: Sequence[str]) -> int:
 
 
 def _opt_str(v: Any) -> str | None:
-    return str(v).strip() if _known(v) else None
+    return str(v).strip() if known_value(v) else None
 
 
 def _h5_shape(path: Path) -> tuple[int, int]:
@@ -382,154 +381,3 @@ def _h5_shape(path: Path) -> tuple[int, int]:
     if len(shape) != 2:
         raise FeatureError(f"{path}: features have shape {shape}, want [N, D]; re-extract")
     return int(shape[0]), int(shape[1])
-
-
-def _cohort_frame(ws: Workspace, cohort: Any):  # noqa: ANN202 - pandas is imported lazily
-    import pandas as pd
-
-    if cohort is None:
-        if not ws.cohort_csv.exists():
-            return None
-        cohort = ws.cohort_csv
-    if isinstance(cohort, pd.DataFrame):
-        return cohort
-    if hasattr(cohort, "df"):
-        return cohort.df
-    try:
-        from histokd.data.cohort import read_cohort
-
-        return read_cohort(cohort, require_label=False).df  # labels are checked per slide (require_labels)
-    except ModuleNotFoundError:  # cohort module absent: a plain CSV read
-        return pd.read_csv(cohort, dtype={"slide_id": str, "label": str})
-
-
-# instance labels (contract 6) ------------------------------------------------------------------------
-
-def instance_labels_path(ws: Workspace, features: str, slide_id: str) -> Path:
-    return ws.instance_labels_h5(features, slide_id)
-
-
-def read_instance_labels(path: str | os.PathLike[str], n: int | None = None) -> np.ndarray:
-    """``label`` [N] int8 (1 tumour, 0 not, -1 unknown) from an instance-labels file."""
-    with h5py.File(path, "r") as f:
-        lab = np.asarray(f["label"][()], dtype=np.int8)
-    if n is not None and len(lab) != n:
-        raise FeatureError(f"{path}: {len(lab)} instance labels for {n} tiles; delete it and re-run `histokd label`")
-    return lab
-
-
-def write_instance_labels(path: str | os.PathLike[str], fraction: np.ndarray, threshold: float,
-                          known: bool = True) -> Path:
-    fraction = np.asarray(fraction, dtype=np.float32)
-    label = (fraction > threshold).astype(np.int8) if known else np.full(len(fraction), -1, np.int8)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("tumour_fraction", data=fraction)
-        f.create_dataset("label", data=label)
-        f.attrs["threshold"] = float(threshold)
-    return Path(path)
-
-
-def ensure_instance_labels(
-    workspace: Workspace | str | os.PathLike[str],
-    features: str,
-    cohort: Any = None,
-    threshold: float = DEFAULT_TUMOUR_THRESHOLD,
-    overwrite: bool = False,
-) -> dict[str, str]:
-    """Write instance labels beside the features for every slide with a tumour mask (contract 6).
-
-    A tile is tumour when its mask fraction is above ``threshold``. Slides of the negative class get all-0
-    labels when the cohort has masks for the other slides (a normal slide has no tumour). Returns
-    ``{slide_id: error}`` for slides whose mask could not be used (the rest are still written).
-    """
-    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    df = _cohort_frame(ws, cohort)
-    if df is None or "mask_path" not in df.columns:
-        return {}
-    classes = class_names(df["label"].tolist())
-    pos = positive_class(classes) if len(classes) == 2 else None
-    failures: dict[str, str] = {}
-    records = df.to_dict("records")
-    if not records or not ws.features_dir(features).is_dir():
-        return failures
-    todo = [r for r in records if _gets_labels(r, classes, pos) and _needs_labels(ws, features, r, threshold, overwrite)]
-    if not todo:  # all made already: only read (a read-only or shared feature set stays untouched)
-        return failures
-    # label, bench, probe and report may all make them: one writer of the folder at a time (a second waits,
-    # then finds them made)
-    with writer_lock(instance_labels_path(ws, features, str(todo[0]["slide_id"])).parent, wait=True):
-        _write_instance_labels(ws, features, todo, classes, pos, threshold, overwrite, failures)
-    return failures
-
-
-def _gets_labels(r: dict, classes: list[str], pos: int | None) -> bool:
-    """Whether a slide gets instance labels at all: it has a tumour mask, or it is of the negative class."""
-    if _known(r.get("mask_path")):
-        return True
-    lab = str(r.get("label") or "").strip()
-    return pos is not None and _known(r.get("label")) and lab in classes and classes.index(lab) != pos
-
-
-def _needs_labels(ws: Workspace, features: str, r: dict, threshold: float, overwrite: bool) -> bool:
-    """Whether slide ``r`` has features but no instance labels at ``threshold`` yet."""
-    sid = str(r["slide_id"])
-    if not ws.features_h5(features, sid).exists():
-        return False
-    out = instance_labels_path(ws, features, sid)
-    if overwrite or not out.exists():
-        return True
-    try:
-        with h5py.File(out, "r") as f:
-            return abs(float(f.attrs.get("threshold", -1)) - threshold) >= 1e-9
-    except OSError:  # damaged: make it again
-        return True
-
-
-def _write_instance_labels(ws: Workspace, features: str, records: list[dict], classes: list[str], pos: int | None,
-                           threshold: float, overwrite: bool, failures: dict[str, str]) -> None:
-    from histokd.features.store import read_features
-
-    for r in records:
-        sid = str(r["slide_id"])
-        fpath = ws.features_h5(features, sid)
-        out = instance_labels_path(ws, features, sid)
-        if not fpath.exists():
-            continue
-        if out.exists() and not overwrite:
-            with h5py.File(out, "r") as f:
-                if abs(float(f.attrs.get("threshold", -1)) - threshold) < 1e-9:
-                    continue
-        try:
-            ff = read_features(fpath)
-            if _known(r.get("mask_path")):
-                frac = _mask_fractions(ws, r, ff)
-                write_instance_labels(out, frac, threshold)
-            elif pos is not None and _known(r.get("label")) and classes.index(str(r["label"]).strip()) != pos:
-                write_instance_labels(out, np.zeros(len(ff), np.float32), threshold)
-        except Exception as e:  # noqa: BLE001 - one bad mask must not stop the others
-            failures[sid] = str(e)
-            log.warning("instance labels for %s not written: %s", sid, e)
-
-
-def _mask_fractions(ws: Workspace, row: dict[str, Any], ff: Any) -> np.ndarray:
-    from histokd.slides.masks import load_mask, tile_fractions
-
-    sid = str(row["slide_id"])
-    ps0 = ff.attrs.get("patch_size_level0")
-    tiles_h5 = ws.tiles_h5(sid)
-    dims = None
-    if tiles_h5.exists():
-        with h5py.File(tiles_h5, "r") as f:
-            ps0 = ps0 if ps0 is not None else f.attrs.get("patch_size_level0")
-    try:
-        from histokd.slides.reader import open_slide
-        from histokd.slides.tiling import tiled_level0_mpp
-
-        with open_slide(row["path"], mpp=tiled_level0_mpp(tiles_h5)) as s:  # the mpp it was tiled with
-            dims = tuple(s.dimensions)
-    except Exception as e:  # noqa: BLE001
-        raise InputError(f"{row['path']}: cannot read slide dimensions for its mask ({e})") from None
-    if ps0 is None:
-        raise FeatureError(f"{sid}: no patch_size_level0 attribute in features or tiles; re-run `histokd tile`")
-    mask, ds = load_mask(row["mask_path"], dims)
-    return tile_fractions(mask, ds, ff.coords, float(ps0))
