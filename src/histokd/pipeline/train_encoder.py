@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from histokd.config import validate_config
 from histokd.errors import InputError
 from histokd.methods.more_from_less import (
     MFL_METHODS,
@@ -69,13 +70,9 @@ def train_encoder(
             "`histokd embed` reads the grid tile resized to %d px, so the encoder will see another scale",
             tile_size, mpp, tile_size * mpp, grid_extent_um, tile_size,
         )
-    try:
-        config = MFLConfig(
-            method=method, loss=loss, epochs=epochs, batch_size=batch_size, tile_size=tile_size, mpp=mpp,
-            max_tiles=max_tiles, seed=seed, **overrides,
-        )
-    except Exception as e:  # pydantic ValidationError -> one line
-        raise InputError(f"train-encoder options: {str(e).splitlines()[0]} ({e})".replace("\n", " ")) from None
+    config = validate_config(MFLConfig, dict(method=method, loss=loss, epochs=epochs, batch_size=batch_size,
+                                             tile_size=tile_size, mpp=mpp, max_tiles=max_tiles, seed=seed,
+                                             **overrides), source="train-encoder options")
     from histokd.data.paired import load_paired_tiles
 
     tiles = load_paired_tiles(
