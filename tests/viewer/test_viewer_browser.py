@@ -126,6 +126,20 @@ def test_viewer_in_chromium(browser, live_url, tmp_path):
     assert geo["features"][0]["geometry"]["coordinates"][0][0] == geo["features"][0]["geometry"]["coordinates"][0][4]
     b.screenshot(tmp_path / "viewer.png")
     assert (tmp_path / "viewer.png").stat().st_size > 20_000
+    # "save PNG": the page hands the current view to the browser as a PNG download named after the slide
+    saved = b.evaluate("""(() => { const seen = []; const real = HTMLAnchorElement.prototype.click;
+      HTMLAnchorElement.prototype.click = function () { seen.push([this.download, this.href]); };
+      document.getElementById('save-png').click(); HTMLAnchorElement.prototype.click = real;
+      return seen; })()""")
+    assert len(saved) == 1 and saved[0][0] == "a.png" and saved[0][1].startswith("data:image/png;base64,")
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    png = np.asarray(Image.open(io.BytesIO(base64.b64decode(saved[0][1].split(",", 1)[1]))).convert("RGB"))
+    assert png.shape[0] > 100 and png.shape[1] > 100 and len(np.unique(png.reshape(-1, 3), axis=0)) > 20
 
     # side by side: the teacher's evidence in a second viewer that follows the first
     b.evaluate("(() => { const s = document.getElementById('compare-select'); s.value = 'weno-t/evidence'; "
