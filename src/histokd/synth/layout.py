@@ -341,18 +341,26 @@ def _pen(rng: np.random.Generator, level: np.ndarray, step: int, mpp: float, siz
     # head along the tissue edge: perpendicular to the gradient of the distance
     gy, gx = np.gradient(outside)
     heading = math.atan2(gx[i, j], -gy[i, j]) + rng.normal(0, 0.3)
-    seg = 25.0 / mpp
-    pts = [(x, y)]
+    pts = _wobbly_stroke(rng, (x, y), heading, int(rng.integers(30, 70)), 25.0 / mpp, size)
+    colour = str(rng.choice(list(PEN_COLOURS)))
+    return Pen(tuple(pts), _uniform(rng, (50.0, 130.0)) / mpp, colour, _uniform(rng, (0.6, 0.9)))
+
+
+def _wobbly_stroke(rng: np.random.Generator, start: tuple[float, float], heading: float, steps: int, seg: float,
+                   size: int) -> list[tuple[float, float]]:
+    """A pen's path from ``start``: up to ``steps`` segments of ``seg`` px whose heading drifts (a smoothed random
+    turn per step), ending where it would leave the ``size`` px slide."""
+    x, y = start
+    pts = [start]
     turn = 0.0
-    for _ in range(int(rng.integers(30, 70))):
+    for _ in range(steps):
         turn = 0.8 * turn + rng.normal(0, 0.06)
         heading += turn
         x, y = x + seg * math.cos(heading), y + seg * math.sin(heading)
         if not (0 <= x < size and 0 <= y < size):
             break
         pts.append((float(x), float(y)))
-    colour = str(rng.choice(list(PEN_COLOURS)))
-    return Pen(tuple(pts), _uniform(rng, (50.0, 130.0)) / mpp, colour, _uniform(rng, (0.6, 0.9)))
+    return pts
 
 
 INK_COLOURS = ("black", "blue", "green")
@@ -382,16 +390,7 @@ def _ink_across(rng: np.random.Generator, level: np.ndarray, step: int, mpp: flo
     i, j = cand[rng.integers(len(cand))]
     x, y = float(j * step), float(i * step)
     heading = rng.uniform(0, 2 * math.pi)
-    seg = 25.0 / mpp
-    pts = [(x, y)]
-    turn = 0.0
-    for _ in range(int(rng.integers(20, 60))):
-        turn = 0.8 * turn + rng.normal(0, 0.06)
-        heading += turn
-        x, y = x + seg * math.cos(heading), y + seg * math.sin(heading)
-        if not (0 <= x < size and 0 <= y < size):
-            break
-        pts.append((float(x), float(y)))
+    pts = _wobbly_stroke(rng, (x, y), heading, int(rng.integers(20, 60)), 25.0 / mpp, size)
     colour = str(rng.choice(INK_COLOURS))
     return Pen(tuple(pts), _uniform(rng, (50.0, 130.0)) / mpp, colour, _uniform(rng, INK_OPACITY))
 
