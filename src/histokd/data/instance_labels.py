@@ -103,7 +103,7 @@ def ensure_instance_labels(
     # label, bench, probe and report may all make them: one writer of the folder at a time (a second waits,
     # then finds them made)
     with writer_lock(instance_labels_path(ws, features, str(todo[0]["slide_id"])).parent, wait=True):
-        _write_instance_labels(ws, features, todo, classes, pos, threshold, overwrite, failures)
+        _write_instance_labels(ws, features, todo, threshold, overwrite, failures)
     return failures
 
 
@@ -130,27 +130,22 @@ def _needs_labels(ws: Workspace, features: str, r: dict, threshold: float, overw
         return True
 
 
-def _write_instance_labels(ws: Workspace, features: str, records: list[dict], classes: list[str], pos: int | None,
-                           threshold: float, overwrite: bool, failures: dict[str, str]) -> None:
+def _write_instance_labels(ws: Workspace, features: str, records: list[dict], threshold: float, overwrite: bool,
+                           failures: dict[str, str]) -> None:
+    """Write the labels of ``records`` (slides that get labels, :func:`_gets_labels`): tile fractions of the
+    tumour mask, or all 0 for a negative slide without one. Checked again under the lock: another run may have
+    made them while this one waited."""
     from histokd.features.store import read_features
 
     for r in records:
         sid = str(r["slide_id"])
-        fpath = ws.features_h5(features, sid)
-        out = instance_labels_path(ws, features, sid)
-        if not fpath.exists():
+        if not _needs_labels(ws, features, r, threshold, overwrite):
             continue
-        if out.exists() and not overwrite:
-            with h5py.File(out, "r") as f:
-                if abs(float(f.attrs.get("threshold", -1)) - threshold) < 1e-9:
-                    continue
+        out = instance_labels_path(ws, features, sid)
         try:
-            ff = read_features(fpath)
-            if known_value(r.get("mask_path")):
-                frac = _mask_fractions(ws, r, ff)
-                write_instance_labels(out, frac, threshold)
-            elif pos is not None and known_value(r.get("label")) and classes.index(str(r["label"]).strip()) != pos:
-                write_instance_labels(out, np.zeros(len(ff), np.float32), threshold)
+            ff = read_features(ws.features_h5(features, sid))
+            frac = _mask_fractions(ws, r, ff) if known_value(r.get("mask_path")) else np.zeros(len(ff), np.float32)
+            write_instance_labels(out, frac, threshold)
         except Exception as e:  # noqa: BLE001 - one bad mask must not stop the others
             failures[sid] = str(e)
             log.warning("instance labels for %s not written: %s", sid, e)
