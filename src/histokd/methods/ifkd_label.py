@@ -39,11 +39,36 @@ def write_slide_outputs(ws: Workspace, model_id: str, slide_id: str, pred: Predi
         write_mask_png(ws.predictions_mask_png(model_id, slide_id), pred.mask)
 
 
+def _split_of(r: dict, splits: dict[str, str] | None = None) -> str:
+    """A cohort row's split: the model's (``splits``) where given, else the cohort's ``split`` column, else ``all``."""
+    s = (splits or {}).get(str(r["slide_id"]))
+    if s:
+        return s
+    return str(r.get("split")) if r.get("split") is not None and str(r.get("split")) != "nan" else "all"
+
+
+def _summarise_splits(per_split: dict[str, list[tuple[np.ndarray, np.ndarray, float]]],
+                      threshold: float) -> dict[str, Any]:
+    """Per split (and ``all`` where there are several): :func:`~histokd.evaluate.pixel.summarise_slides` of the
+    (probability map, ground truth, µm per map px) triples at ``threshold``, with the FROC score."""
+    from histokd.evaluate.pixel import detect_lesions, froc, summarise_slides
+
+    groups = dict(per_split)
+    if len(groups) > 1:
+        groups["all"] = [x for v in per_split.values() for x in v]
+    out: dict[str, Any] = {}
+    for split, items in groups.items():
+        maps, gts = [p for p, _, _ in items], [g for _, g, _ in items]
+        s = summarise_slides(maps, gts, threshold, [sp for _, _, sp in items])
+        s["froc"] = froc([detect_lesions(p, threshold) for p in maps], gts).score
+        out[split] = s
+    return out
+
+
 def pixel_metrics(ws: Workspace, model_id: str) -> dict[str, Any]:
     """Dice, IoU, pixel AUC, Hausdorff (µm) and FROC of the written masks against the cohort's GT masks,
     per split (and ``all``). FROC candidates: components of the mask, scored by their tile maximum."""
     from histokd.data.cohort import load_workspace_cohort
-    from histokd.evaluate.pixel import detect_lesions, froc, summarise_slides
     from histokd.segmentation.io import resize_mask
     from histokd.slides.masks import load_mask
 
@@ -64,20 +89,9 @@ def pixel_metrics(ws: Workspace, model_id: str) -> dict[str, Any]:
             dims0, mpp0 = tuple(sl.dimensions), float(sl.mpp)
         gt, _ = load_mask(mp, dims0)
         gt = resize_mask(gt, mask.shape)
-        split = str(r.get("split")) if r.get("split") is not None and str(r.get("split")) != "nan" else "all"
-        per_split.setdefault(split, []).append((mask, gt, mpp0 * (ds or dims0[0] / mask.shape[1])))
-    out: dict[str, Any] = {}
-    groups = dict(per_split)
-    if len(groups) > 1:
-        groups["all"] = [x for v in per_split.values() for x in v]
-    for split, items in groups.items():
-        masks = [m.astype(np.float32) for m, _, _ in items]
-        gts = [g for _, g, _ in items]
-        s = summarise_slides(masks, gts, 0.5, [sp for _, _, sp in items])
-        fr = froc([detect_lesions(m, 0.5) for m in masks], gts)
-        s["froc"] = fr.score
-        out[split] = s
-    return out
+        per_split.setdefault(_split_of(r), []).append((mask.astype(np.float32), gt,
+                                                        mpp0 * (ds or dims0[0] / mask.shape[1])))
+    return _summarise_splits(per_split, 0.5)
 
 
 #: µm/px at which ``label`` paints a tile labeller's probabilities into pseudo-masks (IFKD's default work_mpp,
@@ -86,26 +100,32 @@ PAINT_MPP = 8.0
 
 
 def painted_pixel_metrics(ws: Workspace, model_id: str, threshold: float | None = None,
-                          work_mpp: float = PAINT_MPP, splits: dict[str, str] | None = None) -> dict[str, Any]:
+                          work_mpp: float = PAINT_MPP, splits: dict[str, str] | None = None) -> dict[str, Any] | None:
     """Pixel metrics of the pseudo-masks a tile labeller's predictions paint (what IFKD distils): per slide with a
     ground-truth mask, the positive-class tile probabilities painted at ``work_mpp`` (overlaps averaged,
     :func:`histokd.segmentation.pseudo.tile_map`) and read as a probability map; Dice / IoU / Hausdorff at
     ``threshold``, pooled pixel AUC and FROC per split (and ``all``), as :func:`pixel_metrics` gives a
     segmenter's masks. ``splits``: slide id -> split as the model was trained (its ``splits.csv``, as ``label``'s
-    bag metrics use it; the cohort's ``split`` column where a slide is not in it). ``threshold=None``: the one of 0.1, 0.2, ..., 0.9 with the best global Dice on the ``val``
-    slides (0.5 without them), never chosen on test. Slides whose files cannot be read are left out (``label``
-    has already counted them)."""
+    bag metrics use it; the cohort's ``split`` column where a slide is not in it). ``threshold=None``: the one of 0.1, 0.2, ..., 0.9 with the best
+    global Dice on the ``val`` slides (0.5 without them), never chosen on test. Slides whose files cannot be read
+    are left out (``label`` has already counted them). None when no slide of the cohort has a tumour mask."""
     from histokd.data.cohort import load_workspace_cohort
-    from histokd.evaluate.pixel import detect_lesions, froc, summarise_slides
+    from histokd.evaluate.pixel import summarise_slides
     from histokd.segmentation.io import resize_mask
     from histokd.segmentation.pseudo import tile_map
     from histokd.slides.masks import load_mask
     from histokd.slides.reader import open_slide
 
+    if not ws.cohort_csv.is_file():  # features imported without a cohort: nothing to paint against
+        return None
+    rows = [r for r in load_workspace_cohort(ws).df.to_dict("records")
+            if r.get("mask_path") is not None and str(r.get("mask_path")) not in ("", "nan")]
+    if not rows:
+        return None
     per_split: dict[str, list[tuple[np.ndarray, np.ndarray, float]]] = {}
-    for r in load_workspace_cohort(ws).df.to_dict("records"):
-        mp, h5 = r.get("mask_path"), ws.predictions_h5(model_id, str(r["slide_id"]))
-        if mp is None or str(mp) in ("", "nan") or not h5.exists():
+    for r in rows:
+        mp, h5 = r["mask_path"], ws.predictions_h5(model_id, str(r["slide_id"]))
+        if not h5.exists():
             continue
         try:
             pred = read_prediction(h5)
@@ -122,9 +142,7 @@ def painted_pixel_metrics(ws: Workspace, model_id: str, threshold: float | None 
         except (HistokdError, OSError) as e:
             log.warning("pixel metrics: slide %s left out: %s", r["slide_id"], e)
             continue
-        split = (splits or {}).get(str(r["slide_id"])) or (
-            str(r.get("split")) if r.get("split") is not None and str(r.get("split")) != "nan" else "all")
-        per_split.setdefault(split, []).append((prob, gt, work_mpp))
+        per_split.setdefault(_split_of(r, splits), []).append((prob, gt, work_mpp))
     if threshold is None:
         threshold, chosen_on = 0.5, "default"
         val = per_split.get("val", [])
@@ -134,16 +152,8 @@ def painted_pixel_metrics(ws: Workspace, model_id: str, threshold: float | None 
             threshold, chosen_on = cands[int(np.nanargmax(scores))], "val"
     else:
         chosen_on = "given"
-    out: dict[str, Any] = {"source": "painted tile probabilities", "work_mpp": work_mpp, "threshold": threshold,
-                           "threshold_chosen_on": chosen_on, "splits": {}}
-    groups = dict(per_split)
-    if len(groups) > 1:
-        groups["all"] = [x for v in per_split.values() for x in v]
-    for split, items in groups.items():
-        s = summarise_slides([p for p, _, _ in items], [g for _, g, _ in items], threshold, [sp for *_, sp in items])
-        s["froc"] = froc([detect_lesions(p, threshold) for p, _, _ in items], [g for _, g, _ in items]).score
-        out["splits"][split] = s
-    return out
+    return {"source": "painted tile probabilities", "work_mpp": work_mpp, "threshold": threshold,
+            "threshold_chosen_on": chosen_on, "splits": _summarise_splits(per_split, threshold)}
 
 
 def finish_pixel_outputs(ws: Workspace, model_id: str) -> dict[str, Any]:

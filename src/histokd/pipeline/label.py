@@ -94,10 +94,12 @@ def label(
             from histokd.methods.ifkd_label import finish_pixel_outputs
 
             metrics["pixel"] = finish_pixel_outputs(ws, model)
-        elif rows and _has_masks(ws):  # any tile labeller: the pseudo-masks its tile probabilities paint
+        elif rows:  # any tile labeller: the pseudo-masks its tile probabilities paint, where the cohort has masks
             from histokd.methods.ifkd_label import painted_pixel_metrics
 
-            metrics["pixel_painted"] = painted_pixel_metrics(ws, model, splits=splits)
+            painted = painted_pixel_metrics(ws, model, splits=splits)
+            if painted is not None:
+                metrics["pixel_painted"] = painted
         metrics.update({"model_id": model, "method": meta["method"], "features": features, "failures": failures})
         write_json(ws.predictions_metrics(model), metrics)
         return LabelResult(out, len(rows), failures, metrics, n_total=len({r[0] for r in rows} | set(failures)))
@@ -175,15 +177,6 @@ class _SlideLabelling:
                           "model_id": self.model, "method": self.meta["method"], "source_key": key,
                           "slide_id": sid, "patch_size_level0": _feature_attr(rec.path, "patch_size_level0")})
         return rec, pred.bag_probs, pred.instance_probs, pred.instance_scores, bag.instance_labels
-
-
-def _has_masks(ws: Workspace) -> bool:
-    from histokd.data.cohort import load_workspace_cohort
-
-    if not ws.cohort_csv.is_file():  # features imported without a cohort: nothing to paint against
-        return False
-    df = load_workspace_cohort(ws).df
-    return "mask_path" in df.columns and any(isinstance(v, str) and v for v in df["mask_path"])
 
 
 def _feature_attr(path: Path | None, key: str) -> Any:
