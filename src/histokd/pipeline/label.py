@@ -207,6 +207,11 @@ def _write_bags_csv(path: Path, rows: list[tuple[str, str, int, np.ndarray]], cl
     return write_csv(path, header, body, float_format="%.6f")
 
 
+def _with_cis(metrics: dict[str, tuple[float, float, float]]) -> dict[str, Any]:
+    """``{metric: (value, low, high)}`` as metrics.json writes it: ``{metric: {value, ci95: [low, high]}}``."""
+    return {m: {"value": v, "ci95": [lo, hi]} for m, (v, lo, hi) in metrics.items()}
+
+
 def evaluate_predictions(rows: list[tuple[str, str, int, np.ndarray]], inst: list[tuple], classes: list[str],
                          n_boot: int = 1000, seed: int = 0, positive: int | None = None,
                          patients: dict[str, str | None] | None = None) -> dict[str, Any]:
@@ -219,9 +224,8 @@ def evaluate_predictions(rows: list[tuple[str, str, int, np.ndarray]], inst: lis
     from histokd.evaluate.metrics import instance_metrics
     from histokd.evaluate.patients import aggregate_patients, has_patients
 
-    ids = [r[0] for r in rows]
-    pids = [(patients or {}).get(s) for s in ids]
-    per_patient = has_patients(pids, ids)
+    patient_of = patients or {}
+    per_patient = has_patients([patient_of.get(r[0]) for r in rows], [r[0] for r in rows])
 
     pos = positive_class(classes) if positive is None else positive
     out: dict[str, Any] = {"classes": classes, "positive_class": classes[pos], "splits": {}}
@@ -232,15 +236,11 @@ def evaluate_predictions(rows: list[tuple[str, str, int, np.ndarray]], inst: lis
         if sel:
             y = np.array([r[2] for r in sel])
             P = np.stack([r[3] for r in sel])
-            for m, (v, lo, hi) in bootstrap_bag_metrics(y, P, pos, n_boot, seed=seed).items():
-                entry[m] = {"value": v, "ci95": [lo, hi]}
+            entry.update(_with_cis(bootstrap_bag_metrics(y, P, pos, n_boot, seed=seed)))
             if per_patient:
-                _, yp, Pp = aggregate_patients([r[0] for r in sel], [(patients or {}).get(r[0]) for r in sel],
-                                               y, P, pos)
-                pe: dict[str, Any] = {"n_patients": len(yp)}
-                for m, (v, lo, hi) in bootstrap_bag_metrics(yp, Pp, pos, n_boot, seed=seed).items():
-                    pe[m] = {"value": v, "ci95": [lo, hi]}
-                entry["patients"] = pe
+                _, yp, Pp = aggregate_patients([r[0] for r in sel], [patient_of.get(r[0]) for r in sel], y, P, pos)
+                entry["patients"] = {"n_patients": len(yp),
+                                     **_with_cis(bootstrap_bag_metrics(yp, Pp, pos, n_boot, seed=seed))}
         isel = [t for t in inst if name == "all" or t[0] == name]
         if isel:
             labels = np.concatenate([t[1] for t in isel])
