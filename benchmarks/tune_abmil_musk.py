@@ -21,7 +21,7 @@ from sklearn.model_selection import StratifiedKFold
 
 import histokd.methods  # noqa: F401  (registers methods)
 from histokd.data.benchmarks import load_benchmark
-from histokd.pipeline.bench import run_fold
+from histokd.pipeline.bench import run_group
 from histokd.evaluate.protocols import Fold, cv_folds
 
 
@@ -43,7 +43,8 @@ def main() -> None:
         inner.append(Fold(f.repeat, f.fold, f.train[itr], np.array([], dtype=np.int64), f.train[iva]))
     for name, ov in cands.items():
         t0 = time.perf_counter()
-        recs = [run_fold(args.method, ds, f, ov, f.fold + 1000 * f.repeat) for f in inner]
+        # every inner fold side by side (one stacked model where the method can), as bench trains folds
+        recs = run_group(args.method, ds, inner, ov, [f.fold + 1000 * f.repeat for f in inner])
         print(json.dumps({"name": name, "inner_val_acc": float(np.mean([r["accuracy"] for r in recs])),
                           "inner_val_auc": float(np.nanmean([r["auc"] for r in recs])),
                           "inner_val_acc_std": float(np.std([r["accuracy"] for r in recs])), "n_folds": len(recs),

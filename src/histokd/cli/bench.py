@@ -24,12 +24,14 @@ def register(app: typer.Typer) -> None:
                                            help="Part of each training fold held out for early stopping (0: fixed epochs)."),
         engine: str = typer.Option("local", "--engine", help="local | ray (train the folds on a Ray cluster)."),
         address: str = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
+        group: int = typer.Option(0, "--group", help="Folds trained side by side as one stacked model (1: one at a "
+                                  "time; 0: automatic, every fold where the method can); a Ray task trains one group."),
     ) -> None:
         """Cross-validate METHODS on DATASET; print a table (mean ± std over folds) and write JSON."""
         from histokd.pipeline.bench import bench as bench_fn
         from histokd.pipeline.bench import format_table
 
         res = bench_fn(dataset, method, protocol, seed=seed, overrides=list(set_ or []), val_fraction=val_fraction,
-                       json_out=json_out, engine=engine, address=address)
+                       json_out=json_out, engine=engine, address=address, group=group)
         typer.echo(f"{dataset}  {protocol}  seed {seed}")
         typer.echo(format_table(res))

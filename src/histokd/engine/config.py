@@ -23,7 +23,10 @@ class TrainerConfig(BaseConfig):
     lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs (either schedule)
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
-    batch_size: int = 1  # bags per optimisation step (padded + masked)
+    batch_size: int = 1  # bags per optimisation step (packed with segment ids, or padded + masked)
+    # packed: models with a packed form (ABMIL, gated ABMIL, mean / max pooling) on one device train on packed
+    # bags (engine.side_by_side); padded: always the padded-batch Fabric loop
+    bag_packing: Literal["auto", "padded"] = "auto"
     max_instances: int | None = 8192  # training-time cap: bigger bags are randomly subsampled each epoch
     # training only: each bag keeps a random (1 - p) of its tiles, redrawn every epoch
     instance_dropout: float = Field(0.0, ge=0.0, lt=1.0)

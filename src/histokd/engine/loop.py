@@ -99,26 +99,27 @@ def make_optimizer(params: Any, cfg: TrainerConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainerConfig,
-                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR | None:
-    """Per-step learning-rate multiplier: linear warm-up over ``warmup_epochs``, then constant or a cosine
-    decay that reaches ``min_lr_ratio`` at ``max_epochs`` (early stopping may end the run sooner).
-    ``None`` for a constant rate without warm-up (nothing to schedule)."""
-    if cfg.lr_schedule == "constant" and cfg.warmup_epochs <= 0:
-        return None
+def lr_factor(step: int, cfg: TrainerConfig, steps_per_epoch: int) -> float:
+    """The learning-rate multiplier at optimiser step ``step`` (0-based): linear warm-up over
+    ``warmup_epochs``, then constant or a cosine decay that reaches ``min_lr_ratio`` at ``max_epochs``."""
     spe = max(1, steps_per_epoch)
     warm = cfg.warmup_epochs * spe
     total = max(1, cfg.max_epochs * spe)
+    if warm > 0 and step < warm:
+        return (step + 1) / warm
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    t = min(1.0, (step - warm) / max(1.0, total - warm))
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
-    def factor(step: int) -> float:
-        if warm > 0 and step < warm:
-            return (step + 1) / warm
-        if cfg.lr_schedule == "constant":
-            return 1.0
-        t = min(1.0, (step - warm) / max(1.0, total - warm))
-        return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainerConfig,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """Per-step learning-rate multiplier (:func:`lr_factor`; early stopping may end the run sooner).
+    ``None`` for a constant rate without warm-up (nothing to schedule)."""
+    if cfg.lr_schedule == "constant" and cfg.warmup_epochs <= 0:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, cfg, steps_per_epoch))
 
 
 @dataclass
@@ -215,6 +216,11 @@ def fit_mil(
     Multi-process strategies (``ddp``/``ddp_spawn``) run the loop on every process; the result comes
     from rank 0.
     """
+    if packed_path(model, cfg, extra_loss):
+        from histokd.engine.side_by_side import fit_side_by_side
+
+        with log_to_file(log_path):
+            return fit_side_by_side([model], [train], [val], cfg, [seed], stage=stage)[0]
     fabric = make_fabric(cfg)
     threads = _cpu_threads(cfg, model, fabric)
     # a partial of a module-level function, so that spawned processes can unpickle it
@@ -239,6 +245,16 @@ def fit_mil(
 
 
 SMALL_MODEL_PARAMS = 5_000_000
+
+
+def packed_path(model: MILModel, cfg: TrainerConfig, extra_loss: Any = None) -> bool:
+    """True when ``model`` trains on packed bags (:mod:`histokd.engine.side_by_side`): it has a packed form,
+    no extra loss term needs the padded batch, packing is not switched off, and one device (no DDP) is used."""
+    from histokd.engine.packed import stackable
+
+    one_device = str(cfg.devices) in ("1", "auto") and cfg.num_nodes == 1 and cfg.strategy == "auto"
+    return cfg.bag_packing == "auto" and extra_loss is None and one_device and stackable(model) \
+        and cfg.accelerator in ("auto", "cpu", "cuda", "gpu")
 
 
 def _cpu_threads(cfg: TrainerConfig, model: MILModel, fabric: Any) -> int | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -111,6 +112,17 @@ class Method(ABC):
 
     @abstractmethod
     def fit(self, train: Any, val: Any, config: Any) -> Labeler: ...
+
+    @classmethod
+    def side_by_side(cls, config: Any, dim: int, n_classes: int) -> bool:
+        """Whether :meth:`fit_many` trains its models side by side (so grouping folds pays); default False."""
+        return False
+
+    @classmethod
+    def fit_many(cls, parts: Sequence[tuple[Any, Any, int]], config: Any) -> list[Labeler]:
+        """One labeller per ``(train, val, seed)`` (a bench run's folds). Default: one after another; a
+        method whose models can train side by side (the plain MIL teachers) overrides this."""
+        return [cls(seed=seed).fit(train, val, config) for train, val, seed in parts]
 
 
 METHODS: Registry[type[Method]] = Registry("method")

@@ -14,6 +14,7 @@ raw evidence: attention logits, tile scores, instance logits of the positive cla
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -125,27 +126,91 @@ class MILMethod(Method):
 
     def fit(self, train: BagDataset, val: BagDataset | None, config: Any = None) -> MILLabeler:
         cfg = config if isinstance(config, MILConfig) else validate_config(self.config_cls, config, self.name)
-        mean = std = None
-        if cfg.standardize:
-            mean, std = train.feature_stats()
-            norm = lambda f: (f - mean) / np.maximum(std, 1e-6)  # noqa: E731
-            train = train.map_features(norm)
-            val = val.map_features(norm) if val is not None and len(val) else val
+        train, val, mean, std = _standardised(train, val, cfg)
         torch.manual_seed(self.seed)
         model = build_model(self.model_name, train.dim, train.n_classes, cfg.model)
         res = fit_mil(model, train, val, cfg.train, seed=self.seed, log_path=self.log_path)
         lab = MILLabeler(res.model, self.model_name, list(train.classes), self.name, cfg, mean, std)
-        if train.n_classes == 2:  # the slide cut, on validation (training bags for a class it lacks)
-            va = val if val is not None and len(val) else None
-            pos = lab.positive
-            bare = MILLabeler(res.model, self.model_name, list(train.classes), self.name, cfg)  # bags are z-scored
-            lab.decision = choose_decision(lambda rec: float(bare.predict(rec.features.numpy()).bag_probs[pos]),
-                                           train, [int(y) == pos for y in train.labels],
-                                           va if va is not None else [],
-                                           [int(y) == pos for y in va.labels] if va is not None else [])
-        lab.history = res.history
-        lab.best_epoch = res.best_epoch
-        return lab
+        bare = MILLabeler(res.model, self.model_name, list(train.classes), self.name, cfg)  # bags are z-scored
+        pos = lab.positive
+        return _finish(lab, res, train, val, lambda bags: [float(bare.predict(b.features.numpy()).bag_probs[pos])
+                                                            for b in bags])
+
+    @classmethod
+    def side_by_side(cls, config: Any, dim: int, n_classes: int) -> bool:
+        from histokd.engine.loop import packed_path
+
+        cfg = config if isinstance(config, MILConfig) else validate_config(cls.config_cls, config, cls.name)
+        return packed_path(build_model(cls.model_name, dim, n_classes, cfg.model), cfg.train)
+
+    @classmethod
+    def fit_many(cls, parts: Sequence[tuple[BagDataset, BagDataset | None, int]], config: Any) -> list[Labeler]:
+        """The folds' models side by side (:func:`~histokd.engine.side_by_side.fit_side_by_side`) when the model
+        has a packed form and one device trains them; else one after another."""
+        from histokd.engine.loop import packed_path
+        from histokd.engine.packed import StackedMIL
+        from histokd.engine.side_by_side import fit_side_by_side, stacked_bag_probs
+
+        cfg = config if isinstance(config, MILConfig) else validate_config(cls.config_cls, config, cls.name)
+        prepared = [(*_standardised(tr, va, cfg), seed) for tr, va, seed in parts]
+        models = []
+        for tr, _va, _m, _s, seed in prepared:
+            torch.manual_seed(seed)
+            models.append(build_model(cls.model_name, tr.dim, tr.n_classes, cfg.model))
+        if len(parts) < 2 or not all(packed_path(m, cfg.train) for m in models):
+            return super().fit_many(parts, cfg)
+        results = fit_side_by_side(models, [p[0] for p in prepared], [p[1] for p in prepared], cfg.train,
+                                   [p[4] for p in prepared], stage=cls.name)
+        # every member's calibration bags (methods.decision) scored at once by the stacked models
+        need = [_calibration(tr, va) for tr, va, *_ in prepared]
+        bags = [[tr[i].features for i in t_idx] + ([va[i].features for i in range(len(va))] if va is not None and len(va)
+                                                    else []) for (tr, va, *_), t_idx in zip(prepared, need)]
+        probs = stacked_bag_probs(StackedMIL([r.model for r in results]), bags)
+        out = []
+        for (tr, va, mean, std, _seed), res, p in zip(prepared, results, probs):
+            lab = MILLabeler(res.model, cls.model_name, list(tr.classes), cls.name, cfg, mean, std)
+            it = iter(float(v) for v in p[:, lab.positive])
+            out.append(_finish(lab, res, tr, va, lambda chosen, it=it: [next(it) for _ in chosen]))
+        return out
+
+
+def _calibration(train: BagDataset, val: BagDataset | None) -> list[int]:
+    """The training bags the slide cut needs (those of a class with no validation bag; methods.decision)."""
+    if train.n_classes != 2:
+        return []
+    pos = positive_class(list(train.classes))
+    v_pos = {int(y) == pos for y in val.labels} if val is not None and len(val) else set()
+    need = {False, True} - v_pos
+    return [i for i, y in enumerate(train.labels) if (int(y) == pos) in need]
+
+
+def _standardised(train: BagDataset, val: BagDataset | None, cfg: MILConfig) -> tuple[
+        BagDataset, BagDataset | None, np.ndarray | None, np.ndarray | None]:
+    """``train`` and ``val`` z-scored with the training statistics when ``cfg.standardize`` (mean, std kept)."""
+    if not cfg.standardize:
+        return train, val, None, None
+    mean, std = train.feature_stats()
+    norm = lambda f: (f - mean) / np.maximum(std, 1e-6)  # noqa: E731
+    return train.map_features(norm), (val.map_features(norm) if val is not None and len(val) else val), mean, std
+
+
+def _finish(lab: MILLabeler, res: Any, train: BagDataset, val: BagDataset | None,
+            scores: Any) -> MILLabeler:
+    """The slide cut on validation (training bags for a class it lacks), history and best epoch.
+    ``scores(bags)`` gives the positive-class bag probabilities of z-scored bags."""
+    if train.n_classes == 2:
+        va = val if val is not None and len(val) else None
+        pos = lab.positive
+        t_pos = [int(y) == pos for y in train.labels]
+        v_pos = [int(y) == pos for y in va.labels] if va is not None else []
+        t_idx = _calibration(train, va)
+        t_scores = dict(zip(t_idx, scores([train[i] for i in t_idx]))) if t_idx else {}
+        v_scores = scores([va[i] for i in range(len(va))]) if va is not None else []
+        lab.decision = choose_decision(lambda k: k, [t_scores.get(i, float("nan")) for i in range(len(train))],
+                                       t_pos, v_scores, v_pos)
+    lab.history = res.history
+    lab.best_epoch = res.best_epoch
+    return lab
 
 
 METHODS_BY_NAME: dict[str, type[MILMethod]] = {}

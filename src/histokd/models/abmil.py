@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from histokd.config import BaseConfig
-from histokd.models.base import MILModel, MILOutput, full_mask, masked_softmax, mlp, register_model
+from histokd.models.base import MILModel, MILOutput, PackedSpec, full_mask, masked_softmax, mlp, register_model
 
 
 class GatedAttention(nn.Module):
@@ -111,6 +111,12 @@ class ABMIL(MILModel):
         a = masked_softmax(s, mask)
         z = torch.einsum("bn,bne->be", a, h)
         return MILOutput(self.classifier(z), s, {"attention": a})
+
+    def packed_spec(self) -> PackedSpec | None:
+        if self.members is not None:  # an ensemble trains its members side by side as separate models
+            return None
+        att = self.attention
+        return PackedSpec(self.encoder, self.classifier, "attention", att.V, att.U, att.w, att.drop)
 
     def bag_loss(self, out: MILOutput, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         if self.members is None:

@@ -30,6 +30,22 @@ class MILOutput:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class PackedSpec:
+    """A model's parts in the form the packed / stacked engine (:mod:`histokd.engine.packed`) runs: an instance
+    encoder of linear and element-wise layers, then ``pooling``: ``attention`` (ABMIL: logit
+    ``attention_out(dropout(tanh(attention(h)) * sigmoid(gate(h))))``, softmax per bag, weighted sum of h,
+    ``classifier``), or ``mean`` / ``max`` of the instance logits ``classifier(h)``."""
+
+    encoder: nn.Sequential
+    classifier: nn.Linear
+    pooling: str  # attention | mean | max
+    attention: nn.Linear | None = None
+    gate: nn.Linear | None = None
+    attention_out: nn.Linear | None = None
+    attention_dropout: nn.Module | None = None
+
+
 class MILModel(nn.Module, ABC):
     """Base class: subclasses implement ``forward``; ``in_dim``/``n_classes`` are stored for save/load.
 
@@ -65,6 +81,11 @@ class MILModel(nn.Module, ABC):
         """Hook run once after training, on the *training* bags only (``(features [N, D], label)`` pairs,
         standardised as in training): models whose instance scores have no identified sign (CHOWDER) orient
         them here. ``positive`` is the index of the positive class. Default: nothing."""
+
+    def packed_spec(self) -> PackedSpec | None:
+        """The model's parts for packed bags and side-by-side training (:class:`PackedSpec`); ``None`` (the
+        default): the model trains through the padded-batch loop only."""
+        return None
 
     @torch.no_grad()
     def instance_logits(self, x: torch.Tensor, mask: torch.Tensor | None = None, chunk: int = 4096) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from histokd.config import BaseConfig
-from histokd.models.base import MILModel, MILOutput, full_mask, masked_max, masked_mean, mlp, register_model
+from histokd.models.base import MILModel, MILOutput, PackedSpec, full_mask, masked_max, masked_mean, mlp, register_model
 
 
 class _PoolArgs(BaseConfig):
@@ -28,6 +28,11 @@ class _InstancePool(MILModel):
         super().__init__(in_dim, n_classes)
         self.embed, d = mlp(in_dim, hidden, dropout)
         self.classifier = nn.Linear(d, n_classes)
+
+    pooling = ""  # mean | max: the packed engine's name for _pool
+
+    def packed_spec(self) -> PackedSpec | None:
+        return PackedSpec(self.embed, self.classifier, self.pooling)
 
     @abstractmethod
     def _pool(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -46,11 +51,15 @@ class _InstancePool(MILModel):
 
 @register_model("meanpool")
 class MeanPool(_InstancePool):
+    pooling = "mean"
+
     def _pool(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return masked_mean(logits, mask)
 
 
 @register_model("maxpool")
 class MaxPool(_InstancePool):
+    pooling = "max"
+
     def _pool(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return masked_max(logits, mask)

@@ -31,36 +31,63 @@ from histokd.workspace import write_json
 if TYPE_CHECKING:
     from histokd.methods.base import Labeler
 
-__all__ = ["bench", "format_table", "run_fold"]
+__all__ = ["bench", "fold_groups", "format_table", "run_fold", "run_group"]
 
 log = logging.getLogger("histokd")
 
 
 def run_fold(method: str, ds: BagDataset, fold: Fold, overrides: dict[str, Any], seed: int,
              keep_predictions: bool = False) -> dict[str, Any]:
-    """Fit ``method`` on one fold and score its test part -> per-fold record.
+    """Fit ``method`` on one fold and score its test part -> per-fold record (:func:`run_group` of one fold)."""
+    return run_group(method, ds, [fold], overrides, [seed], keep_predictions)[0]
+
+
+def _fold_parts(ds: BagDataset, fold: Fold) -> tuple[BagDataset, BagDataset | None, BagDataset]:
+    """A fold's train / val / test bags, z-scored with the training part's statistics only."""
+    tr = ds.subset(fold.train)
+    mean, std = tr.feature_stats()
+    norm = lambda f: (f - mean) / np.maximum(std, 1e-6)  # noqa: E731  (training-fold statistics only)
+    va = ds.subset(fold.val).map_features(norm) if len(fold.val) else None
+    return tr.map_features(norm), va, ds.subset(fold.test).map_features(norm)
+
+
+def _method_config(method: str, overrides: dict[str, Any]) -> Any:
+    from histokd.methods.base import METHODS
+
+    mcls = METHODS.get(method)
+    data = dict(overrides)
+    if "standardize" in mcls.config_cls.model_fields:
+        data = deep_merge({"standardize": False}, data)  # already standardised by _fold_parts
+    return validate_config(mcls.config_cls, data, source=f"bench config of {method!r}")
+
+
+def run_group(method: str, ds: BagDataset, folds: list[Fold], overrides: dict[str, Any], seeds: list[int],
+              keep_predictions: bool = False) -> list[dict[str, Any]]:
+    """Fit ``method`` on several folds at once (side by side where the method can: ``Method.fit_many``) and
+    score each test part -> one record per fold; ``fit_seconds`` is the group's fit time shared equally.
 
     ``keep_predictions`` adds the test part's raw outputs under ``"predictions"`` (bag ids, labels, the
     positive class's bag probabilities, the teacher's where it has its own, and per tile the bag index,
     label, probability and raw score), so that a caller can pool folds and bootstrap by slide."""
-    from histokd.methods.base import METHODS, SingletonTeacher, TeacherBagScorer
+    from histokd.methods.base import METHODS
 
-    mcls = METHODS.get(method)
-    tr = ds.subset(fold.train)
-    mean, std = tr.feature_stats()
-    norm = lambda f: (f - mean) / np.maximum(std, 1e-6)  # noqa: E731  (training-fold statistics only)
-    tr = tr.map_features(norm)
-    va = ds.subset(fold.val).map_features(norm) if len(fold.val) else None
-    te = ds.subset(fold.test).map_features(norm)
-    data = dict(overrides)
-    if "standardize" in mcls.config_cls.model_fields:
-        data = deep_merge({"standardize": False}, data)  # already standardised above
-    cfg = validate_config(mcls.config_cls, data, source=f"bench config of {method!r}")
+    parts = [_fold_parts(ds, f) for f in folds]
+    cfg = _method_config(method, overrides)
     t0 = time.perf_counter()
-    labeler = mcls(seed=seed).fit(tr, va, cfg)
-    fit_s = time.perf_counter() - t0
+    labelers = METHODS.get(method).fit_many([(tr, va, s) for (tr, va, _te), s in zip(parts, seeds)], cfg)
+    fit_s = (time.perf_counter() - t0) / max(1, len(folds))
+    return [_score_fold(lab, ds, f, te, fit_s, len(folds), keep_predictions)
+            for lab, f, (_tr, _va, te) in zip(labelers, folds, parts)]
+
+
+def _score_fold(labeler: Labeler, ds: BagDataset, fold: Fold, te: BagDataset, fit_s: float, group: int,
+                keep_predictions: bool) -> dict[str, Any]:
+    """One fold's record: bag metrics of the test part, instance metrics where tiles are labelled."""
+    from histokd.methods.base import SingletonTeacher, TeacherBagScorer
+
     preds = [labeler.predict(te[i].features.numpy()) for i in range(len(te))]
-    rec: dict[str, Any] = {"repeat": fold.repeat, "fold": fold.fold, "fit_seconds": fit_s, "n_test": len(te)}
+    rec: dict[str, Any] = {"repeat": fold.repeat, "fold": fold.fold, "fit_seconds": fit_s, "n_test": len(te),
+                           "group_size": group}
     rec.update(bag_metrics(te.labels, np.stack([p.bag_probs for p in preds]), te.positive_index))
     if isinstance(labeler, TeacherBagScorer):  # distilled students: also score their teacher's own bag output
         t_probs = np.stack([labeler.teacher_bag_probs(te[i].features.numpy()) for i in range(len(te))])
@@ -80,6 +107,25 @@ def run_fold(method: str, ds: BagDataset, fold: Fold, overrides: dict[str, Any],
                                               t_probs if "bag_teacher" in rec else None)
         rec["predictions"]["decision"] = _decision_of(labeler)
     return rec
+
+
+#: the data of the folds trained side by side in one group (their z-scored copies) stays under this
+GROUP_MEMORY = 4 * 2**30
+
+
+def fold_groups(method: str, ds: BagDataset, n_folds: int, overrides: dict[str, Any], group: int = 0) -> list[list[int]]:
+    """How ``method``'s folds are grouped to train side by side: ``group`` folds per group (1: one at a time),
+    or with 0 (auto) every fold in one group where the method trains side by side, as many as fit
+    :data:`GROUP_MEMORY` (each fold holds a z-scored copy of the dataset), else one at a time."""
+    from histokd.methods.base import METHODS
+
+    if group < 0:
+        raise InputError(f"--group {group}: give a number of folds (1: one at a time, 0: automatic)")
+    if group == 0:
+        side = METHODS.get(method).side_by_side(_method_config(method, overrides), ds.dim, ds.n_classes)
+        per_fold = max(1, int(ds.sizes.sum()) * ds.dim * 4)
+        group = max(1, min(n_folds, GROUP_MEMORY // per_fold)) if side else 1
+    return [list(range(k, min(n_folds, k + group))) for k in range(0, n_folds, group)]
 
 
 def _decision_of(labeler: Labeler) -> dict[str, Any] | None:
@@ -164,6 +210,7 @@ def bench(
     engine: str = "local",
     address: str | None = None,
     keep_predictions: bool = False,
+    group: int = 0,
 ) -> dict[str, Any]:
     """Run ``methods`` on ``dataset`` under ``protocol``; returns (and writes to ``json_out``) the results.
 
@@ -171,7 +218,9 @@ def bench(
     ``method_overrides[name]`` to one method only. ``engine="ray"`` trains the folds as tasks on a Ray
     cluster (``address``; a local one when None): every fold is the same function of its data, config
     and seed as in the local loop, so the records are the same. ``keep_predictions`` keeps every fold's
-    raw test outputs in its record (see :func:`run_fold`), e.g. for slide-level bootstrap CIs.
+    raw test outputs in its record (see :func:`run_group`), e.g. for slide-level bootstrap CIs. ``group``:
+    folds trained side by side per group (:func:`fold_groups`; 0 = automatic, 1 = one at a time); a Ray task
+    trains one group, so a Ray run equals the local run with the same grouping.
     """
     if engine not in ("local", "ray"):
         raise InputError(f"--engine {engine!r}: choose local or ray")
@@ -198,20 +247,23 @@ def bench(
     common = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
     results: dict[str, Any] = {"dataset": dataset if isinstance(dataset, str) else "<in-memory>",
                                "protocol": protocol, "seed": seed, "n_bags": len(ds), "classes": ds.classes,
-                               "val_fraction": val_fraction, "overrides": common, "methods": {}}
-    jobs = [(name, f, deep_merge(common, (method_overrides or {}).get(name, {})), seed + 1000 * f.repeat + f.fold)
-            for name in names for f in folds]
+                               "val_fraction": val_fraction, "overrides": common, "group": group, "methods": {}}
+    jobs = []  # (method, folds, overrides, seeds) per group of folds trained side by side
+    for name in names:
+        ov = deep_merge(common, (method_overrides or {}).get(name, {}))
+        for idx in fold_groups(name, ds, len(folds), ov, group):
+            jobs.append((name, [folds[i] for i in idx], ov, [seed + 1000 * folds[i].repeat + folds[i].fold for i in idx]))
     with progress() as bar:
-        task = bar.add_task("bench", total=len(jobs), unit="fold")
+        task = bar.add_task("bench", total=len(names) * len(folds), unit="fold")
         if engine == "ray":
-            recs = _run_folds_ray(ds, jobs, address, lambda: bar.advance(task), keep_predictions)
+            recs = _run_groups_ray(ds, jobs, address, lambda n: bar.advance(task, n), keep_predictions)
         else:
             recs = []
             for job in jobs:
-                recs.append(run_fold(job[0], ds, *job[1:], keep_predictions=keep_predictions))
-                bar.advance(task)
+                recs.append(run_group(job[0], ds, *job[1:], keep_predictions=keep_predictions))
+                bar.advance(task, len(job[1]))
     for name in names:
-        mine = [rec for job, rec in zip(jobs, recs) if job[0] == name]
+        mine = [rec for job, group_recs in zip(jobs, recs) if job[0] == name for rec in group_recs]
         ov = next(job[2] for job in jobs if job[0] == name)
         results["methods"][name] = {**summarise(mine), "folds": mine, "config": ov}
         log.info("%s: %s", name, format_row(name, results["methods"][name]))
@@ -220,9 +272,9 @@ def bench(
     return results
 
 
-def _run_folds_ray(ds: BagDataset, jobs: list[tuple], address: str | None, advance: Any,
-                   keep_predictions: bool = False) -> list[dict[str, Any]]:
-    """The folds of ``jobs`` as Ray tasks (one CPU each; the dataset is shared through the object store);
+def _run_groups_ray(ds: BagDataset, jobs: list[tuple], address: str | None, advance: Any,
+                    keep_predictions: bool = False) -> list[list[dict[str, Any]]]:
+    """The groups of ``jobs`` as Ray tasks (one CPU each; the dataset is shared through the object store);
     records come back in ``jobs`` order."""
     try:
         import ray
@@ -232,23 +284,24 @@ def _run_folds_ray(ds: BagDataset, jobs: list[tuple], address: str | None, advan
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     import torch
 
-    remote = ray.remote(num_cpus=1)(_ray_fold)
+    remote = ray.remote(num_cpus=1)(_ray_group)
     ds_ref = ray.put(ds)
     threads = torch.get_num_threads()  # the driver's: the same float reductions, so the same numbers
     refs = [remote.remote(job[0], ds_ref, *job[1:], threads, keep_predictions) for job in jobs]
+    size = {ref: len(job[1]) for ref, job in zip(refs, jobs)}
     pending = list(refs)
-    while pending:  # progress as folds finish, in any order
+    while pending:  # progress as groups finish, in any order
         done, pending = ray.wait(pending, num_returns=1)
-        for _ in done:
-            advance()
+        for ref in done:
+            advance(size[ref])
     return ray.get(refs)
 
 
-def _ray_fold(method: str, ds: BagDataset, fold: Fold, overrides: dict[str, Any], seed: int,
-              threads: int, keep_predictions: bool = False) -> dict[str, Any]:
+def _ray_group(method: str, ds: BagDataset, folds: list[Fold], overrides: dict[str, Any], seeds: list[int],
+               threads: int, keep_predictions: bool = False) -> list[dict[str, Any]]:
     import torch
 
     import histokd.methods  # noqa: F401  (registers methods in the worker process)
 
     torch.set_num_threads(threads)  # Ray gives a task one thread; the local run predicts with the driver's
-    return run_fold(method, ds, fold, overrides, seed, keep_predictions)
+    return run_group(method, ds, folds, overrides, seeds, keep_predictions)
