@@ -87,7 +87,7 @@ class ABMIL(MILModel):
     def embed_and_score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` [B, N, D] -> embeddings [B, N, E], attention logits [B, N]; chunked + checkpointed if large."""
         N = x.shape[1]
-        if N <= self.chunk_size:
+        if N <= self.chunk_size or len(self.encoder) == 0:  # no instance MLP: nothing big to recompute
             return self._embed_score(x)
         parts = []
         for i in range(0, N, self.chunk_size):

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,9 +69,7 @@ class _Job:
 
 def _run_job(job: _Job) -> tuple[str, int | None, str | None]:
     """Worker entry point (top level, so spawn can pickle it): (slide_id, n_tiles or None, error)."""
-    cfg_d = dict(job.cfg)
-    cfg_d["tissue"] = TissueParams(**cfg_d["tissue"])
-    cfg = TilingConfig(**cfg_d)
+    cfg = TilingConfig(**job.cfg)
     try:
         n = tile_slide(job.slide_id, job.slide_path, job.out_h5, job.out_png, cfg, job.tissue_mask_path)
         return job.slide_id, n, None
@@ -156,7 +154,7 @@ def _plan_jobs(ws: Workspace, co: Any, cfg: TilingConfig, mask_dir: Path | None,
                result: TilingResult) -> list[_Job]:
     """One job per slide to tile; the slides whose grid is up to date go to ``result.skipped`` (resume)."""
     jobs: list[_Job] = []
-    cfg_d = asdict(cfg)
+    cfg_d = cfg.model_dump()
     for row in co.rows():
         sid = str(row["slide_id"])
         user_mask = _find_user_mask(row, mask_dir, sid)
@@ -249,7 +247,6 @@ def tile(
     t0 = time.perf_counter()
     cfg = TilingConfig(target_mpp=float(mpp), patch_size=int(size), overlap=int(overlap), min_tissue=float(min_tissue),
                        slide_mpp=slide_mpp, backend=backend, tissue=tissue_params or TissueParams())
-    cfg.validate()
     if isinstance(cohort, Cohort):
         co = cohort.with_label_map(label_map)
     else:

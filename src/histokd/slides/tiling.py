@@ -28,6 +28,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pydantic import ConfigDict
+
+from histokd.config import BaseConfig
 from histokd.errors import InputError, SlideError
 from histokd.slides.masks import tile_fractions
 from histokd.slides.reader import open_slide
@@ -52,8 +55,12 @@ class TileGrid:
         return int(len(self.coords))
 
 
-@dataclass(frozen=True)
-class TilingConfig:
+class TilingConfig(BaseConfig):
+    """One slide's tiling settings (pydantic, frozen, unknown keys refused): checked when built, each bad value
+    refused with one line naming its command-line option."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     target_mpp: float = 0.5
     patch_size: int = 224
     overlap: int = 0
@@ -62,7 +69,7 @@ class TilingConfig:
     backend: str = "auto"
     tissue: TissueParams = TissueParams()
 
-    def validate(self) -> None:
+    def model_post_init(self, __context: Any) -> None:
         if not self.target_mpp > 0:
             raise InputError(f"--mpp must be > 0 (got {self.target_mpp})")
         if self.patch_size < 8:
