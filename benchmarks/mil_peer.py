@@ -219,7 +219,7 @@ def peer_cv(folds_json: str, out_json: str) -> None:
            "accuracy_std": float(np.std([r["accuracy"] for r in recs])),
            "auc": float(np.nanmean([r["auc"] for r in recs])), "folds": recs, "mapping_verified": True,
            "histokd_imported": any(m.split(".")[0] == "histokd" for m in sys.modules),
-           "torchmil_file": sys.modules["torchmil"].__file__, "torch": torch.__version__}
+           "torchmil_file": sys.modules["torchmil.models.abmil"].__file__, "torch": torch.__version__}
     Path(out_json).write_text(json.dumps(out, indent=2))
 
 
@@ -348,10 +348,11 @@ def bigbag_targets(big: dict) -> dict:
             "no_slower_met": h["seconds_per_step"] <= p["seconds_per_step"], "under_1gib_met": h["peak_rss_mib"] < 1024}
 
 
-def print_report(res: dict) -> None:
+def print_report(res: dict, parts: list[str]) -> None:
     peer, hk, t = res["peer"]["cv"], res["histokd"]["cv"], res["targets"]
     print(f"\n{'dataset':<12}{'side':<10}{'protocol':<10}{'wall s':>8}{'cpu s':>8}{'accuracy':>10}{'auc':>8}")
-    for name in ("musk1", "musk2", "musk1-10x5"):
+    shown = set(parts) | ({"musk1"} if "musk1-10x5" in parts else set())  # the peer's musk1 is 10x5's yardstick
+    for name in [p for p in ("musk1", "musk2", "musk1-10x5") if p in shown]:
         for side, figs in (("torchmil", peer), ("histokd", hk)):
             if name in figs:
                 r = figs[name]
@@ -365,7 +366,7 @@ def print_report(res: dict) -> None:
         elif c:
             print(f"{'':<12}histokd cv:10x5 / peer cv:10x1 wall {c['wall_ratio']:.2f}x (< 1x: {yes(c['wall_met'])})")
     big = {**res["peer"]["bigbag"], **res["histokd"]["bigbag"]}
-    if big:
+    if big and "bigbag" in parts:
         print(f"\none {BIG_N:,} x {BIG_D:,} bag, 1 thread, forward + backward + Adam, min of 3 steps after 1 warm-up")
         labels = {"torchmil": "torchmil ABMIL (defaults)", "histokd-same": "histokd abmil (same architecture)",
                   "histokd-default": "histokd abmil (its defaults)"}
@@ -384,12 +385,11 @@ def load_peer(path: str | None, parts: list[str]) -> dict:
     if not path or not Path(path).is_file():
         sys.exit("--skip-peer needs --peer-json (or --json) naming a previous run's JSON")
     prev = json.loads(Path(path).read_text())["peer"]
-    missing = [p for p in parts if p in ("musk1", "musk2") and p not in prev["cv"]]
-    missing += ["musk1"] if "musk1-10x5" in parts and "musk1" not in prev["cv"] else []
-    missing += ["bigbag"] if "bigbag" in parts and "torchmil" not in prev["bigbag"] else []
+    want = {p for p in parts if p in ("musk1", "musk2")} | ({"musk1"} if "musk1-10x5" in parts else set())
+    missing = sorted(want - set(prev["cv"])) + (["bigbag"] if "bigbag" in parts and not prev["bigbag"] else [])
     if missing:
-        print(f"warning: {path} has no peer figures for {sorted(set(missing))}", flush=True)
-    return prev
+        print(f"warning: {path} has no peer figures for {missing}", flush=True)
+    return prev  # all of them, so that a --json over the same file keeps them
 
 
 def main() -> None:
@@ -442,7 +442,7 @@ def main() -> None:
     if big:
         res["targets"]["bigbag"] = big
     res["total_s"] = time.perf_counter() - t0
-    print_report(res)
+    print_report(res, parts)
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2))
 
