@@ -33,14 +33,19 @@ MODELS = [("abmil", {"hidden": [16, 8], "attn_dim": 8}), ("gated-abmil", {"hidde
           ("meanpool", {"hidden": [16]}), ("maxpool", {"hidden": [16]}), ("abmil", {"hidden": [], "attn_dim": 8})]
 
 
+@pytest.mark.parametrize("ragged", [False, True])
 @pytest.mark.parametrize("name,args", MODELS)
-def test_stacked_forward_equals_each_member(name: str, args: dict) -> None:
+def test_stacked_forward_equals_each_member(name: str, args: dict, ragged: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import histokd.engine.side_by_side as sbs
+
+    monkeypatch.setattr(sbs, "RAGGED_MIN_ROWS", 0 if ragged else 10**9)
     torch.manual_seed(0)
     models = [build_model(name, 6, 2, args).eval() for _ in range(3)]
     assert all(stackable(m) for m in models)
     g = torch.Generator().manual_seed(1)
     bags = [[torch.randn(n, 6, generator=g) for n in sizes] for sizes in ([4, 1, 7], [2, 9], [])]
     x, seg = pack(bags, 3, 6)
+    assert isinstance(x, list) == ragged
     stacked = StackedMIL(models).eval()
     with torch.no_grad():
         logits = stacked(x, seg, 3)
@@ -78,13 +83,19 @@ def _folds(n: int = 3) -> tuple[list[BagDataset], list[BagDataset]]:
     return trains, vals
 
 
+@pytest.mark.parametrize("ragged", [False, True])
 @pytest.mark.parametrize("train_kw", [
     {"optimizer": "adam", "batch_size": 3},
     {"optimizer": "adamw", "batch_size": 1, "grad_clip": 0.5, "lr_schedule": "cosine", "warmup_epochs": 1},
     {"optimizer": "sgd", "batch_size": 4, "lr": 1e-2, "max_instances": 5},
 ])
-def test_side_by_side_equals_one_at_a_time(train_kw: dict) -> None:
-    """No dropout: each member ends where its own padded-loop run ends (weights, history, best epoch)."""
+def test_side_by_side_equals_one_at_a_time(train_kw: dict, ragged: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No dropout: each member ends where its own padded-loop run ends (weights, history, best epoch), with
+    steps packed padded or ragged."""
+    import histokd.engine.side_by_side as sbs
+
+    monkeypatch.setattr(sbs, "RAGGED_MIN_ROWS", 0 if ragged else 10**9)
+    monkeypatch.setattr(sbs, "RAGGED_WASTE", 0.0 if ragged else 1.5)
     trains, vals = _folds()
     kw = {"max_epochs": 4, "lr": 3e-3, "accelerator": "cpu", "patience": 2, **train_kw}
     cfg = TrainerConfig(**kw)

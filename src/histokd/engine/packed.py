@@ -85,6 +85,12 @@ class StackedLinear(nn.Module):
             return torch.bmm(x, self.weight)
         return torch.baddbmm(self.bias, x, self.weight)
 
+    def member(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Member ``e``'s layer alone on its rows ``x`` [T, in] -> [T, out]."""
+        if self.bias is None:
+            return x @ self.weight[e]
+        return torch.addmm(self.bias[e, 0], x, self.weight[e])
+
     @torch.no_grad()
     def write_back(self, layers: Sequence[nn.Linear]) -> None:
         for e, m in enumerate(layers):
@@ -137,27 +143,58 @@ class StackedMIL(nn.Module):
         self.w = StackedLinear([s.attention_out for s in specs]) if s0.attention_out is not None else None  # type: ignore[misc,union-attr]
         self.attn_drop = s0.attention_dropout if s0.attention_dropout is not None else nn.Identity()  # type: ignore[union-attr]
 
-    def forward(self, x: torch.Tensor, seg: torch.Tensor, n_bags: int) -> torch.Tensor:
-        """``x`` [E, T, D] packed rows, ``seg`` [E, T] bag slot of each row (``n_bags`` for padding rows)
-        -> bag logits [E, n_bags, C]."""
-        E, T = seg.shape
+    def forward(self, x: torch.Tensor | list[torch.Tensor], seg: torch.Tensor | list[torch.Tensor],
+                n_bags: int) -> torch.Tensor:
+        """Bag logits [E, n_bags, C] of packed rows: ``x`` [E, T, D] with ``seg`` [E, T] (each row's bag slot;
+        ``n_bags`` on padding rows), or *ragged*: ``x`` a list of each member's [T_e, D] rows with ``seg`` a
+        list of [T_e] slots (no padding; each member's layers run on its own rows)."""
+        if isinstance(x, list):
+            return self._forward_ragged(x, seg, n_bags)  # type: ignore[arg-type]
+        E, T = seg.shape  # type: ignore[union-attr]
         h = self.encoder(x)
-        gseg = (seg + torch.arange(E, device=seg.device).unsqueeze(1) * (n_bags + 1)).reshape(-1)
+        gseg = (seg + torch.arange(E, device=seg.device).unsqueeze(1) * (n_bags + 1)).reshape(-1)  # type: ignore[union-attr]
         n_seg = E * (n_bags + 1)
         if self.pooling == "attention":
             a = torch.tanh(self.V(h))  # type: ignore[misc]
             if self.U is not None:
                 a = a * torch.sigmoid(self.U(h))
-            s = self.w(self.attn_drop(a)).reshape(-1)  # type: ignore[misc]
+            s = self.w(self.attn_drop(a)).reshape(-1).float()  # type: ignore[misc]  (softmax in fp32 under bf16)
             att = segment_softmax(s, gseg, n_seg).reshape(E, T)
-            return self.classifier(attention_pool(att, h, seg, n_bags))[:, :n_bags]
-        inst = self.classifier(h).reshape(E * T, -1)  # [E*T, C] instance logits
+            return self.classifier(attention_pool(att, h, seg, n_bags))[:, :n_bags]  # type: ignore[arg-type]
+        return self._pool_instances(self.classifier(h).reshape(E * T, -1).float(), gseg, E, n_bags)
+
+    def _pool_instances(self, inst: torch.Tensor, gseg: torch.Tensor, E: int, n_bags: int) -> torch.Tensor:
+        """Mean or max of instance logits [M, C] per (member, slot) segment -> [E, n_bags, C]."""
+        n_seg = E * (n_bags + 1)
         if self.pooling == "mean":
-            count = segment_sum(inst.new_ones(E * T), gseg, n_seg).clamp_min(1.0)
+            count = segment_sum(inst.new_ones(len(inst)), gseg, n_seg).clamp_min(1.0)
             pooled = segment_sum(inst, gseg, n_seg) / count.unsqueeze(-1)
         else:
             pooled = segment_max(inst, gseg, n_seg)
         return pooled.reshape(E, n_bags + 1, -1)[:, :n_bags]
+
+    def _forward_ragged(self, xs: list[torch.Tensor], segs: list[torch.Tensor], n_bags: int) -> torch.Tensor:
+        E = len(xs)
+        hs, outs = [], []
+        for e, x in enumerate(xs):
+            h = x
+            for layer in self.encoder:
+                h = layer.member(e, h) if isinstance(layer, StackedLinear) else layer(h)
+            if self.pooling == "attention":
+                a = torch.tanh(self.V.member(e, h))  # type: ignore[union-attr]
+                if self.U is not None:
+                    a = a * torch.sigmoid(self.U.member(e, h))
+                outs.append(self.w.member(e, self.attn_drop(a)).squeeze(-1))  # type: ignore[union-attr]
+            else:
+                outs.append(self.classifier.member(e, h))
+            hs.append(h)
+        gseg = torch.cat([sg + e * (n_bags + 1) for e, sg in enumerate(segs)])
+        n_seg = E * (n_bags + 1)
+        if self.pooling != "attention":
+            return self._pool_instances(torch.cat(outs).float(), gseg, E, n_bags)
+        att = segment_softmax(torch.cat(outs).float(), gseg, n_seg)
+        z = segment_sum(att.unsqueeze(-1) * torch.cat(hs).to(att.dtype), gseg, n_seg)
+        return self.classifier(z.reshape(E, n_bags + 1, -1).to(hs[0].dtype))[:, :n_bags]
 
     @torch.no_grad()
     def write_back(self) -> None:

@@ -149,19 +149,30 @@ class _Member:
         return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
 
 
+#: a step is packed *ragged* (each member's layers on its own rows, no padding) when padding every member to
+#: the largest member's row count would cost more than this factor in rows, and the step has this many rows
+RAGGED_WASTE, RAGGED_MIN_ROWS = 1.5, 2048
+
+
 def pack(per_member: Sequence[Sequence[torch.Tensor]], n_bags: int, dim: int,
-         device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+         device: torch.device | str = "cpu") -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | list[torch.Tensor]]:
     """Each member's bags [n_i, D] -> ``x`` [E, T, D] and ``seg`` [E, T] (bag slot; ``n_bags`` on padding rows),
-    T the largest member's row count."""
+    T the largest member's row count; or ragged (lists of each member's rows and slots, no padding) when the
+    padding would be large (:data:`RAGGED_WASTE`). :class:`StackedMIL` takes either."""
     E = len(per_member)
     rows = [sum(len(b) for b in bags) for bags in per_member]
     T = max(1, max(rows))
+    slots = [torch.repeat_interleave(torch.arange(len(bags)), torch.tensor([len(b) for b in bags], dtype=torch.long))
+             if bags else torch.zeros(0, dtype=torch.long) for bags in per_member]
+    if sum(rows) >= RAGGED_MIN_ROWS and E * T > RAGGED_WASTE * sum(rows):
+        xs = [(torch.cat(list(bags)) if bags else torch.zeros(0, dim)).to(device) for bags in per_member]
+        return xs, [sl.to(device) for sl in slots]
     x = torch.zeros(E, T, dim)
     seg = torch.full((E, T), n_bags, dtype=torch.long)
     for e, bags in enumerate(per_member):
         if bags:
             x[e, :rows[e]] = torch.cat(list(bags)) if len(bags) > 1 else bags[0]
-            seg[e, :rows[e]] = torch.repeat_interleave(torch.arange(len(bags)), torch.tensor([len(b) for b in bags]))
+            seg[e, :rows[e]] = slots[e]
     return x.to(device), seg.to(device)
 
 
