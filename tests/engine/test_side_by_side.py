@@ -72,6 +72,17 @@ def test_models_without_a_packed_form_keep_the_padded_loop() -> None:
     assert not packed_path(m, TrainerConfig(), extra_loss=lambda *a: None)
 
 
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import histokd.engine.side_by_side as sbs
+
+    cpu = torch.device("cpu")
+    for native, want in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(sbs, "native_bf16", lambda native=native: native)
+        assert sbs.resolve_stack_precision(TrainerConfig(), cpu) == want
+        assert sbs.resolve_stack_precision(TrainerConfig(precision="32-true"), cpu) == "32-true"
+        assert sbs.resolve_stack_precision(TrainerConfig(precision="bf16-mixed"), cpu) == "bf16-mixed"
+
+
 def _folds(n: int = 3) -> tuple[list[BagDataset], list[BagDataset]]:
     ds = digit_bags(n_bags=40, bag_size=8, seed=0)
     rng = np.random.default_rng(0)
@@ -97,7 +108,7 @@ def test_side_by_side_equals_one_at_a_time(train_kw: dict, ragged: bool, monkeyp
     monkeypatch.setattr(sbs, "RAGGED_MIN_ROWS", 0 if ragged else 10**9)
     monkeypatch.setattr(sbs, "RAGGED_WASTE", 0.0 if ragged else 1.5)
     trains, vals = _folds()
-    kw = {"max_epochs": 4, "lr": 3e-3, "accelerator": "cpu", "patience": 2, **train_kw}
+    kw = {"max_epochs": 4, "lr": 3e-3, "accelerator": "cpu", "patience": 2, "precision": "32-true", **train_kw}
     cfg = TrainerConfig(**kw)
     args = {"hidden": [16], "attn_dim": 8, "dropout": 0.0}
     seeds = [5, 6, 7]
@@ -141,7 +152,7 @@ def test_bench_groups_equal_one_at_a_time_without_dropout() -> None:
 
     ds = digit_bags(n_bags=30, bag_size=6, seed=1)
     kw = dict(methods="abmil", protocol="cv:3x1", seed=2, val_fraction=0.2,
-              overrides=["train.max_epochs=3", "model.dropout=0.0"])
+              overrides=["train.max_epochs=3", "model.dropout=0.0", "train.precision=32-true"])
     one = bench(ds, **kw, group=1)
     together = bench(ds, **kw)
     assert [f["group_size"] for f in one["methods"]["abmil"]["folds"]] == [1, 1, 1]
