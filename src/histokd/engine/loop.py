@@ -222,7 +222,7 @@ def fit_mil(
         with log_to_file(log_path):
             return fit_side_by_side([model], [train], [val], cfg, [seed], stage=stage)[0]
     fabric = make_fabric(cfg)
-    threads = _cpu_threads(cfg, model, fabric)
+    threads = cpu_threads(cfg, sum(p.numel() for p in model.parameters()), fabric.device.type)
     # a partial of a module-level function, so that spawned processes can unpickle it
     run = functools.partial(_fit, model=model, train=train, val=val, cfg=cfg, seed=seed, extra_loss=extra_loss,
                             threads=threads, stage=stage)
@@ -257,16 +257,22 @@ def packed_path(model: MILModel, cfg: TrainerConfig, extra_loss: Any = None) -> 
         and cfg.accelerator in ("auto", "cpu", "cuda", "gpu")
 
 
-def _cpu_threads(cfg: TrainerConfig, model: MILModel, fabric: Any) -> int | None:
-    """Torch threads for a CPU fit: ``cfg.cpu_threads``, or with ``auto`` 1 thread for models under 5 M
-    parameters (MIL heads on precomputed features: each step is a few small matrix products, where
-    OpenMP start-up and barriers cost more than they save -- 2 threads on a loaded 2-core machine made
-    such steps up to 10x slower), else torch's default. ``None`` = leave torch alone (GPU)."""
-    if fabric.device.type != "cpu":
+def validation_score(rec: dict[str, float], monitor: str) -> float:
+    """Higher is better: minus the validation loss, or the AUC (minus the loss where the AUC is NaN)."""
+    value = -rec["val_loss"] if monitor == "loss" else rec["val_auc"]
+    return -rec["val_loss"] if monitor == "auc" and math.isnan(value) else value
+
+
+def cpu_threads(cfg: TrainerConfig, n_params: int, device_type: str) -> int | None:
+    """Torch threads for a fit: ``cfg.cpu_threads``, or with ``auto`` 1 thread below 5 M parameters (MIL
+    heads on precomputed features: each step is a few small matrix products, where OpenMP start-up and
+    barriers cost more than they save -- 2 threads on a loaded 2-core machine made such steps up to 10x
+    slower), else torch's default. ``None`` = leave torch alone (GPU). A side-by-side fit counts the
+    parameters of its whole stack."""
+    if device_type != "cpu":
         return None
     if cfg.cpu_threads != "auto":
         return int(cfg.cpu_threads)
-    n_params = sum(p.numel() for p in model.parameters())
     return 1 if n_params < SMALL_MODEL_PARAMS else None
 
 
@@ -284,7 +290,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _labelled_bags(ds: BagDataset) -> Iterator[tuple[torch.Tensor, int]]:
+def labelled_bags(ds: BagDataset) -> Iterator[tuple[torch.Tensor, int]]:
     """(features [N, D], label) of every labelled bag, each read once (lazy datasets read from disk)."""
     for i in range(len(ds)):
         bag = ds[i]
@@ -400,10 +406,7 @@ def _fit_loop(fabric: Any, model: MILModel, train: BagDataset, val: BagDataset |
         return {f"val_{k}": v for k, v in vm.items()}
 
     def score(rec: dict[str, float]) -> float:
-        """Higher is better: minus the validation loss, or the AUC (minus the loss where the AUC is NaN)."""
-        value = -rec["val_loss"] if cfg.monitor == "loss" else rec["val_auc"]
-        if cfg.monitor == "auc" and math.isnan(value):
-            value = -rec["val_loss"]
+        value = validation_score(rec, cfg.monitor)
         if fabric.world_size > 1:  # rank 0 decides, so no rank can stop (or keep a checkpoint) alone and
             value = float(fabric.broadcast(value, src=0))  # leave the others waiting in a collective forever
         return value
@@ -420,7 +423,7 @@ def _fit_loop(fabric: Any, model: MILModel, train: BagDataset, val: BagDataset |
                          score=score, patience=cfg.patience, min_epochs=cfg.min_epochs, stage=stage, on_epoch_end=show)
     model = model.cpu().eval()
     # training bags only (full, not subsampled): e.g. CHOWDER orients its tile scores here
-    model.after_fit(_labelled_bags(train), train.positive_index)
+    model.after_fit(labelled_bags(train), train.positive_index)
     # the monitored validation value at the chosen epoch (NaN without validation)
     best = res.history[res.best_epoch][f"val_{cfg.monitor}"] if use_val and res.best_epoch >= 0 else float("nan")
     return FitResult(model, res.history, res.best_epoch, float(best), res.seconds)

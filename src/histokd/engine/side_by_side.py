@@ -38,7 +38,17 @@ from histokd.data.bags import BagDataset
 from histokd.engine.config import TrainerConfig
 from histokd.engine.epochs import EarlyStopping
 from histokd.engine.fabric import seed_everything
-from histokd.engine.loop import FitResult, TrainView, class_weights, lr_factor, torch_threads
+from histokd.engine.fabric import resolve_precision
+from histokd.engine.loop import (
+    FitResult,
+    TrainView,
+    class_weights,
+    cpu_threads,
+    labelled_bags,
+    lr_factor,
+    torch_threads,
+    validation_score,
+)
 from histokd.engine.packed import StackedMIL
 from histokd.models.base import MILModel
 from histokd.progress import progress
@@ -75,8 +85,8 @@ class StackedOptimizer:
         for p in self.params:
             p.grad = None
 
-    def _clip(self, members: list[int]) -> None:
-        """Each stepped member's gradient scaled to norm ``grad_clip`` at most (its own norm)."""
+    def _clip(self) -> None:
+        """Each member's gradient scaled to norm ``grad_clip`` at most (its own norm)."""
         grads = [p.grad for p in self.params if p.grad is not None]
         norm2 = sum(g.float().pow(2).reshape(self.E, -1).sum(1) for g in grads)
         coef = (self.cfg.grad_clip / (torch.sqrt(norm2) + 1e-6)).clamp(max=1.0)  # type: ignore[operator,arg-type]
@@ -89,7 +99,7 @@ class StackedOptimizer:
         if not members or any(p.grad is None for p in self.params):
             return
         if self.cfg.grad_clip:
-            self._clip(members)
+            self._clip()
         by_lr: dict[float, list[int]] = {}
         for e in members:  # members at the same learning rate go through one call
             by_lr.setdefault(self.cfg.lr * lr_factor(self.t[e], self.cfg, self.spe[e]), []).append(e)
@@ -194,13 +204,13 @@ def _autocast(precision: str, device: torch.device) -> Any:
 
 
 @torch.no_grad()
-def stacked_bag_probs(stacked: StackedMIL, datasets: Sequence[BagDataset | Sequence[torch.Tensor] | None],
+def stacked_bag_probs(stacked: StackedMIL, bags: Sequence[Sequence[torch.Tensor] | None],
                       device: torch.device | str = "cpu", precision: str = "32-true") -> list[np.ndarray]:
-    """Every member's bag probabilities [n_e, C] on its own bags (eval mode, every instance, packed in chunks)."""
+    """Every member's bag probabilities [n_e, C] on its own bags (``bags[e]``: features [N, D] each; ``None``:
+    none) in eval mode, with every instance, packed in chunks."""
     stacked.eval()
     dev = torch.device(device)
-    bags_of = [[] if d is None else ([d[i].features for i in range(len(d))] if isinstance(d, BagDataset) else list(d))
-               for d in datasets]
+    bags_of = [list(b) if b is not None else [] for b in bags]
     out: list[list[np.ndarray]] = [[] for _ in bags_of]
     cursor = [0] * len(bags_of)
     while any(c < len(b) for c, b in zip(cursor, bags_of)):
@@ -242,31 +252,16 @@ def native_bf16() -> bool:
 
 
 def resolve_stack_precision(cfg: TrainerConfig, device: torch.device) -> str:
-    """``32-true`` or ``bf16-mixed``. ``auto``: bf16-mixed on a CUDA device with bf16 (as the Fabric loop) and on a
-    CPU with native bf16 (:func:`native_bf16`), else 32-true; ``bf16-mixed`` is honoured everywhere (autocast)."""
-    p = cfg.precision
-    if p == "auto":
-        if device.type == "cuda":
-            return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    """``32-true`` or ``bf16-mixed``: ``auto`` is the Fabric loop's rule (:func:`resolve_precision`) on CUDA and
+    bf16-mixed on a CPU with native bf16 (:func:`native_bf16`); ``bf16-mixed`` is honoured everywhere
+    (autocast); anything else runs in fp32."""
+    if cfg.precision == "auto" and device.type == "cpu":
         return "bf16-mixed" if native_bf16() else "32-true"
-    return "bf16-mixed" if p in ("bf16-mixed", "bf16") else "32-true"
-
-
-def _threads(cfg: TrainerConfig, models: Sequence[MILModel], device: torch.device) -> int | None:
-    """Torch threads: ``cpu_threads``, or with ``auto`` the single-model rule (1 thread below 5 M parameters)
-    applied to the whole stack; ``None`` leaves torch alone (GPU, big stacks)."""
-    from histokd.engine.loop import SMALL_MODEL_PARAMS
-
-    if device.type != "cpu":
-        return None
-    if cfg.cpu_threads != "auto":
-        return int(cfg.cpu_threads)
-    n_params = sum(p.numel() for m in models for p in m.parameters())
-    return 1 if n_params < SMALL_MODEL_PARAMS else None
+    return "bf16-mixed" if resolve_precision(cfg) in ("bf16-mixed", "bf16") else "32-true"
 
 
 def _validate(stacked: StackedMIL, members: list[_Member], val_bags: list[list[torch.Tensor] | None],
-              device: torch.device, precision: str, monitor: str) -> list[dict[str, float] | None]:
+              device: torch.device, precision: str) -> list[dict[str, float] | None]:
     """Each running member's validation loss / AUC / accuracy (``None``: no validation or stopped)."""
     from histokd.evaluate.metrics import bag_metrics
 
@@ -283,11 +278,6 @@ def _validate(stacked: StackedMIL, members: list[_Member], val_bags: list[list[t
         out.append({"val_loss": float(np.mean(nll[y >= 0])) if (y >= 0).any() else float("nan"),
                     "val_auc": m["auc"], "val_accuracy": m["accuracy"]})
     return out
-
-
-def _score(rec: dict[str, float], monitor: str) -> float:
-    value = -rec["val_loss"] if monitor == "loss" else rec["val_auc"]
-    return -rec["val_loss"] if monitor == "auc" and math.isnan(value) else value
 
 
 def _train_epoch(stacked: StackedMIL, opt: StackedOptimizer, members: list[_Member], weights: torch.Tensor,
@@ -328,7 +318,7 @@ def fit_side_by_side(models: Sequence[MILModel], trains: Sequence[BagDataset], v
     stacked model (module docstring); every model comes back on CPU, eval mode, with its best epoch's weights."""
     device = resolve_device(cfg)
     precision = resolve_stack_precision(cfg, device)
-    threads = _threads(cfg, models, device)
+    threads = cpu_threads(cfg, sum(p.numel() for m in models for p in m.parameters()), device.type)
     with torch_threads(threads):
         seed_everything(int(seeds[0]), cfg.deterministic)
         torch.manual_seed(int(seeds[0]))
@@ -347,7 +337,7 @@ def fit_side_by_side(models: Sequence[MILModel], trains: Sequence[BagDataset], v
                 if not any(mb.running for mb in members):
                     break
                 sums = _train_epoch(stacked, opt, members, weights, cfg, epoch, device, precision)
-                vrec = _validate(stacked, members, val_bags, device, precision, cfg.monitor)
+                vrec = _validate(stacked, members, val_bags, device, precision)
                 _end_epoch(stacked, members, sums, vrec, best, epoch, cfg)
                 bar.update(task, advance=1)
         seconds = time.perf_counter() - t0
@@ -380,7 +370,7 @@ def _end_epoch(stacked: StackedMIL, members: list[_Member], sums: list[tuple[flo
         row: dict[str, Any] = {"epoch": epoch, "train_loss": s / max(n, 1), "train_bags": n}
         if vrec[e] is not None:
             row.update(vrec[e])  # type: ignore[arg-type]
-            if mb.stopper.step(_score(vrec[e], cfg.monitor), epoch):  # type: ignore[arg-type]
+            if mb.stopper.step(validation_score(vrec[e], cfg.monitor), epoch):  # type: ignore[arg-type]
                 with torch.no_grad():
                     for k, p in params.items():
                         best[k][e].copy_(p[e])
@@ -392,10 +382,8 @@ def _end_epoch(stacked: StackedMIL, members: list[_Member], sums: list[tuple[flo
 
 
 def _result(model: MILModel, mb: _Member, cfg: TrainerConfig, seconds: float) -> FitResult:
-    from histokd.engine.loop import _labelled_bags
-
     model = model.cpu().eval()
-    model.after_fit(_labelled_bags(mb.view.ds), mb.view.ds.positive_index)
+    model.after_fit(labelled_bags(mb.view.ds), mb.view.ds.positive_index)
     use_val = mb.val is not None and mb.stopper.best_epoch >= 0
     best_epoch = mb.stopper.best_epoch if use_val else len(mb.history) - 1
     best = mb.history[best_epoch][f"val_{cfg.monitor}"] if use_val else float("nan")

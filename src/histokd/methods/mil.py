@@ -26,7 +26,7 @@ from histokd.config import BaseConfig, validate_config
 from histokd.data.bags import BagDataset, positive_class
 from histokd.engine import TrainerConfig, fit_mil, predict_bag
 from histokd.errors import ModelError, one_line
-from histokd.methods.decision import apply_decision, choose_decision
+from histokd.methods.decision import apply_decision, decision_threshold
 from histokd.methods.base import (
     Labeler,
     Method,
@@ -132,9 +132,8 @@ class MILMethod(Method):
         res = fit_mil(model, train, val, cfg.train, seed=self.seed, log_path=self.log_path)
         lab = MILLabeler(res.model, self.model_name, list(train.classes), self.name, cfg, mean, std)
         bare = MILLabeler(res.model, self.model_name, list(train.classes), self.name, cfg)  # bags are z-scored
-        pos = lab.positive
-        return _finish(lab, res, train, val, lambda bags: [float(bare.predict(b.features.numpy()).bag_probs[pos])
-                                                            for b in bags])
+        scores = [float(bare.predict(f.numpy()).bag_probs[lab.positive]) for f in _calibration_bags(train, val)]
+        return _finish(lab, res, train, val, scores)
 
     @classmethod
     def side_by_side(cls, config: Any, dim: int, n_classes: int) -> bool:
@@ -147,41 +146,46 @@ class MILMethod(Method):
     def fit_many(cls, parts: Sequence[tuple[BagDataset, BagDataset | None, int]], config: Any) -> list[Labeler]:
         """The folds' models side by side (:func:`~histokd.engine.side_by_side.fit_side_by_side`) when the model
         has a packed form and one device trains them; else one after another."""
-        from histokd.engine.loop import packed_path
         from histokd.engine.packed import StackedMIL
         from histokd.engine.side_by_side import fit_side_by_side, stacked_bag_probs
 
         cfg = config if isinstance(config, MILConfig) else validate_config(cls.config_cls, config, cls.name)
+        tr0 = parts[0][0] if parts else None
+        if len(parts) < 2 or not cls.side_by_side(cfg, tr0.dim, tr0.n_classes):  # type: ignore[union-attr]
+            return super().fit_many(parts, cfg)
         prepared = [(*_standardised(tr, va, cfg), seed) for tr, va, seed in parts]
         models = []
         for tr, _va, _m, _s, seed in prepared:
             torch.manual_seed(seed)
             models.append(build_model(cls.model_name, tr.dim, tr.n_classes, cfg.model))
-        if len(parts) < 2 or not all(packed_path(m, cfg.train) for m in models):
-            return super().fit_many(parts, cfg)
         results = fit_side_by_side(models, [p[0] for p in prepared], [p[1] for p in prepared], cfg.train,
                                    [p[4] for p in prepared], stage=cls.name)
         # every member's calibration bags (methods.decision) scored at once by the stacked models
-        need = [_calibration(tr, va) for tr, va, *_ in prepared]
-        bags = [[tr[i].features for i in t_idx] + ([va[i].features for i in range(len(va))] if va is not None and len(va)
-                                                    else []) for (tr, va, *_), t_idx in zip(prepared, need)]
-        probs = stacked_bag_probs(StackedMIL([r.model for r in results]), bags)
+        probs = stacked_bag_probs(StackedMIL([r.model for r in results]),
+                                  [_calibration_bags(tr, va) for tr, va, *_ in prepared])
         out = []
         for (tr, va, mean, std, _seed), res, p in zip(prepared, results, probs):
             lab = MILLabeler(res.model, cls.model_name, list(tr.classes), cls.name, cfg, mean, std)
-            it = iter(float(v) for v in p[:, lab.positive])
-            out.append(_finish(lab, res, tr, va, lambda chosen, it=it: [next(it) for _ in chosen]))
+            out.append(_finish(lab, res, tr, va, [float(v) for v in p[:, lab.positive]]))
         return out
 
 
-def _calibration(train: BagDataset, val: BagDataset | None) -> list[int]:
-    """The training bags the slide cut needs (those of a class with no validation bag; methods.decision)."""
+def _calibration_index(train: BagDataset, val: BagDataset | None) -> list[int]:
+    """The training bags the slide cut needs: those of a class with no validation bag (methods.decision)."""
     if train.n_classes != 2:
         return []
     pos = positive_class(list(train.classes))
     v_pos = {int(y) == pos for y in val.labels} if val is not None and len(val) else set()
     need = {False, True} - v_pos
     return [i for i, y in enumerate(train.labels) if (int(y) == pos) in need]
+
+
+def _calibration_bags(train: BagDataset, val: BagDataset | None) -> list[torch.Tensor]:
+    """Features of the bags the slide cut is chosen on: the needed training bags, then every validation bag."""
+    if train.n_classes != 2:
+        return []
+    vals = [val[i].features for i in range(len(val))] if val is not None and len(val) else []
+    return [train[i].features for i in _calibration_index(train, val)] + vals
 
 
 def _standardised(train: BagDataset, val: BagDataset | None, cfg: MILConfig) -> tuple[
@@ -194,20 +198,15 @@ def _standardised(train: BagDataset, val: BagDataset | None, cfg: MILConfig) -> 
     return train.map_features(norm), (val.map_features(norm) if val is not None and len(val) else val), mean, std
 
 
-def _finish(lab: MILLabeler, res: Any, train: BagDataset, val: BagDataset | None,
-            scores: Any) -> MILLabeler:
-    """The slide cut on validation (training bags for a class it lacks), history and best epoch.
-    ``scores(bags)`` gives the positive-class bag probabilities of z-scored bags."""
+def _finish(lab: MILLabeler, res: Any, train: BagDataset, val: BagDataset | None, scores: list[float]) -> MILLabeler:
+    """The slide cut (:func:`~histokd.methods.decision.decision_threshold`) from ``scores``, the positive-class bag
+    probabilities of :func:`_calibration_bags` in its order; history and best epoch."""
     if train.n_classes == 2:
-        va = val if val is not None and len(val) else None
         pos = lab.positive
-        t_pos = [int(y) == pos for y in train.labels]
-        v_pos = [int(y) == pos for y in va.labels] if va is not None else []
-        t_idx = _calibration(train, va)
-        t_scores = dict(zip(t_idx, scores([train[i] for i in t_idx]))) if t_idx else {}
-        v_scores = scores([va[i] for i in range(len(va))]) if va is not None else []
-        lab.decision = choose_decision(lambda k: k, [t_scores.get(i, float("nan")) for i in range(len(train))],
-                                       t_pos, v_scores, v_pos)
+        t_idx = _calibration_index(train, val)
+        v_pos = [int(y) == pos for y in val.labels] if val is not None and len(val) else []
+        lab.decision = decision_threshold(scores[:len(t_idx)], [int(train.labels[i]) == pos for i in t_idx],
+                                          scores[len(t_idx):], v_pos)
     lab.history = res.history
     lab.best_epoch = res.best_epoch
     return lab
