@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -233,3 +234,37 @@ def oversized() -> list[str]:
 def test_no_file_or_function_is_too_long():
     too_long = oversized()
     assert not too_long, "too long:\n" + "\n".join(too_long)
+
+
+# ------------------------------------------------------------------------------------------------------
+# pixels through the dataset (issue 14): methods never open the cohort or a slide file themselves
+# ------------------------------------------------------------------------------------------------------
+PIXEL_DOORS = {"histokd.data.cohort", "histokd.slides.reader"}
+PIXEL_NAMES = {"load_workspace_cohort", "read_cohort", "open_slide", "read_slide_image", "read_tile_images"}
+
+
+def pixel_doors_in_methods() -> list[str]:
+    out: list[str] = []
+    for path in sorted((SRC / "methods").rglob("*.py")):
+        rel = path.relative_to(SRC.parents[1])
+        source = path.read_text(encoding="utf-8")
+        module = module_name(path)
+        out += [f"{rel}:{line}: imports {name}" for line, name in imports_of(source, module, path.name == "__init__.py")
+                if name in PIXEL_DOORS]
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom):
+                out += [f"{rel}:{node.lineno}: imports {a.name}" for a in node.names if a.name in PIXEL_NAMES]
+    return out
+
+
+def test_methods_read_slides_through_the_dataset():
+    found = pixel_doors_in_methods()
+    assert not found, "methods read slides through BagDataset.slide(i) (data/slide_source.py):\n" + "\n".join(found)
+
+
+def test_the_pixel_door_check_can_fail(tmp_path, monkeypatch):
+    bad = tmp_path / "histokd" / "methods"
+    bad.mkdir(parents=True)
+    (bad / "peek.py").write_text("def f(p):\n    from histokd.slides.reader import open_slide\n    return open_slide(p)\n")
+    monkeypatch.setattr(sys.modules[__name__], "SRC", tmp_path / "histokd")
+    assert len(pixel_doors_in_methods()) == 2

@@ -25,7 +25,8 @@ TINY = {"rounds": 2, "epochs_per_round": 2, "regions_per_slide": 4, "region_size
 def test_fit_save_load_predict(tiny_workspace, tmp_path):
     ws = tiny_workspace
     ds = BagDataset.from_workspace(ws["run"], ws["encoder"])
-    method = METHODS.get("ifkd")(seed=0)
+    assert all(ds.slide(i).path.exists() for i in range(len(ds)))  # the bags know their slides
+    method = METHODS.get("ifkd")(seed=0, held_out=_split(ds, "test"))  # test slides: reported, never chosen on
     lab = method.fit(_split(ds, "train"), _split(ds, "val"), {"teacher": ws["teacher"], **TINY})
     pm = lab.meta["pixel_metrics"]
     assert pm["validation_score"] == "val_dice_gt"
@@ -50,7 +51,7 @@ def test_fit_save_load_predict(tiny_workspace, tmp_path):
     import h5py
     from PIL import Image
 
-    from histokd.methods.ifkd_label import label_ifkd
+    from histokd.pipeline.pixel_outputs import label_ifkd
     from histokd.workspace import Workspace
 
     wsp = Workspace(ws["run"])

@@ -109,3 +109,29 @@ def test_train_encoder_max_epochs(workspace: Path):
     assert r.exit_code == 0, r.output
     hist = json.loads((workspace / "encoders" / "enc" / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in hist] == [1]
+
+
+@pytest.mark.parametrize("method", M.METHODS.names())
+def test_every_method_trains_in_bf16(workspace: Path, method: str):
+    """``--precision bf16-mixed`` means the same for every method: each stage's training passes run under
+    bf16 autocast (the engine's stage line says so; the Fabric loop's Fabric does it), and the model labels."""
+    extra = IFKD_SET if method == "ifkd" else []
+    mid = f"{method}-bf16"
+    r = cli("train", "-w", workspace, "--method", method, "--max-epochs", "1", "--precision", "bf16-mixed",
+            "--model-id", mid, *extra)
+    assert r.exit_code == 0, r.output
+    model = workspace / "models" / mid
+    cfg = read_yaml(model / "config.yaml")["config"]
+    assert (cfg.get("train") or cfg.get("runtime"))["precision"] == "bf16-mixed"
+    lines = [ln for ln in (model / "train.log").read_text().splitlines() if STAGE.search(ln)]
+    assert lines and all(ln.endswith("; bf16-mixed") for ln in lines if "side by side" not in ln), lines
+    r = cli("label", "-w", workspace, "--model", mid, "--bootstrap", "10")
+    assert r.exit_code == 0, r.output
+
+
+def test_devices_for_a_one_process_method_is_refused_in_one_line(workspace: Path):
+    r = cli("train", "-w", workspace, "--method", "weno", "--devices", "2", "--model-id", "weno-d2")
+    assert r.exit_code != 0
+    msg = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(msg) == 1 and "--devices 2" in msg[0] and "Traceback" not in r.output, r.output
+    assert not (workspace / "models" / "weno-d2" / "model.pt").exists()

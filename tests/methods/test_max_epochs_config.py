@@ -34,6 +34,19 @@ def test_max_epochs_never_raises_a_stage_of_several():
     assert stages("distill-to-label", cfg) == [45, 40]  # teacher 50 -> 45, student keeps its 40
 
 
-def test_devices_for_a_cpu_only_method_is_one_line():
-    with pytest.raises(InputError, match="--devices reach the plain MIL methods"):
-        build_config(M.METHODS.get("weno"), None, None, devices=2)
+@pytest.mark.parametrize("method", M.METHODS.names())
+def test_runtime_flags_reach_every_method(method: str):
+    """--precision / --devices land in the one RuntimeConfig of every method (``train`` or ``runtime``)."""
+    cfg = build_config(M.METHODS.get(method), None, None, precision="bf16-mixed", devices=1)
+    rt = cfg.train if "train" in type(cfg).model_fields else cfg.runtime
+    assert (rt.precision, rt.devices) == ("bf16-mixed", 1)
+
+
+@pytest.mark.parametrize("method", ["weno", "ifkd", "distill-to-label"])
+def test_devices_for_a_one_process_method_is_one_line(method: str):
+    """Refused when the config is built, before any data is read (Method.check_config)."""
+    flags = {"precision": "16-mixed"} if method == "distill-to-label" else {"devices": 2, "accelerator": "cuda"}
+    want = "32-true or bf16-mixed" if method == "distill-to-label" else "--accelerator cuda, --devices 2 reach the plain"
+    with pytest.raises(InputError, match=want) as e:
+        build_config(M.METHODS.get(method), None, None, **flags)
+    assert "\n" not in str(e.value)

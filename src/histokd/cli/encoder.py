@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
         encoder_id: str = typer.Option(None, "--id", help="Folder name under RUN/encoders/ (default from the config)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing encoder folder."),
         threads: int = typer.Option(None, "--threads", help="Torch CPU threads (1 is fastest on a loaded CPU)."),
+        precision: str = typer.Option(None, "--precision", help="auto, 32-true or bf16-mixed (as in histokd train)."),
         wait: bool = typer.Option(False, "--wait", help="Wait for another run saving an encoder (default: stop)."),
     ) -> None:
         """Train an H&E encoder with paired dense data (More From Less) or H&E alone (ssl-he) -> RUN/encoders/<id>/."""
@@ -40,6 +41,7 @@ def register(app: typer.Typer) -> None:
             max_tiles=max_tiles, seed=seed, loss=loss, encoder_id=encoder_id, overwrite=overwrite, arch=arch, lr=lr,
             splits=[s.strip() for s in splits.split(",") if s.strip()], shared_geometry=shared_geometry,
             threads=threads, max_epochs=max_epochs, wait=wait,
+            **({"runtime": {"precision": precision}} if precision else {}),
         )
         typer.echo(f"{out}: use it with `histokd embed -w {workspace} --encoder mfl:{out}`")
 

@@ -24,7 +24,9 @@ def register(app: typer.Typer) -> None:
         num_nodes: int = typer.Option(None, "--num-nodes"),
         strategy: str = typer.Option(None, "--strategy", help="auto, ddp, ddp_spawn, ..."),
         accelerator: str = typer.Option(None, "--accelerator", help="auto, cpu, cuda, mps."),
-        max_epochs: int = typer.Option(None, "--max-epochs"),
+        max_epochs: int = typer.Option(None, "--max-epochs", help="Caps the epochs of every stage."),
+        precision: str = typer.Option(None, "--precision",
+                                      help="auto, 32-true, bf16-mixed, 16-mixed (GPU); every method."),
         overwrite: bool = typer.Option(False, "--overwrite"),
         wait: bool = typer.Option(False, "--wait", help="Wait for another run writing the same folder (default: stop)."),
         list_methods: bool = typer.Option(False, "--list-methods", help="Print the registered methods and exit."),
@@ -41,5 +43,6 @@ def register(app: typer.Typer) -> None:
         overrides = list(set_ or []) + ([f"teacher={teacher}"] if teacher else [])
         out = train_fn(workspace, features=features, method=method, config=config, overrides=overrides,
                        seed=seed, model_id=model_id, devices=dev, num_nodes=num_nodes, strategy=strategy,
-                       accelerator=accelerator, max_epochs=max_epochs, overwrite=overwrite, wait=wait)
+                       accelerator=accelerator, max_epochs=max_epochs, precision=precision, overwrite=overwrite,
+                       wait=wait)
         typer.echo(str(out))

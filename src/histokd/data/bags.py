@@ -36,6 +36,7 @@ from histokd.data.instance_labels import (  # noqa: F401  (instance labels: re-e
     read_instance_labels,
     write_instance_labels,
 )
+from histokd.data.slide_source import SlideSource
 from histokd.workspace import Workspace, check_id
 
 log = logging.getLogger("histokd")
@@ -105,6 +106,7 @@ class BagRecord:
     instance_labels: np.ndarray | None = None
     instance_path: Path | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    slide: SlideSource | None = None  # the slide file (workspace bags whose cohort row gives a path)
 
 
 def _bag_record(ws: Workspace, features: str, sid: str, path: Path, n: int, d: int, dim: int, row: dict[str, Any],
@@ -129,7 +131,18 @@ def _bag_record(ws: Workspace, features: str, sid: str, path: Path, n: int, d: i
         slide_id=sid, label=_to_index(raw, classes) if known_value(raw) else -1,
         split=_opt_str(row.get("split")), patient=_opt_str(row.get("patient_id", row.get("patch_id"))),
         path=path, n=n, instance_path=ipath if ipath.exists() else None,
+        slide=_slide_of(ws, sid, row),
     )
+
+
+def _slide_of(ws: Workspace, sid: str, row: dict[str, Any]) -> SlideSource | None:
+    """The slide of a cohort row, with the level-0 µm/px it was tiled with (``RUN/tiles/<slide>.h5``)."""
+    if not known_value(row.get("path")):
+        return None
+    from histokd.slides.tiling import tiled_level0_mpp
+
+    mpp = row.get("level0_mpp") if known_value(row.get("level0_mpp")) else tiled_level0_mpp(ws.tiles_h5(sid))
+    return SlideSource.of({**row, "level0_mpp": mpp}, sid)
 
 
 class BagDataset(Dataset):
@@ -311,6 +324,15 @@ class BagDataset(Dataset):
     @property
     def sizes(self) -> np.ndarray:
         return np.array([r.n for r in self.records], dtype=np.int64)
+
+    def slide(self, i: int) -> SlideSource:
+        """The slide of bag ``i`` (its file, tiling mpp and tumour mask): how methods on pixels read it."""
+        r = self.records[i]
+        if r.slide is None:
+            raise InputError(f"slide {r.slide_id}: its bag has no slide file (in-memory bags, or a cohort row "
+                             f"without a path); pixel methods need bags read from a workspace whose cohort "
+                             f"gives each slide's path")
+        return r.slide
 
     @property
     def has_instance_labels(self) -> bool:

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from histokd.errors import InputError, SlideError
-from histokd.workspace import Workspace
 
 log = logging.getLogger("histokd")
 
@@ -68,7 +67,7 @@ def read_tile_images(
         target_mpp: µm/px to read at; ``None`` = the whole tile squeezed into ``size`` px
             (:func:`tile_mpp`). With a value, a ``size`` px window at that resolution centred on the tile.
         slide_mpp: level-0 µm/px for slides without resolution metadata (a workspace slide: the mpp it was
-            tiled with, the cohort's ``level0_mpp``; :func:`dataset_tile_images` passes it).
+            tiled with, the ``level0_mpp`` of its :class:`~histokd.data.slide_source.SlideSource`).
         cache: keep the result in memory (see the module docstring).
 
     Returns:
@@ -125,25 +124,14 @@ def cache_bytes() -> int:
         return sum(a.nbytes for a in _CACHE.values())
 
 
-def workspace_of(ds: object) -> Path:
-    """The run folder a workspace :class:`~histokd.data.bags.BagDataset` was read from
-    (its feature files are ``RUN/features/<encoder>/<slide>.h5``)."""
-    for r in getattr(ds, "records", None) or []:
-        p = getattr(r, "path", None)
-        if p is not None:
-            return Workspace.of_features_file(p).root
-    raise InputError("tile images need bags read from a workspace (histokd train -w RUN); "
-                     "in-memory bags have no slides to read")
-
-
 def dataset_tile_images(
     ds: object,
     size: int = 64,
     target_mpp: float | None = None,
-    workspace: str | os.PathLike[str] | None = None,
     what: str = "tile images",
 ) -> tuple[list[np.ndarray], list[int], list[float]]:
-    """Tile images of every bag of a workspace ``BagDataset``, read up front (and cached).
+    """Tile images of every bag of a workspace ``BagDataset``, read up front (and cached) through each
+    bag's slide (``ds.slide(i)``, :class:`~histokd.data.slide_source.SlideSource`).
 
     Returns ``(images, kept, patch_sizes)``: ``images[k]`` uint8 [N_k, 3, size, size] (channels first,
     ready for a CNN) for bag ``kept[k]`` of ``ds``, in the order of the bag's tiles (its ``coords``);
@@ -152,12 +140,9 @@ def dataset_tile_images(
     """
     import h5py
 
-    from histokd.data.cohort import load_workspace_cohort
     from histokd.errors import HistokdError
     from histokd.progress import progress
 
-    ws_root = Path(workspace) if workspace is not None else workspace_of(ds)
-    cohort = load_workspace_cohort(ws_root)
     images: list[np.ndarray] = []
     kept: list[int] = []
     sizes: list[float] = []
@@ -175,9 +160,7 @@ def dataset_tile_images(
                     ps = f.attrs.get("patch_size_level0")
                 if ps is None:
                     raise InputError(f"{rec.path}: no patch_size_level0 attribute; re-run `histokd embed`")
-                row = cohort.row(rec.slide_id)
-                img = read_tile_images(row["path"], bag.coords, float(ps), size, target_mpp,
-                                       slide_mpp=row.get("level0_mpp"))  # as tiled (--slide-mpp)
+                img = ds.slide(i).read_tiles(bag.coords, float(ps), size, target_mpp)  # type: ignore[attr-defined]
                 images.append(np.ascontiguousarray(img.transpose(0, 3, 1, 2)))
                 kept.append(i)
                 sizes.append(float(ps))

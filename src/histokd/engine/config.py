@@ -6,10 +6,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from histokd.config import BaseConfig
+from histokd.engine.runtime import RuntimeConfig
 
 
-class TrainerConfig(BaseConfig):
+class TrainerConfig(RuntimeConfig):
+    """The bag-batch loop's settings; accelerator, devices, nodes, strategy and precision come from
+    :class:`~histokd.engine.runtime.RuntimeConfig`."""
+
     max_epochs: int = 50
     min_epochs: int = 1  # early stopping never triggers before this
     patience: int = 10  # epochs without validation improvement before stopping
@@ -32,11 +35,6 @@ class TrainerConfig(BaseConfig):
     instance_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     class_weights: Literal["balanced", "none"] | list[float] = "balanced"
     grad_clip: float | None = None
-    accelerator: str = "auto"  # cpu | cuda | mps | auto
-    devices: int | str = 1
-    num_nodes: int = 1
-    strategy: str = "auto"  # auto | ddp | ddp_spawn | ...
-    precision: str = "auto"  # auto: bf16-mixed on CUDA with bf16, else 32-true
     deterministic: bool = True
     num_workers: int = 0
     cpu_threads: int | Literal["auto"] = "auto"  # torch threads while training on CPU; auto: 1 for small models

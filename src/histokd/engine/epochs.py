@@ -8,6 +8,8 @@ order). The engine owns what must mean the same for every method and stage:
 - the number of epochs (``max_epochs``; ``histokd train --max-epochs N`` caps every stage through
   :func:`stage_epochs`),
 - seeding (:func:`~histokd.engine.fabric.seed_everything`, once, before the first epoch),
+- precision (``precision``: each ``train_epoch`` runs under :func:`histokd.engine.runtime.autocast`;
+  validation runs in fp32, so the checkpoint is chosen on the same numbers whatever the precision),
 - checkpoint choice on validation (the modules' weights at the best-scoring epoch are restored at the
   end; a NaN score never counts as best) and early stopping (``patience`` epochs without improvement,
   never before ``min_epochs``),
@@ -20,6 +22,7 @@ Without ``validate`` every epoch runs and the last weights are kept (nothing to 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -31,6 +34,7 @@ from typing import Any
 from torch import nn
 
 from histokd.engine.fabric import seed_everything
+from histokd.engine.runtime import autocast
 
 log = logging.getLogger("histokd")
 
@@ -108,6 +112,8 @@ def fit_epochs(
     stage: str = "train",
     on_best: Callable[[int], None] | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    precision: str = "32-true",
+    autocast_passes: bool = True,
 ) -> EpochResult:
     """Run up to ``max_epochs`` epochs of ``train_epoch``; choose the epoch on ``validate``.
 
@@ -116,7 +122,10 @@ def fit_epochs(
     (default: ``metrics["score"]``). ``patience=None``: no early stopping. ``seed``: seeds Python,
     NumPy and torch before the first epoch (``None``: the caller seeded). ``on_best(epoch)`` runs when
     an epoch becomes the best (to keep method state other than weights, e.g. a loss's class weights).
-    ``on_epoch_end(row)`` sees each history row (progress bars).
+    ``on_epoch_end(row)`` sees each history row (progress bars). ``precision``: a resolved precision
+    (:func:`histokd.engine.runtime.single_process`), ``32-true`` or ``bf16-mixed``, for the training passes;
+    ``autocast_passes=False`` where the caller's steps autocast themselves (the Fabric loop), so the precision
+    is only named in the stage's log line.
     """
     if seed is not None:
         seed_everything(seed, deterministic)
@@ -126,7 +135,8 @@ def fit_epochs(
     best_state: dict[str, dict[str, Any]] | None = None
     history: list[dict[str, Any]] = []
     for epoch in range(max_epochs):
-        row: dict[str, Any] = dict(train_epoch(epoch))
+        with autocast(precision) if autocast_passes else contextlib.nullcontext():
+            row: dict[str, Any] = dict(train_epoch(epoch))
         if validate is not None:
             row.update(validate(epoch))
             value = score(row)
@@ -149,6 +159,6 @@ def fit_epochs(
         m.eval()
     best = None if validate is None or stopper.best_epoch < 0 else stopper.best
     seconds = time.perf_counter() - t0
-    log.info("%s: %d epochs in %.1f s; best epoch %d (validation score %s)", stage, len(history), seconds,
-             stopper.best_epoch, best)
+    log.info("%s: %d epochs in %.1f s; best epoch %d (validation score %s)%s", stage, len(history), seconds,
+             stopper.best_epoch, best, "" if precision == "32-true" else f"; {precision}")
     return EpochResult(history, stopper.best_epoch, best, seconds)

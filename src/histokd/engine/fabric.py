@@ -8,6 +8,7 @@ import random
 import numpy as np
 import torch
 
+from histokd.engine import runtime
 from histokd.engine.config import TrainerConfig
 
 
@@ -23,12 +24,9 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 
 def resolve_precision(cfg: TrainerConfig) -> str:
-    if cfg.precision != "auto":
-        return cfg.precision
-    acc = cfg.accelerator
-    if acc in ("cuda", "gpu", "auto") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
+    """The Fabric loop's precision (:func:`histokd.engine.runtime.resolve_precision`; ``auto`` on a CPU: fp32)."""
+    on_cuda = cfg.accelerator in ("cuda", "gpu", "auto") and torch.cuda.is_available()
+    return runtime.resolve_precision(cfg.precision, "cuda" if on_cuda else "cpu")
 
 
 def make_fabric(cfg: TrainerConfig):  # noqa: ANN201 - lightning_fabric.Fabric

@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 from histokd.data.bags import Bag, BagDataset, collate_bags
 from histokd.engine.config import TrainerConfig
 from histokd.engine.epochs import fit_epochs
-from histokd.engine.fabric import make_fabric, seed_everything
+from histokd.engine.fabric import make_fabric, resolve_precision, seed_everything
+from histokd.engine.runtime import torch_threads  # noqa: F401  (also imported from here)
 from histokd.models.base import MILModel, MILOutput
 from histokd.progress import progress
 
@@ -276,20 +277,6 @@ def cpu_threads(cfg: TrainerConfig, n_params: int, device_type: str) -> int | No
     return 1 if n_params < SMALL_MODEL_PARAMS else None
 
 
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(n)`` (restored afterwards); ``None`` changes nothing."""
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(max(1, n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def labelled_bags(ds: BagDataset) -> Iterator[tuple[torch.Tensor, int]]:
     """(features [N, D], label) of every labelled bag, each read once (lazy datasets read from disk)."""
     for i in range(len(ds)):
@@ -420,7 +407,8 @@ def _fit_loop(fabric: Any, model: MILModel, train: BagDataset, val: BagDataset |
                        + (f" val {cfg.monitor} {rec.get('val_' + cfg.monitor, float('nan')):.3f}" if use_val else ""))
 
         res = fit_epochs({"model": model}, steps, cfg.max_epochs, validate=validate if use_val else None,
-                         score=score, patience=cfg.patience, min_epochs=cfg.min_epochs, stage=stage, on_epoch_end=show)
+                         score=score, patience=cfg.patience, min_epochs=cfg.min_epochs, stage=stage, on_epoch_end=show,
+                         precision=resolve_precision(cfg), autocast_passes=False)  # Fabric autocasts its forward
     model = model.cpu().eval()
     # training bags only (full, not subsampled): e.g. CHOWDER orients its tile scores here
     model.after_fit(labelled_bags(train), train.positive_index)

@@ -25,7 +25,6 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -38,7 +37,7 @@ from histokd.data.bags import BagDataset
 from histokd.engine.config import TrainerConfig
 from histokd.engine.epochs import EarlyStopping
 from histokd.engine.fabric import seed_everything
-from histokd.engine.fabric import resolve_precision
+from histokd.engine.runtime import autocast, native_bf16, resolve_precision, torch_threads
 from histokd.engine.loop import (
     FitResult,
     TrainView,
@@ -46,7 +45,6 @@ from histokd.engine.loop import (
     cpu_threads,
     labelled_bags,
     lr_factor,
-    torch_threads,
     validation_score,
 )
 from histokd.engine.packed import StackedMIL
@@ -198,9 +196,7 @@ def member_losses(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -
 
 
 def _autocast(precision: str, device: torch.device) -> Any:
-    if precision == "bf16-mixed":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
+    return autocast(precision, device.type)
 
 
 @torch.no_grad()
@@ -240,24 +236,12 @@ def resolve_device(cfg: TrainerConfig) -> torch.device:
     return torch.device("cuda")
 
 
-def native_bf16() -> bool:
-    """True on a CPU with bfloat16 matrix instructions (AVX512-BF16 or AMX), where bf16 products run about
-    4x faster than fp32; elsewhere they are emulated and slower."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
 def resolve_stack_precision(cfg: TrainerConfig, device: torch.device) -> str:
-    """``32-true`` or ``bf16-mixed``: ``auto`` is the Fabric loop's rule (:func:`resolve_precision`) on CUDA and
-    bf16-mixed on a CPU with native bf16 (:func:`native_bf16`); ``bf16-mixed`` is honoured everywhere
-    (autocast); anything else runs in fp32."""
-    if cfg.precision == "auto" and device.type == "cpu":
-        return "bf16-mixed" if native_bf16() else "32-true"
-    return "bf16-mixed" if resolve_precision(cfg) in ("bf16-mixed", "bf16") else "32-true"
+    """``32-true`` or ``bf16-mixed`` (:func:`histokd.engine.runtime.resolve_precision`): ``auto`` is bf16-mixed on
+    a CUDA GPU with bf16 and on a CPU with native bf16 (:func:`native_bf16`); ``bf16-mixed`` is honoured
+    everywhere (autocast); anything else runs in fp32."""
+    cpu_auto = "bf16-mixed" if native_bf16() else "32-true"
+    return "bf16-mixed" if resolve_precision(cfg.precision, device.type, cpu_auto) in ("bf16-mixed", "bf16") else "32-true"
 
 
 def _validate(stacked: StackedMIL, members: list[_Member], val_bags: list[list[torch.Tensor] | None],
@@ -350,8 +334,9 @@ def fit_side_by_side(models: Sequence[MILModel], trains: Sequence[BagDataset], v
     if len(members) == 1:
         mb = members[0]
         best = mb.stopper.best if mb.val is not None and mb.stopper.best_epoch >= 0 else None
-        log.info("%s: %d epochs in %.1f s; best epoch %d (validation score %s)", stage, len(mb.history), seconds,
-                 mb.stopper.best_epoch if best is not None else len(mb.history) - 1, best)
+        log.info("%s: %d epochs in %.1f s; best epoch %d (validation score %s)%s", stage, len(mb.history), seconds,
+                 mb.stopper.best_epoch if best is not None else len(mb.history) - 1, best,
+                 "" if precision == "32-true" else f"; {precision}")
     else:
         log.info("%s: %d models side by side, %d epochs at most, in %.1f s", stage, len(members),
                  max(len(mb.history) for mb in members), seconds)

@@ -7,7 +7,8 @@ loads from a model folder (contract 7): ``model.pt`` (state dicts only), ``confi
 ``config`` and what is needed to rebuild: ``in_dim``, ``classes``, ``positive_class``), ``classes.json``.
 
 A method class sets ``config_cls`` (its pydantic config, ``extra="forbid"``, in its own file) and
-``labeler_cls``; the seed and the training-log path reach ``fit`` as ``self.seed`` / ``self.log_path``.
+``labeler_cls``; the seed, the training-log path and the held-out bags (reporting only) reach ``fit`` as
+``self.seed`` / ``self.log_path`` / ``self.held_out``.
 """
 
 from __future__ import annotations
@@ -69,11 +70,12 @@ class Labeler(ABC):
 
 @runtime_checkable
 class SlideLabeler(Protocol):
-    """Labels a slide from its pixels (segmenters: IFKD, end-to-end WENO): the pipeline hands it the cohort
-    row (``path``, ...), the bag's features [N, D] (or None), the tile ``coords`` [N, 2] level-0 px and the tile
-    side in level-0 px; it returns a :class:`Prediction` (with ``mask`` where it segments)."""
+    """Labels a slide from its pixels (segmenters: IFKD, end-to-end WENO): the pipeline hands it the slide
+    (a :class:`~histokd.data.slide_source.SlideSource`: file, tiling mpp, mask), the bag's features [N, D] (or
+    None), the tile ``coords`` [N, 2] level-0 px and the tile side in level-0 px; it returns a
+    :class:`Prediction` (with ``mask`` where it segments)."""
 
-    def predict_slide(self, slide_row: Any, features: np.ndarray | None, coords: np.ndarray,
+    def predict_slide(self, slide: Any, features: np.ndarray | None, coords: np.ndarray,
                       patch_size_level0: float) -> Prediction: ...
 
 
@@ -106,12 +108,20 @@ class Method(ABC):
     config_cls: ClassVar[type[BaseConfig]] = BaseConfig
     labeler_cls: ClassVar[type[Labeler]]
 
-    def __init__(self, seed: int = 0, log_path: str | Path | None = None) -> None:
+    def __init__(self, seed: int = 0, log_path: str | Path | None = None, held_out: Any = None) -> None:
         self.seed = seed
         self.log_path = log_path
+        # bags the method may *report* on after fitting (``histokd train`` passes the test split); never
+        # used to choose anything. Only methods that write their own held-out metrics (IFKD) read it.
+        self.held_out = held_out
 
     @abstractmethod
     def fit(self, train: Any, val: Any, config: Any) -> Labeler: ...
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Refuse, with one line, a valid config this method cannot run (before any data is read): e.g. a
+        runtime its one-process loop cannot honour (:func:`histokd.engine.runtime.single_process`)."""
 
     @classmethod
     def side_by_side(cls, config: Any, dim: int, n_classes: int) -> bool:

@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from histokd.config import BaseConfig, validate_config
 from histokd.engine import TrainerConfig, fit_mil
 from histokd.engine.epochs import fit_epochs, stage_epochs
+from histokd.engine.runtime import RuntimeConfig, single_process
 from histokd.engine.fabric import seed_everything
 from histokd.methods.base import Method, register_method
 from histokd.methods.vat import vat_loss
@@ -178,8 +179,13 @@ class DistillToLabel(Method):
     config_cls = D2LConfig
     labeler_cls = D2LLabeler
 
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        student_precision(config)
+
     def fit(self, train: Any, val: Any, config: Any = None) -> D2LLabeler:
         cfg = config if isinstance(config, D2LConfig) else validate_config(D2LConfig, config, "distill-to-label")
+        student_precision(cfg)  # refused before the teacher trains
         with torch_threads(cfg.threads):
             return self._fit(train, val, cfg)
 
@@ -307,6 +313,12 @@ def _student_bag_probs(labeler: InstanceLabeler, x: torch.Tensor, mask: torch.Te
     return max_rule_batched(probs, mask, labeler.neg)
 
 
+def student_precision(cfg: D2LConfig) -> str:
+    """The student's precision: the teacher's ``train.precision`` in the student's one CPU process
+    (:func:`histokd.engine.runtime.single_process`); the teacher's devices reach the teacher alone."""
+    return single_process(RuntimeConfig(precision=cfg.train.precision), "distill-to-label student")
+
+
 def _distill(labeler: InstanceLabeler, tr: Bags, va: Bags, cfg: D2LConfig, seed: int) -> list[dict[str, float]]:
     """Stage 2 through the engine's epoch loop (:func:`histokd.engine.fit_epochs`): each epoch is one
     :class:`_StudentEpoch`; the checkpoint is the epoch with the best :func:`student_score` on validation,
@@ -315,7 +327,7 @@ def _distill(labeler: InstanceLabeler, tr: Bags, va: Bags, cfg: D2LConfig, seed:
     ep = _StudentEpoch(labeler, tr, cfg, seed)
     res = fit_epochs({"student": labeler.modules["student"]}, ep, stage_epochs(cfg.epochs, cfg.max_epochs),
                      validate=lambda e: _validate_student(labeler, va), score=student_score, patience=cfg.patience,
-                     stage="distill-to-label student")
+                     stage="distill-to-label student", precision=student_precision(cfg))
     return res.history
 
 

@@ -26,7 +26,7 @@ What we implement:
    pseudo-masks (tumour-free slides: all background). The returned net, the Gaussian smoothing
    ``sigma`` and the threshold are chosen on the same score. Test slides are only *reported*
    (``metrics.json`` ``pixel`` block: the MIL pseudo-masks and every round's student, each with its own
-   validation-chosen calibration).
+   validation-chosen calibration), read from the test split that ``histokd train`` hands over.
 
 Output of ``histokd label``: a pixel mask per slide at ``work_mpp`` (``mask`` uint8 0/1 with attr
 ``mask_downsample`` = level-0 px per mask px), tile probabilities = mean of the smoothed map over each
@@ -47,6 +47,7 @@ from pydantic import Field
 
 from histokd.config import BaseConfig, read_yaml, validate_config, write_yaml
 from histokd.engine.epochs import stage_epochs
+from histokd.engine.runtime import RuntimeConfig, single_process
 from histokd.errors import HistokdError, InputError, ModelError, one_line
 from histokd.evaluate.pixel import detect_lesions, froc, summarise_slides
 from histokd.methods.base import (
@@ -62,7 +63,8 @@ from histokd.methods.base import (
 from histokd.methods.ifkd_core import LoopSettings, calibrate, run_ifkd
 from histokd.models.segnet import build_segnet
 from histokd.progress import progress
-from histokd.segmentation.io import build_slide_image, read_slide_image
+from histokd.data.slide_source import SlideSource
+from histokd.segmentation.io import build_slide_image
 from histokd.segmentation.pseudo import TileProbs, positive_index, read_prediction_probs, tile_means
 from histokd.segmentation.regions import SlideImage, predict_map, smooth
 from histokd.workspace import ModelFiles, Workspace, atomic_path, write_json
@@ -100,6 +102,8 @@ class IFKDConfig(BaseConfig):
     """Gaussian smoothing candidates (working px) for the validation calibration."""
     window: int = Field(512, ge=32)
     seed: int = 0
+    runtime: RuntimeConfig = RuntimeConfig()
+    """``--precision`` of every round (one CPU process: :func:`histokd.engine.runtime.single_process`)."""
 
     def loop(self) -> LoopSettings:
         return LoopSettings(
@@ -109,21 +113,12 @@ class IFKDConfig(BaseConfig):
             region_size=self.region_size, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
             teacher_weight=self.teacher_weight, dice_weight=self.dice_weight, ce_weight=self.ce_weight,
             example_weighting=self.example_weighting, temperature=self.temperature, window=self.window,
+            precision=single_process(self.runtime, "ifkd"),
             seed=self.seed,
         )
 
 
 # --------------------------------------------------------------------------------------------- data
-
-
-@dataclass
-class SlideRef:
-    slide_id: str
-    path: Path
-    label: int  # 1 tumour, 0 tumour-free, -1 unknown
-    mask_path: str | None
-    split: str | None
-    level0_mpp: float | None = None  # the mpp it was tiled with (``--slide-mpp`` for slides without metadata)
 
 
 def _records(ds: Any) -> list[Any]:
@@ -136,6 +131,7 @@ def _records(ds: Any) -> list[Any]:
 
 
 def _workspace_of(train: Any, cfg: IFKDConfig) -> Workspace:
+    """The run folder holding the teacher's model and predictions: the one given, else the training bags'."""
     if cfg.workspace:
         return Workspace(cfg.workspace)
     for r in _records(train):
@@ -143,24 +139,6 @@ def _workspace_of(train: Any, cfg: IFKDConfig) -> Workspace:
         if p is not None:  # RUN/features/<encoder>/<slide>.h5
             return Workspace.of_features_file(p)
     raise InputError("ifkd: cannot tell the run folder from the bags; pass --set workspace=RUN")
-
-
-def _cohort_refs(ws: Workspace, pos_class: str | None) -> dict[str, SlideRef]:
-    from histokd.data.cohort import load_workspace_cohort
-
-    df = load_workspace_cohort(ws).df
-    out: dict[str, SlideRef] = {}
-    for r in df.to_dict("records"):
-        raw = r.get("label")
-        lab = -1
-        if raw is not None and str(raw) not in ("", "nan"):
-            lab = int(str(raw).strip() == pos_class) if pos_class is not None else -1
-        mp = r.get("mask_path")
-        mp = None if mp is None or str(mp) in ("", "nan", "None") else str(mp)
-        sp = r.get("split")
-        out[str(r["slide_id"])] = SlideRef(str(r["slide_id"]), Path(r["path"]), lab, mp,
-                                           None if sp is None or str(sp) == "nan" else str(sp), r.get("level0_mpp"))
-    return out
 
 
 def teacher_tiles(ws: Workspace, teacher: str, slide_id: str, feature_path: Path | None) -> TileProbs:
@@ -192,23 +170,26 @@ def _model_classes(model_dir: Path, n: int, meta: dict[str, Any] | None = None) 
     return list(meta.get("classes") or [str(i) for i in range(n)])
 
 
-def load_slides(
-    ws: Workspace, refs: list[SlideRef], teacher: str, work_mpp: float, feature_paths: dict[str, Path],
-    desc: str,
-) -> tuple[list[SlideImage], dict[str, str]]:
-    """Read each slide at ``work_mpp`` with the teacher's pseudo-mask and GT; failures are returned, not raised."""
+def load_slides(ws: Workspace, ds: Any, teacher: str, work_mpp: float, desc: str) -> tuple[list[SlideImage], dict[str, str]]:
+    """Every bag's slide of ``ds`` (read through ``ds.slide(i)``) at ``work_mpp``, with the teacher's
+    pseudo-mask and the slide's GT mask; failures are returned, not raised."""
     out: list[SlideImage] = []
     failed: dict[str, str] = {}
+    if ds is None or len(ds) == 0:
+        return out, failed
+    pos = positive_index(list(ds.classes))
     with progress() as bar:
-        task = bar.add_task(desc, total=len(refs), unit="slide")
-        for ref in refs:
+        task = bar.add_task(desc, total=len(ds), unit="slide")
+        for i, rec in enumerate(ds.records):
             try:
-                tiles = teacher_tiles(ws, teacher, ref.slide_id, feature_paths.get(ref.slide_id))
-                image, dims0, _ = read_slide_image(ref.path, work_mpp, slide_mpp=ref.level0_mpp)
-                out.append(build_slide_image(ref.slide_id, image, dims0, tiles, ref.label, ref.mask_path))
+                src = ds.slide(i)
+                tiles = teacher_tiles(ws, teacher, rec.slide_id, rec.path)
+                image, dims0 = src.read_at_mpp(work_mpp)
+                label = -1 if rec.label < 0 else int(rec.label == pos)  # 1 tumour, 0 tumour-free, -1 unknown
+                out.append(build_slide_image(rec.slide_id, image, dims0, tiles, label, src.mask_path))
             except HistokdError as e:
-                failed[ref.slide_id] = str(e)
-                log.warning("ifkd: slide %s left out: %s", ref.slide_id, e)
+                failed[rec.slide_id] = str(e)
+                log.warning("ifkd: slide %s left out: %s", rec.slide_id, e)
             bar.advance(task)
     return out, failed
 
@@ -222,27 +203,6 @@ class SegPrediction(Prediction):
     (written as the ``mask_downsample`` attribute of the predictions h5)."""
 
     mask_downsample: float | None = None
-
-
-def _row_mpp(row: Any) -> float | None:
-    """The level-0 µm/px a workspace cohort row's slide was tiled with (``level0_mpp``), or None."""
-    try:
-        v = row["level0_mpp"]
-    except (TypeError, KeyError, IndexError):
-        v = getattr(row, "level0_mpp", None)
-    return float(v) if isinstance(v, (int, float)) and v == v and v > 0 else None
-
-
-def _row_path(row: Any) -> Path:
-    """The slide path of a cohort row (mapping, pandas Series or object with ``path``)."""
-    try:
-        return Path(row["path"])
-    except (TypeError, KeyError, IndexError):
-        pass
-    p = getattr(row, "path", None)
-    if p is None:
-        raise InputError(f"ifkd: the slide row {row!r} has no path; pass the cohort row of the slide")
-    return Path(p)
 
 
 class IFKDLabeler(Labeler):
@@ -277,16 +237,16 @@ class IFKDLabeler(Labeler):
         return smooth(predict_map(self.net, image, window=int(self.meta.get("window", 512))),
                       float(self.meta["sigma"]))
 
-    def predict_slide(self, slide_row: Any, features: np.ndarray | None, coords: np.ndarray,
+    def predict_slide(self, slide: Any, features: np.ndarray | None, coords: np.ndarray,
                       patch_size_level0: float | None = None) -> Prediction:
-        """Segment one slide. ``slide_row`` needs ``path`` (mapping or attribute); ``coords`` [N, 2]
-        level-0 tile positions; ``patch_size_level0`` (default: the teacher's, saved at training).
+        """Segment one slide. ``slide``: a :class:`~histokd.data.slide_source.SlideSource` (or a cohort row
+        with ``path``); ``coords`` [N, 2] level-0 tile positions; ``patch_size_level0`` (default: the
+        teacher's, saved at training).
 
         Returns ``mask`` [h, w] uint8 0/1 at ``work_mpp`` with ``mask_downsample`` (level-0 px per mask
         px, x axis), ``instance_probs`` [N, C] from the map, ``bag_probs`` [C] from the max tile.
         """
-        path = _row_path(slide_row)
-        image, dims0, _ = read_slide_image(path, float(self.meta["work_mpp"]), slide_mpp=_row_mpp(slide_row))
+        image, dims0 = SlideSource.of(slide).read_at_mpp(float(self.meta["work_mpp"]))
         prob = self.prob_map(image)
         h, w = prob.shape
         ds = (dims0[0] / w, dims0[1] / h)
@@ -371,10 +331,15 @@ class IFKD(Method):
     config_cls = IFKDConfig
     labeler_cls = IFKDLabeler
 
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        config.loop()
+
     def fit(self, train: Any, val: Any, config: Any = None) -> IFKDLabeler:
         cfg = config if isinstance(config, IFKDConfig) else validate_config(IFKDConfig, config, "ifkd config")
         if config is None or (isinstance(config, dict) and "seed" not in config):
             cfg = cfg.model_copy(update={"seed": int(getattr(self, "seed", cfg.seed))})
+        loop = cfg.loop()  # a runtime it cannot run is refused before any slide is read
         if not cfg.teacher:
             raise InputError("ifkd needs a trained teacher: `histokd train -w RUN --method ifkd --teacher MODEL_ID`")
         ws = _workspace_of(train, cfg)
@@ -382,23 +347,15 @@ class IFKD(Method):
             raise ModelError(f"{ws.model_dir(cfg.teacher)}: teacher model not found; train it first "
                              f"(`histokd train -w {ws.root} --method abmil`) and pass its ID to --teacher")
         classes = list(getattr(train, "classes", None) or _model_classes(ws.model_dir(cfg.teacher), 2))
-        pos_class = classes[positive_index(classes)]
-        refs = _cohort_refs(ws, pos_class)
-        fpaths = {r.slide_id: Path(r.path) for r in _records(train) + _records(val) if getattr(r, "path", None)}
         tr_ids = [r.slide_id for r in _records(train)]
-        va_ids = [r.slide_id for r in _records(val)]
-        # reporting only: every cohort slide used neither for training nor for validation
-        te_ids = [s for s in refs if s not in set(tr_ids) | set(va_ids)]
-        tr, fail_tr = load_slides(ws, [refs[s] for s in tr_ids if s in refs], cfg.teacher, cfg.work_mpp, fpaths,
-                                  "ifkd: train slides")
-        va, _ = load_slides(ws, [refs[s] for s in va_ids if s in refs], cfg.teacher, cfg.work_mpp, fpaths,
-                            "ifkd: val slides")
-        te, _ = load_slides(ws, [refs[s] for s in te_ids], cfg.teacher, cfg.work_mpp, fpaths, "ifkd: test slides")
+        tr, fail_tr = load_slides(ws, train, cfg.teacher, cfg.work_mpp, "ifkd: train slides")
+        va, _ = load_slides(ws, val, cfg.teacher, cfg.work_mpp, "ifkd: val slides")
+        # reporting only (metrics.json): the held-out bags the pipeline hands over, never used for a choice
+        te, _ = load_slides(ws, self.held_out, cfg.teacher, cfg.work_mpp, "ifkd: test slides")
         if not tr:
             raise InputError(f"ifkd: no usable training slide ({len(fail_tr)} failed); see the warnings above")
         mil_val = [s.target.copy() for s in va]
         mil_test = [s.target.copy() for s in te]
-        loop = cfg.loop()
         res = run_ifkd(tr, va, loop, mil_val)
 
         # calibration (sigma, threshold) on validation, for the returned net and, for reporting, for

@@ -65,6 +65,7 @@ class LoopSettings:
     temperature: float = 1.0
     window: int = 512
     seed: int = 0
+    precision: str = "32-true"  # resolved (engine.runtime.single_process): 32-true or bf16-mixed
 
 
 @dataclass
@@ -182,7 +183,7 @@ def _train_round(
     with progress() as bar:
         task = bar.add_task(desc, total=cfg.epochs_per_round, unit="epoch")
         res = fit_epochs({"student": net}, train_epoch, cfg.epochs_per_round, stage=desc,
-                         on_epoch_end=lambda row: bar.advance(task))
+                         on_epoch_end=lambda row: bar.advance(task), precision=cfg.precision)
     return (float(np.mean(losses)) if losses else float("nan")), res.epochs_run
 
 

@@ -43,8 +43,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from histokd.engine.epochs import fit_epochs
 from histokd.engine.fabric import seed_everything
+from histokd.engine.runtime import RuntimeConfig, single_process, torch_threads
 from histokd.errors import InputError, ModelError
 from histokd.features.mfl_encoder import load_encoder_folder  # noqa: F401  (re-exported)
+from histokd.methods.mfl_augment import (  # noqa: F401  (re-exported for their importers)
+    apply_geometry,
+    augment_pair,
+    draw_geometry,
+    jitter_dense,
+    jitter_he,
+)
 from histokd.registry import Registry
 from histokd.workspace import EncoderFiles, clean_stale_temps, temp_prefix
 
@@ -116,107 +124,6 @@ def barlow_twins_loss(
 
 
 # --------------------------------------------------------------------------------------------------
-# Augmentations (batched, per-sample parameters, driven by an explicit torch.Generator)
-# --------------------------------------------------------------------------------------------------
-def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=gen)
-
-
-def draw_geometry(n: int, gen: torch.Generator, crop_scale: tuple[float, float] = (0.75, 1.0)) -> torch.Tensor:
-    """Per-sample affine ``theta`` ``[n, 2, 3]`` (normalised coords): a D4 element then a resized crop.
-
-    Rotations by k·90° and flips map pixel centres onto pixel centres, so without a crop the warp is exact.
-    """
-    k = torch.randint(0, 4, (n,), generator=gen)
-    flip = torch.rand(n, generator=gen) < 0.5
-    ang = k.to(torch.float64) * (math.pi / 2)
-    cos, sin = torch.cos(ang).round(), torch.sin(ang).round()
-    r = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # [n, 2, 2]
-    fx = torch.where(flip, -1.0, 1.0).to(torch.float64)
-    r = r * torch.stack([fx, torch.ones_like(fx)], -1)[:, None, :]  # flip x before rotating
-    side = torch.sqrt(_uniform(n, crop_scale[0], crop_scale[1], gen)).to(torch.float64)
-    tx = (torch.rand(n, generator=gen) * 2 - 1).to(torch.float64) * (1 - side)
-    ty = (torch.rand(n, generator=gen) * 2 - 1).to(torch.float64) * (1 - side)
-    theta = torch.zeros(n, 2, 3, dtype=torch.float64)
-    theta[:, :, :2] = r * side[:, None, None]
-    theta[:, 0, 2] = tx
-    theta[:, 1, 2] = ty
-    return theta.to(torch.float32)
-
-
-def apply_geometry(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Warp ``x`` [B, C, H, W] with per-sample ``theta`` [B, 2, 3] (bilinear, border padding)."""
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def jitter_he(x: torch.Tensor, gen: torch.Generator, strength: float = 0.5, noise_p: float = 0.3) -> torch.Tensor:
-    """Colour and stain jitter of RGB tiles ``[B, 3, H, W]`` in [0, 1].
-
-    Stain jitter raises each channel to a power near 1, i.e. scales its optical density ``−log(I)``,
-    which mimics staining-intensity variation between labs.
-    """
-    b = x.shape[0]
-    od_gain = _uniform(b * 3, 1 - 0.2 * strength, 1 + 0.2 * strength, gen).view(b, 3, 1, 1)
-    x = x.clamp_min(1e-3).pow(od_gain)
-    bright = _uniform(b, 1 - 0.4 * strength, 1 + 0.4 * strength, gen).view(b, 1, 1, 1)
-    x = x * bright
-    contrast = _uniform(b, 1 - 0.4 * strength, 1 + 0.4 * strength, gen).view(b, 1, 1, 1)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * contrast + mean
-    sat = _uniform(b, 1 - 0.4 * strength, 1 + 0.4 * strength, gen).view(b, 1, 1, 1)
-    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-    x = (x - grey) * sat + grey
-    x = _noise(x, gen, noise_p, 0.03)
-    return x.clamp(0, 1)
-
-
-def jitter_dense(x: torch.Tensor, gen: torch.Generator, drop_p: float = 0.2, noise_p: float = 0.3) -> torch.Tensor:
-    """Intensity jitter, Gaussian noise and channel dropout of dense tiles ``[B, C, H, W]`` in [0, 1].
-
-    Each channel is dropped (zeroed) with probability ``drop_p``, but never all channels of a tile.
-    """
-    b, c = x.shape[:2]
-    gain = _uniform(b * c, 0.7, 1.3, gen).view(b, c, 1, 1)
-    x = x * gain
-    keep = torch.rand(b, c, generator=gen) >= drop_p
-    none_kept = ~keep.any(dim=1)
-    if none_kept.any():  # keep one random channel for tiles that lost all of them
-        pick = torch.randint(0, c, (b,), generator=gen)
-        keep[none_kept, pick[none_kept]] = True
-    x = x * keep.view(b, c, 1, 1).to(x.dtype)
-    x = _noise(x, gen, noise_p, 0.05)
-    return x.clamp(0, 1)
-
-
-def _noise(x: torch.Tensor, gen: torch.Generator, p: float, sigma: float) -> torch.Tensor:
-    b = x.shape[0]
-    on = (torch.rand(b, generator=gen) < p).to(x.dtype).view(b, 1, 1, 1)
-    return x + on * sigma * torch.randn(x.shape, generator=gen)
-
-
-def augment_pair(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    jitter_a: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-    jitter_b: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-    gen: torch.Generator,
-    shared_geometry: bool = False,
-    crop_scale: tuple[float, float] = (0.75, 1.0),
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two views ``[B, C_a, H, W]`` and ``[B, C_b, H, W]``: geometry then branch-specific jitter.
-
-    Every parameter is drawn per sample and per branch; with ``shared_geometry`` both branches of a pair
-    get the same warp (pixel alignment kept), the photometric parameters stay independent.
-    """
-    ta = draw_geometry(a.shape[0], gen, crop_scale)
-    tb = ta if shared_geometry else draw_geometry(b.shape[0], gen, crop_scale)
-    va = jitter_a(apply_geometry(a, ta), gen)
-    vb = jitter_b(apply_geometry(b, tb), gen)
-    return va, vb
-
-
-# --------------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------------
 class MFLConfig(BaseModel):
@@ -254,6 +161,8 @@ class MFLConfig(BaseModel):
     color_strength: float = 0.5
     channel_drop_p: float = 0.2
     noise_p: float = 0.3
+    # --precision (one CPU process: engine.runtime.single_process)
+    runtime: RuntimeConfig = RuntimeConfig()
 
 
 LOSSES: Registry[Callable[..., tuple[torch.Tensor, dict[str, float]]]] = Registry("SSL loss")
@@ -300,6 +209,14 @@ def _channel_stats(tiles: np.ndarray, max_n: int = 2000) -> tuple[list[float], l
     return [float(v) for v in mean], [float(v) for v in std]
 
 
+def _normalisation(he: np.ndarray, dense: np.ndarray | None) -> dict[str, Any]:
+    """Per-channel mean / std of the H&E tiles (and the dense tiles, for More From Less)."""
+    stats: dict[str, Any] = dict(zip(("he_mean", "he_std"), _channel_stats(he)))
+    if dense is not None:
+        stats["dense_mean"], stats["dense_std"] = _channel_stats(dense)
+    return stats
+
+
 def _to_tensor(tiles: np.ndarray) -> torch.Tensor:
     """``[B, H, W, C]`` uint8 -> ``[B, C, H, W]`` float32 in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2).to(torch.float32) / 255.0
@@ -330,8 +247,6 @@ def fit_encoders(
     threads for the run (``None``: torch's default); on a shared, loaded CPU one thread is several times
     faster for these small CNNs, because every OpenMP barrier waits for a descheduled thread.
     """
-    from histokd.engine.loop import torch_threads
-
     with torch_threads(threads):
         return _fit_encoders(he, dense, config, show_progress)
 
@@ -348,14 +263,9 @@ def _fit_encoders(
         raise InputError(f"only {n} tiles to train on; tile more slides or raise --max-tiles")
     seed_everything(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    he_mean, he_std = _channel_stats(he)
-    stats: dict[str, Any] = {"he_mean": he_mean, "he_std": he_std}
-    dense_c = 0
-    if config.method == "more-from-less":
-        assert dense is not None
-        dense_c = dense.shape[-1]
-        stats["dense_mean"], stats["dense_std"] = _channel_stats(dense)
-    nets = Branches(config, dense_c)
+    stats = _normalisation(he, dense if config.method == "more-from-less" else None)
+    he_mean, he_std = stats["he_mean"], stats["he_std"]
+    nets = Branches(config, 0 if dense is None or config.method != "more-from-less" else dense.shape[-1])
     nets.train()
     opt = torch.optim.AdamW(nets.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     bs = min(config.batch_size, n)
@@ -416,7 +326,8 @@ def _fit_encoders(
     # no validation split: every epoch runs and the last weights are kept (the engine's loop without a scorer)
     with progress(disable=disable) as bar:
         task = bar.add_task(f"training {config.method}", total=total, unit="step")
-        res = fit_epochs({"nets": nets}, train_epoch, config.epochs, stage=config.method)
+        res = fit_epochs({"nets": nets}, train_epoch, config.epochs, stage=config.method,
+                         precision=single_process(config.runtime, config.method))
     # history rows as before: the terms, then the epoch counted from 1
     history = [{**{k: v for k, v in r.items() if k != "epoch"}, "epoch": r["epoch"] + 1} for r in res.history]
     nets.eval()

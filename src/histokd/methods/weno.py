@@ -76,6 +76,7 @@ from torch import nn
 
 from histokd.config import BaseConfig, read_yaml, validate_config
 from histokd.engine.epochs import fit_epochs, stage_epochs
+from histokd.engine.runtime import RuntimeConfig, single_process
 from histokd.engine.fabric import seed_everything
 from histokd.errors import InputError
 from histokd.evaluate.metrics import bag_auc
@@ -145,6 +146,7 @@ class WenoConfig(BaseConfig):
     standardize: bool = True  # z-score features with training statistics (stored with the model)
     val_fraction: float = 0.2  # held out of train (stratified) when no validation split is given
     threads: int | None = 1  # torch threads while fitting (see torch_threads); None = torch's default
+    runtime: RuntimeConfig = RuntimeConfig()  # --precision (one CPU process: engine.runtime.single_process)
     # end-to-end (pixels) options, used when encoder=cnn
     cnn_arch: str = "tiny"
     tile_px: int = 64
@@ -164,7 +166,7 @@ class WenoPixelLabeler(WenoLabeler):
 
     ``predict(images)`` takes one slide's tiles as uint8 ``[N, 3, H, W]`` (or ``[N, H, W, 3]``), not
     features; ``histokd label`` calls :meth:`predict_slide`, which reads the tiles from the slide
-    (:func:`histokd.data.tile_images.read_tile_images`, ``tile_px`` px covering each tile).
+    (:meth:`histokd.data.slide_source.SlideSource.read_tiles`, ``tile_px`` px covering each tile).
     """
 
     def _input(self, features: np.ndarray) -> torch.Tensor:
@@ -177,18 +179,17 @@ class WenoPixelLabeler(WenoLabeler):
     def predict(self, features: np.ndarray, chunk: int = 512, *, bag_score: str | None = None) -> Prediction:
         return super().predict(features, chunk, bag_score=bag_score)
 
-    def predict_slide(self, slide_row: Any, features: np.ndarray | None, coords: np.ndarray,
+    def predict_slide(self, slide: Any, features: np.ndarray | None, coords: np.ndarray,
                       patch_size_level0: float | None = None) -> Prediction:
-        """Label one slide from its pixels: ``slide_row`` has ``path``; ``coords`` [N, 2] level-0 tile
-        top-lefts; ``patch_size_level0`` their side (from the feature file). ``features`` are ignored."""
-        from histokd.data.tile_images import read_tile_images
+        """Label one slide from its pixels: ``slide`` a :class:`~histokd.data.slide_source.SlideSource` (or a
+        cohort row with ``path``); ``coords`` [N, 2] level-0 tile top-lefts; ``patch_size_level0`` their side
+        (from the feature file). ``features`` are ignored."""
+        from histokd.data.slide_source import SlideSource
 
-        path = slide_row["path"] if isinstance(slide_row, dict) else slide_row.path
+        src = SlideSource.of(slide)
         if patch_size_level0 is None:
-            raise InputError(f"{path}: the feature file has no patch_size_level0; re-run `histokd embed`")
-        mpp0 = slide_row.get("level0_mpp") if isinstance(slide_row, dict) else getattr(slide_row, "level0_mpp", None)
-        img = read_tile_images(path, coords, float(patch_size_level0), int(self.meta["tile_px"]),
-                               self.meta.get("tile_mpp"), slide_mpp=mpp0)  # the mpp it was tiled with
+            raise InputError(f"{src.path}: the feature file has no patch_size_level0; re-run `histokd embed`")
+        img = src.read_tiles(coords, float(patch_size_level0), int(self.meta["tile_px"]), self.meta.get("tile_mpp"))
         return self.predict(img.transpose(0, 3, 1, 2))
 
     def predict_bag(self, ds: Any, i: int) -> Prediction:
@@ -275,8 +276,13 @@ class Weno(Method):
     config_cls = WenoConfig
     labeler_cls = WenoLabeler
 
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        single_process(config.runtime, "weno")
+
     def fit(self, train: Any, val: Any, config: Any = None) -> WenoLabeler:
         cfg = config if isinstance(config, WenoConfig) else validate_config(WenoConfig, config, "weno config")
+        self.check_config(cfg)  # refused before any tile is read
         with torch_threads(cfg.threads):
             if cfg.end_to_end or cfg.encoder == "cnn":
                 cfg = e2e_config(cfg)
@@ -346,7 +352,8 @@ def _fit_weno(tr: Bags, va: Bags, cfg: WenoConfig, seed: int) -> _Fitted:
         best_w[0] = None if ep.w is None else ep.w.clone()
 
     res = fit_epochs(mods, ep, stage_epochs(cfg.epochs, cfg.max_epochs), validate=lambda e: _validate(labeler, va),
-                     score=selection_score, patience=cfg.patience, stage="weno", on_best=keep_weights)
+                     score=selection_score, patience=cfg.patience, stage="weno", on_best=keep_weights,
+                     precision=single_process(cfg.runtime, "weno"))
     return _Fitted(mods, res.best_score, res.history, best_w[0])
 
 

@@ -37,8 +37,9 @@ class ProjectionEncoder(nn.Module):
             z = self._encode(flat)
         else:
             keep = mask.reshape(-1)
-            z = flat.new_zeros(flat.shape[0], self.out_dim)
-            z[keep] = self._encode(flat[keep])
+            enc = self._encode(flat[keep])
+            z = enc.new_zeros(flat.shape[0], self.out_dim)  # the encoding's dtype (bf16 under autocast)
+            z[keep] = enc
         return z.reshape(*lead, self.out_dim)
 
     def _encode(self, flat: torch.Tensor) -> torch.Tensor:

@@ -91,11 +91,11 @@ def label(
         _write_bags_csv(ws.predictions_bags_csv(model), rows, classes)
         metrics = evaluate_predictions(rows, inst, classes, n_boot, seed, positive=pos, patients=patients)
         if reads_pixels:  # pixel masks: PNGs + Dice/IoU/AUC/Hausdorff/FROC per split
-            from histokd.methods.ifkd_label import finish_pixel_outputs
+            from histokd.pipeline.pixel_outputs import finish_pixel_outputs
 
             metrics["pixel"] = finish_pixel_outputs(ws, model)
         elif rows:  # any tile labeller: the pseudo-masks its tile probabilities paint, where the cohort has masks
-            from histokd.methods.ifkd_label import painted_pixel_metrics
+            from histokd.pipeline.pixel_outputs import painted_pixel_metrics
 
             painted = painted_pixel_metrics(ws, model, splits=splits)
             if painted is not None:
@@ -147,7 +147,6 @@ class _SlideLabelling:
         self.ws, self.model, self.ds, self.labeler, self.meta = ws, model, ds, labeler, meta
         self.classes, self.pos, self.overwrite, self.reads_pixels = classes, pos, overwrite, reads_pixels
         self.weights_sha = file_sha256(ws.model_files(model).weights)
-        self.cohort = None  # read on first use by segmenting labellers
 
     def read_back(self, i: int) -> tuple | None:
         rec = self.ds.records[i]
@@ -163,11 +162,8 @@ class _SlideLabelling:
         sid = rec.slide_id
         key = source_key(self.weights_sha, rec.path)
         bag = self.ds[i]
-        if self.reads_pixels:  # segmenters read the slide's pixels
-            from histokd.data.cohort import load_workspace_cohort
-
-            self.cohort = self.cohort or load_workspace_cohort(self.ws)
-            pred = self.labeler.predict_slide(self.cohort.row(sid), bag.features.numpy(), bag.coords,
+        if self.reads_pixels:  # segmenters read the slide's pixels, through the bag's slide
+            pred = self.labeler.predict_slide(self.ds.slide(i), bag.features.numpy(), bag.coords,
                                               _feature_attr(rec.path, "patch_size_level0"))
         else:
             pred = self.labeler.predict(bag.features.numpy())

@@ -56,13 +56,12 @@ def build_config(method_cls: Any, config: str | os.PathLike[str] | dict[str, Any
     fields = method_cls.config_cls.model_fields
     if "max_epochs" in flags and "max_epochs" in fields:  # methods of several stages: caps every stage
         data = deep_merge(data, {"max_epochs": flags.pop("max_epochs")})
-    if flags:
-        if "train" not in fields:
-            opts = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(flags))
-            raise InputError(f"method {method_cls.name!r} trains on one CPU process for now: {opts} reach the plain "
-                             "MIL methods and distill-to-label's teacher only; leave them out")
-        data = deep_merge(data, {"train": flags})
-    return validate_config(method_cls.config_cls, data, source=f"config of method {method_cls.name!r}")
+    if flags:  # accelerator, devices, nodes, strategy, precision: the method's RuntimeConfig (engine.runtime)
+        block = "train" if "train" in fields else "runtime"
+        data = deep_merge(data, {block: flags})
+    cfg = validate_config(method_cls.config_cls, data, source=f"config of method {method_cls.name!r}")
+    method_cls.check_config(cfg)
+    return cfg
 
 
 def assign_splits(ds: BagDataset, seed: int) -> BagDataset:
@@ -91,6 +90,7 @@ def train(
     strategy: str | None = None,
     accelerator: str | None = None,
     max_epochs: int | None = None,
+    precision: str | None = None,
     overwrite: bool = False,
     wait: bool = False,
 ) -> Path:
@@ -103,7 +103,7 @@ def train(
     features = pick_features(ws, features)
     mcls = METHODS.get(method)
     cfg = build_config(mcls, config, overrides, devices=devices, num_nodes=num_nodes, strategy=strategy,
-                       accelerator=accelerator, max_epochs=max_epochs)
+                       accelerator=accelerator, max_epochs=max_epochs, precision=precision)
     model_id = model_id or f"{method}-{encoder_dirname(features)}-s{seed}"
     out = ws.model_dir(model_id)
     files = ws.model_files(model_id)
@@ -130,7 +130,8 @@ def train(
             log.info("train %s on %s: %d train / %d val / %d test bags, classes %s, seed %d", method, features, len(tr),
                      len(va), len(ds.split("test")), ds.classes, seed)
             t0 = time.perf_counter()
-            labeler = mcls(seed=seed, log_path=None).fit(tr, va if len(va) else None, cfg)
+            te = ds.split("test")
+            labeler = mcls(seed=seed, log_path=None, held_out=te if len(te) else None).fit(tr, va if len(va) else None, cfg)
             seconds = time.perf_counter() - t0
         if not is_rank_zero():  # extra DDP processes (`--strategy ddp`) train but do not write
             return out

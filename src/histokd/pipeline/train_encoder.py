@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from histokd.config import validate_config
+from histokd.engine.runtime import single_process
 from histokd.errors import InputError
 from histokd.methods.more_from_less import (
     MFL_METHODS,
@@ -53,7 +54,8 @@ def train_encoder(
     picks the resolution at which ``tile_size`` px cover the grid's tile, which is how ``histokd embed``
     will read tiles for this encoder (the whole grid tile resized to ``tile_size``). Returns the model
     folder ``RUN/encoders/<id>/``, usable as ``histokd embed --encoder mfl:<folder>``. ``max_epochs`` caps
-    ``epochs`` (``--max-epochs``, as for every ``histokd train`` stage).
+    ``epochs`` (``--max-epochs``, as for every ``histokd train`` stage); ``runtime={"precision": ...}``
+    (``--precision``) is every method's :class:`~histokd.engine.runtime.RuntimeConfig`.
     """
     from histokd.engine.epochs import stage_epochs
 
@@ -73,6 +75,7 @@ def train_encoder(
     config = validate_config(MFLConfig, dict(method=method, loss=loss, epochs=epochs, batch_size=batch_size,
                                              tile_size=tile_size, mpp=mpp, max_tiles=max_tiles, seed=seed,
                                              **overrides), source="train-encoder options")
+    single_process(config.runtime, method)  # refused before any tile is read
     from histokd.data.paired import load_paired_tiles
 
     tiles = load_paired_tiles(

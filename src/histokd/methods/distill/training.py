@@ -1,33 +1,12 @@
-"""Training helpers shared by the distillation methods: torch threads, BatchNorm statistics, the student's
-minibatch schedule."""
+"""Training helpers shared by the distillation methods: BatchNorm statistics, the student's minibatch
+schedule (torch threads: :func:`histokd.engine.runtime.torch_threads`, re-exported here)."""
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (``None``: leave as is), restoring them after.
-
-    Why: every training step here is a handful of small matmuls (one bag, a 256-wide projection).
-    With more than one thread each op pays an OpenMP barrier, and on a shared, loaded CPU a barrier
-    waits for a descheduled thread: measured on the 2-core build machine, one WENO epoch on
-    digit-bags took 20 s with 2 threads and 0.8 s with 1.
-    """
-    if n is None or n <= 0:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+from histokd.engine.runtime import torch_threads  # noqa: F401  (re-exported for the methods)
 
 
 def student_schedule(m: int, batch: int, min_steps: int, gen: torch.Generator) -> list[torch.Tensor]:

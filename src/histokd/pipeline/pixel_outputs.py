@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from histokd.data.slide_source import SlideSource
 from histokd.errors import HistokdError
 from histokd.methods.base import Prediction, SlideLabeler
 from histokd.predictions import read_prediction, write_prediction
@@ -191,7 +192,7 @@ def label_ifkd(workspace: str | os.PathLike[str], model_id: str, overwrite: bool
         sid = str(r["slide_id"])
         grid = read_tiles(ws.tiles_h5(sid))
         ps = float(grid.attrs["patch_size_level0"])
-        pred = lab.predict_slide(r, None, grid.coords, ps)
+        pred = lab.predict_slide(SlideSource.of(r), None, grid.coords, ps)
         write_prediction(ws.predictions_h5(model_id, sid), pred, grid.coords,
                          {"classes": classes, "positive_class": positive, "model_id": model_id,
                           "method": meta["method"], "slide_id": sid, "patch_size_level0": ps})
