@@ -468,6 +468,21 @@ class Workspace:
         """``RUN/probes/``: linear-probe results (``<encoder dir>.json``) and the encoder comparison."""
         return self.root / "probes"
 
+    def probe_json(self, features: str) -> Path:
+        """``RUN/probes/<encoder dir>.json``: the linear probe of one feature set."""
+        return self.probes_dir() / f"{encoder_dirname(features)}.json"
+
+    def probes_comparison(self, suffix: str = ".json") -> Path:
+        """``RUN/probes/comparison.json`` (rows) and ``comparison.md`` (the table) of ``compare-encoders``."""
+        if suffix not in (".json", ".md"):
+            raise ValueError(f"comparison files are .json or .md, not {suffix!r}")
+        return self.probes_dir() / f"comparison{suffix}"
+
+    @property
+    def log_file(self) -> Path:
+        """``RUN/logs/histokd.log``: the traceback of every command that failed on this run folder."""
+        return self.root / "logs" / "histokd.log"
+
     def view_export_dir(self) -> Path:
         """Where ``histokd view --export`` writes by convention (``RUN/view/``); ``histokd report`` links each
         slide to it when it holds an export."""

@@ -34,7 +34,6 @@ from histokd.errors import HistokdError, one_line
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("histokd")
 
-LOG_FILE = Path("logs") / "histokd.log"  # relative to the workspace
 _MAX_MESSAGE = 300
 _state = {"verbose": False}
 
@@ -126,7 +125,9 @@ def _append_workspace_log(workspace: Any, command: str, params: dict[str, Any], 
         return None
     import histokd
 
-    path = Path(workspace) / LOG_FILE
+    from histokd.workspace import Workspace
+
+    path = Workspace(workspace).log_file
     when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     args = " ".join(f"{k}={v}" for k, v in params.items() if k != "ctx" and v not in (None, False, [], ()))
     try:

@@ -65,7 +65,7 @@ from histokd.models.segnet import build_segnet
 from histokd.progress import progress
 from histokd.data.slide_source import SlideSource
 from histokd.segmentation.io import build_slide_image
-from histokd.segmentation.pseudo import TileProbs, positive_index, read_prediction_probs, tile_means
+from histokd.segmentation.pseudo import TileProbs, read_prediction_probs, tile_means
 from histokd.segmentation.regions import SlideImage, predict_map, smooth
 from histokd.workspace import ModelFiles, Workspace, atomic_path, write_json
 
@@ -177,7 +177,7 @@ def load_slides(ws: Workspace, ds: Any, teacher: str, work_mpp: float, desc: str
     failed: dict[str, str] = {}
     if ds is None or len(ds) == 0:
         return out, failed
-    pos = positive_index(list(ds.classes))
+    pos = ds.positive_index  # the dataset's positive class (classes.positive_class), stored with the model at save
     with progress() as bar:
         task = bar.add_task(desc, total=len(ds), unit="slide")
         for i, rec in enumerate(ds.records):
@@ -254,7 +254,7 @@ class IFKDLabeler(Labeler):
         coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
         p = tile_means(prob, coords, ps, ds) if len(coords) else np.zeros(0, np.float32)
         n_cls = len(self.classes)
-        pos = positive_index(self.classes)
+        pos = model_positive_class({**self.meta, "classes": self.classes})  # the class stored with the model
         inst = np.zeros((len(p), n_cls), np.float32)
         neg = [c for c in range(n_cls) if c != pos]
         inst[:, pos] = p

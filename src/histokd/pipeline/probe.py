@@ -17,13 +17,13 @@ import numpy as np
 
 from histokd.errors import FeatureError, InputError
 from histokd.evaluate.probe import ProbeResult, markdown_table, score_probe
-from histokd.workspace import Workspace, encoder_dirname, write_json, write_text
+from histokd.workspace import Workspace, write_json, write_text
 
 log = logging.getLogger("histokd")
 
 
 def probe_path(ws: Workspace, features: str) -> Path:
-    return ws.probes_dir() / f"{encoder_dirname(features)}.json"
+    return ws.probe_json(features)
 
 
 def collect_tile_set(
@@ -154,8 +154,8 @@ def compare_encoders(
     table = markdown_table(rows, COMPARE_COLUMNS)
     out = ws.probes_dir()
     with ws.writer(out):
-        write_json(out / "comparison.json", {"rows": rows, "seed": seed, "mil_method": mil_method})
-        write_text(out / "comparison.md", table)
+        write_json(ws.probes_comparison(".json"), {"rows": rows, "seed": seed, "mil_method": mil_method})
+        write_text(ws.probes_comparison(".md"), table)
     return rows, table
 
 

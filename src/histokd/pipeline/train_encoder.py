@@ -96,7 +96,7 @@ def train_encoder(
         "config_hash": config_hash(config, {"tiles": coords_hash}),
     }
     with ws.writer(ws.encoders_dir(), wait=wait):  # the save is atomic (a folder renamed into place); one saver at a time
-        out = save_encoder(ws.encoders_dir() / eid, nets, config, info, provenance, overwrite=overwrite)
+        out = save_encoder(ws.encoder_files(eid).dir, nets, config, info, provenance, overwrite=overwrite)
     log.info("encoder saved to %s (use --encoder mfl:%s)", out, out)
     return out
 
