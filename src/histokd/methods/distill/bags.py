@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from histokd.data.bags import Bag, BagDataset
 from histokd.errors import InputError
 
 log = logging.getLogger("histokd")
@@ -33,22 +35,26 @@ class Bags:
         return int(self.features[0].shape[-1])
 
 
-def _get(item: Any, *names: str) -> Any:
-    for n in names:
-        if isinstance(item, dict) and n in item:
-            return item[n]
-        if hasattr(item, n):
-            return getattr(item, n)
-    return None
+def _bag_item(item: Any, i: int) -> tuple[Any, Any, Any, str | None]:
+    """(features, label, instance labels or None, slide id or None) of one dataset item: a
+    :class:`~histokd.data.bags.Bag`, a ``(features, label[, instance_labels])`` tuple or a mapping with
+    those keys."""
+    if isinstance(item, Bag):
+        return item.features, item.label, item.instance_labels, item.slide_id
+    if isinstance(item, (tuple, list)) and len(item) >= 2:
+        il = item[2] if len(item) > 2 and not isinstance(item[2], str) else None
+        return item[0], item[1], il, None
+    if isinstance(item, Mapping):
+        sid = item.get("slide_id")
+        return item.get("features"), item.get("label"), item.get("instance_labels"), None if sid is None else str(sid)
+    raise InputError(f"bag {i}: a {type(item).__name__} is not a bag; pass a BagDataset, Bags or "
+                     f"(features, label) pairs")
 
 
 def as_bags(ds: Any, n_classes: int | None = None) -> Bags:
-    """Adapt a bag dataset (``histokd.data.bags.BagDataset``, a list of ``(features, label)`` pairs, or
-    :class:`Bags`) to in-memory :class:`Bags`.
-
-    Items may be mappings / objects with ``features`` (or ``x``), ``label`` (or ``y``) and optionally
-    ``instance_labels``, or tuples ``(features, label[, instance_labels])``.
-    """
+    """Adapt a bag dataset to in-memory :class:`Bags`: a :class:`~histokd.data.bags.BagDataset`, a
+    :class:`Bags`, or a sequence of ``(features, label[, instance_labels])`` tuples or mappings with
+    ``features``, ``label`` and optionally ``instance_labels`` / ``slide_id``."""
     if isinstance(ds, Bags):
         return ds
     feats: list[torch.Tensor] = []
@@ -57,16 +63,9 @@ def as_bags(ds: Any, n_classes: int | None = None) -> Bags:
     ids: list[str] = []
     has_inst = False
     for i in range(len(ds)):
-        item = ds[i]
-        if isinstance(item, (tuple, list)):
-            x, y = item[0], item[1]
-            il = item[2] if len(item) > 2 and not isinstance(item[2], str) else None
-        else:
-            x, y = _get(item, "features", "x"), _get(item, "label", "y")
-            il = _get(item, "instance_labels", "instance_label")
-            sid = _get(item, "slide_id", "bag_id", "id")
-            if sid is not None:
-                ids.append(str(sid))
+        x, y, il, sid = _bag_item(ds[i], i)
+        if sid is not None:
+            ids.append(sid)
         if x is None or y is None:
             raise InputError(f"bag {i}: the dataset item has no features/label; pass a BagDataset")
         x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
@@ -79,7 +78,7 @@ def as_bags(ds: Any, n_classes: int | None = None) -> Bags:
             inst.append(np.asarray(il, dtype=np.int64).reshape(-1))
         else:
             inst.append(np.full(x.shape[0], -1, dtype=np.int64))
-    classes = _get(ds, "classes")
+    classes = list(ds.classes) if isinstance(ds, BagDataset) else None
     if classes is None:
         k = n_classes or max(2, max(labels) + 1 if labels else 2)
         classes = ["negative", "positive"] if k == 2 else [str(c) for c in range(k)]
