@@ -16,18 +16,18 @@ from typing import Any
 
 import numpy as np
 
+from histokd.data.instance_labels import known_value
 from histokd.errors import InputError
 
 
 def _cell(row: Any, key: str) -> Any:
-    """``row[key]`` of a mapping / pandas Series / object with attributes; None where absent or empty."""
+    """``row[key]`` of a mapping / pandas Series / object with attributes; None where absent or empty
+    (:func:`~histokd.data.instance_labels.known_value`, the cohort's one rule for an empty cell)."""
     try:
         v = row[key]
     except (KeyError, IndexError, TypeError):
         v = getattr(row, key, None)
-    if v is None or (isinstance(v, float) and v != v) or str(v).strip() in ("", "nan", "None"):
-        return None
-    return v
+    return v if known_value(v) and str(v).strip() not in ("nan", "None") else None
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from histokd.data.bags import Bag, BagDataset, collate_bags
 from histokd.engine.config import TrainerConfig
 from histokd.engine.epochs import fit_epochs
 from histokd.engine.fabric import make_fabric, resolve_precision, seed_everything
-from histokd.engine.runtime import torch_threads  # noqa: F401  (also imported from here)
+from histokd.engine.runtime import torch_threads
 from histokd.models.base import MILModel, MILOutput
 from histokd.progress import progress
 

@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from histokd.config import BaseConfig, validate_config
 from histokd.engine import TrainerConfig, fit_mil
 from histokd.engine.epochs import fit_epochs, stage_epochs
-from histokd.engine.runtime import RuntimeConfig, single_process
+from histokd.engine.runtime import RuntimeConfig, single_process, torch_threads
 from histokd.engine.fabric import seed_everything
 from histokd.methods.base import Method, register_method
 from histokd.methods.vat import vat_loss
@@ -82,7 +82,7 @@ from histokd.methods.distill.rules import (
     soft_targets,
     teacher_evidence,
 )
-from histokd.methods.distill.training import student_schedule, torch_threads
+from histokd.methods.distill.training import student_schedule
 from histokd.models.base import MILModel
 
 log = logging.getLogger("histokd")

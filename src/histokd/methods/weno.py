@@ -76,7 +76,7 @@ from torch import nn
 
 from histokd.config import BaseConfig, read_yaml, validate_config
 from histokd.engine.epochs import fit_epochs, stage_epochs
-from histokd.engine.runtime import RuntimeConfig, single_process
+from histokd.engine.runtime import RuntimeConfig, single_process, torch_threads
 from histokd.engine.fabric import seed_everything
 from histokd.errors import InputError
 from histokd.evaluate.metrics import bag_auc
@@ -97,7 +97,6 @@ from histokd.methods.distill.training import (
     mods_train,
     refresh_batchnorm,
     student_schedule,
-    torch_threads,
 )
 from histokd.models.base import MILModel
 

@@ -1,12 +1,10 @@
 """Training helpers shared by the distillation methods: BatchNorm statistics, the student's minibatch
-schedule (torch threads: :func:`histokd.engine.runtime.torch_threads`, re-exported here)."""
+schedule (torch threads: :func:`histokd.engine.runtime.torch_threads`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-from histokd.engine.runtime import torch_threads  # noqa: F401  (re-exported for the methods)
 
 
 def student_schedule(m: int, batch: int, min_steps: int, gen: torch.Generator) -> list[torch.Tensor]:
