@@ -11,8 +11,8 @@ from histokd.data.bags import BagDataset, collate_bags
 from histokd.data.benchmarks import digit_bags
 from histokd.engine import TrainerConfig, fit_mil
 from histokd.engine.loop import packed_path
-from histokd.engine.packed import StackedMIL, segment_max, segment_softmax, segment_sum, stackable
-from histokd.engine.side_by_side import fit_side_by_side, pack, stacked_bag_probs
+from histokd.engine.packed import MaskDropout, StackedMIL, keep_mask, segment_max, segment_softmax, segment_sum, stackable
+from histokd.engine.side_by_side import bucket_rows, fit_side_by_side, pack, stacked_bag_probs
 from histokd.models import build_model
 
 
@@ -33,9 +33,11 @@ MODELS = [("abmil", {"hidden": [16, 8], "attn_dim": 8}), ("gated-abmil", {"hidde
           ("meanpool", {"hidden": [16]}), ("maxpool", {"hidden": [16]}), ("abmil", {"hidden": [], "attn_dim": 8})]
 
 
+@pytest.mark.parametrize("bucket", [False, True])
 @pytest.mark.parametrize("ragged", [False, True])
 @pytest.mark.parametrize("name,args", MODELS)
-def test_stacked_forward_equals_each_member(name: str, args: dict, ragged: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stacked_forward_equals_each_member(name: str, args: dict, ragged: bool, bucket: bool,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import histokd.engine.side_by_side as sbs
 
     monkeypatch.setattr(sbs, "RAGGED_MIN_ROWS", 0 if ragged else 10**9)
@@ -44,8 +46,11 @@ def test_stacked_forward_equals_each_member(name: str, args: dict, ragged: bool,
     assert all(stackable(m) for m in models)
     g = torch.Generator().manual_seed(1)
     bags = [[torch.randn(n, 6, generator=g) for n in sizes] for sizes in ([4, 1, 7], [2, 9], [])]
-    x, seg = pack(bags, 3, 6)
+    x, seg = pack(bags, 3, 6, bucket=bucket)
     assert isinstance(x, list) == ragged
+    if bucket:  # every member padded to a bucketed row count, the padding in the dropped slot 3
+        rows = [len(r) for r in x] if ragged else [x.shape[1]]
+        assert all(r == bucket_rows(r) and r >= 16 for r in rows)
     stacked = StackedMIL(models).eval()
     with torch.no_grad():
         logits = stacked(x, seg, 3)
@@ -59,6 +64,65 @@ def test_stacked_forward_equals_each_member(name: str, args: dict, ragged: bool,
             with torch.no_grad():
                 torch.testing.assert_close(logits[e, :len(member_bags)], m(batch.x, batch.mask).bag_logits,
                                            atol=1e-5, rtol=1e-5)
+
+
+def test_bucket_rows_pads_by_less_than_a_quarter_with_four_sizes_an_octave() -> None:
+    sizes = [bucket_rows(n) for n in range(1, 5000)]
+    assert all(b >= n for n, b in zip(range(1, 5000), sizes))
+    assert all(b < 1.25 * n for n, b in zip(range(17, 5000), sizes[16:]))
+    assert sorted(set(b for b in sizes if 256 < b <= 512)) == [320, 384, 448, 512]
+    assert bucket_rows(1) == bucket_rows(16) == 16
+
+
+@pytest.mark.parametrize("p", [0.25, 0.1, 0.5])
+def test_keep_mask_keeps_one_minus_p_and_follows_the_torch_seed(p: float) -> None:
+    torch.manual_seed(3)
+    m = keep_mask((400, 500), p)
+    assert m.dtype == torch.bool and m.shape == (400, 500)
+    assert abs(m.float().mean().item() - (1 - p)) < 0.005
+    torch.manual_seed(3)
+    assert torch.equal(keep_mask((400, 500), p), m)
+    assert not torch.equal(keep_mask((400, 500), p), m)  # the next draw differs
+
+
+def test_mask_dropout_is_inverted_dropout() -> None:
+    drop = MaskDropout(0.25)
+    x = torch.ones(1000, 64, requires_grad=True)
+    y = drop(x)
+    vals = sorted(torch.unique(y.detach()).tolist())
+    assert vals == [0.0, pytest.approx(1 / 0.75)]
+    assert abs(y.mean().item() - 1.0) < 0.02  # the expectation is kept
+    y.sum().backward()  # the gradient flows through the kept elements only, scaled
+    assert torch.equal(x.grad != 0, y.detach() != 0)
+    drop.eval()
+    assert drop(x) is x
+
+
+def test_stacked_models_use_the_mask_dropout_with_the_models_rate() -> None:
+    models = [build_model("abmil", 6, 2, {"hidden": [8, 8], "attn_dim": 4, "dropout": 0.3}) for _ in range(2)]
+    stacked = StackedMIL(models)
+    drops = [m for m in stacked.encoder if isinstance(m, MaskDropout)]
+    assert len(drops) == 2 and all(d.p == pytest.approx(0.3) for d in drops)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in stacked.modules())
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_bf16_packing_is_close_to_fp32(ragged: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import histokd.engine.side_by_side as sbs
+
+    monkeypatch.setattr(sbs, "RAGGED_MIN_ROWS", 0 if ragged else 10**9)
+    torch.manual_seed(0)
+    stacked = StackedMIL([build_model("abmil", 6, 2, {"hidden": [16, 8], "attn_dim": 8}) for _ in range(2)]).eval()
+    g = torch.Generator().manual_seed(2)
+    bags = [[torch.randn(n, 6, generator=g) for n in sizes] for sizes in ([30, 2], [1])]
+    with torch.no_grad():
+        ref = stacked(*pack(bags, 2, 6), 2)
+        x, seg = pack(bags, 2, 6, **sbs._packing("bf16-mixed"))
+        assert (x[0] if ragged else x).dtype == torch.bfloat16
+        with torch.autocast("cpu", torch.bfloat16):
+            got = stacked(x, seg, 2)
+    torch.testing.assert_close(got.float()[0], ref[0], atol=0.05, rtol=0.05)
+    torch.testing.assert_close(got.float()[1, :1], ref[1, :1], atol=0.05, rtol=0.05)
 
 
 def test_models_without_a_packed_form_keep_the_padded_loop() -> None:

@@ -58,3 +58,14 @@ def test_fit_epochs_runs_training_passes_under_the_precision():
     assert net.weight.dtype == torch.float32  # weights stay fp32
     with autocast("32-true"):
         assert net(x).dtype == torch.float32
+
+
+def test_seeding_asks_for_deterministic_kernels_without_importing_the_compiler() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from histokd.engine.fabric import seed_everything; seed_everything(0); "
+            "print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(), "
+            "'torch._inductor' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True", "False"]

@@ -20,6 +20,7 @@ mean and max pooling); :func:`stackable` says whether a model does.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -71,6 +72,20 @@ def attention_pool(att: torch.Tensor, h: torch.Tensor, seg: torch.Tensor, n_bags
     return z.reshape(E, n_bags + 1, -1)
 
 
+class _MemberLinear:
+    """One member's slice of a :class:`StackedLinear`: ``x`` [T, in] -> [T, out]."""
+
+    __slots__ = ("weight", "bias")
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            return x @ self.weight
+        return torch.addmm(self.bias, x, self.weight)
+
+
 class StackedLinear(nn.Module):
     """E linear layers as one: weight [E, in, out], bias [E, 1, out]; ``x`` [E, T, in] -> [E, T, out]."""
 
@@ -85,11 +100,16 @@ class StackedLinear(nn.Module):
             return torch.bmm(x, self.weight)
         return torch.baddbmm(self.bias, x, self.weight)
 
-    def member(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        """Member ``e``'s layer alone on its rows ``x`` [T, in] -> [T, out]."""
+    def members(self, dtype: torch.dtype | None = None) -> list["_MemberLinear"]:
+        """Every member's layer alone (:class:`_MemberLinear`), split from the stacked weights in one ``unbind``
+        (so a backward pass gathers the members' gradients in one stack, not E zero-filled copies of the
+        whole weight), cast once to ``dtype`` (the autocast dtype) when given."""
+        w = self.weight if dtype is None else self.weight.to(dtype)
+        ws = w.unbind(0)
         if self.bias is None:
-            return x @ self.weight[e]
-        return torch.addmm(self.bias[e, 0], x, self.weight[e])
+            return [_MemberLinear(we, None) for we in ws]
+        b = (self.bias if dtype is None else self.bias.to(dtype))[:, 0]
+        return [_MemberLinear(we, be) for we, be in zip(ws, b.unbind(0))]
 
     @torch.no_grad()
     def write_back(self, layers: Sequence[nn.Linear]) -> None:
@@ -99,6 +119,45 @@ class StackedLinear(nn.Module):
                 m.bias.copy_(self.bias[e, 0])
 
 
+def keep_mask(shape: Sequence[int], p: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A boolean keep-mask of ``shape``: each element kept with probability 1 - ``p``, from 8 random bits per
+    element where ``p`` is a multiple of 1/256 (0.25, 0.5, ...; exact), else 16 (``p`` to 1/65,536). The bits
+    come 64 at a time from torch's generator (seeded by ``torch.manual_seed`` as ``nn.Dropout`` is), several
+    times faster on a CPU than per-element Bernoulli draws."""
+    n = math.prod(shape)
+    if abs(p * 256 - round(p * 256)) < 1e-9:
+        words = torch.empty((n + 7) // 8, dtype=torch.int64, device=device).random_(-2**63, None)
+        return words.view(torch.uint8)[:n].view(*shape) >= round(p * 256)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, None)
+    return words.view(torch.int16)[:n].view(*shape) >= (-32768 + round(p * 65536))
+
+
+class MaskDropout(nn.Module):
+    """Inverted dropout (as ``nn.Dropout``: zero with probability ``p``, scale the rest by 1 / (1 - p), identity
+    in eval mode) with the mask of :func:`keep_mask`. The stacked engine's dropout: on the packed rows of a
+    CPU step, ``nn.Dropout``'s Bernoulli draws cost more than the matrix products they follow."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p <= 0.0:
+            return x
+        if self.p >= 1.0:
+            return x * 0.0
+        scale = keep_mask(x.shape, self.p, x.device).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        return x * scale
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def _elementwise(layer: nn.Module) -> nn.Module:
+    """The stacked engine's copy of an element-wise layer (dropout becomes :class:`MaskDropout`)."""
+    return MaskDropout(layer.p) if isinstance(layer, nn.Dropout) else layer
+
+
 def _stack_sequential(seqs: Sequence[nn.Sequential]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for parts in zip(*seqs):
@@ -106,7 +165,7 @@ def _stack_sequential(seqs: Sequence[nn.Sequential]) -> nn.Sequential:
         if isinstance(first, nn.Linear):
             layers.append(StackedLinear(parts))  # type: ignore[arg-type]
         else:
-            layers.append(first)  # element-wise (checked by stackable): one copy serves every member
+            layers.append(_elementwise(first))  # element-wise (checked by stackable): one copy serves every member
     return nn.Sequential(*layers)
 
 
@@ -141,7 +200,7 @@ class StackedMIL(nn.Module):
         self.V = StackedLinear([s.attention for s in specs]) if s0.attention is not None else None  # type: ignore[misc,union-attr]
         self.U = StackedLinear([s.gate for s in specs]) if s0.gate is not None else None  # type: ignore[misc,union-attr]
         self.w = StackedLinear([s.attention_out for s in specs]) if s0.attention_out is not None else None  # type: ignore[misc,union-attr]
-        self.attn_drop = s0.attention_dropout if s0.attention_dropout is not None else nn.Identity()  # type: ignore[union-attr]
+        self.attn_drop = _elementwise(s0.attention_dropout) if s0.attention_dropout is not None else nn.Identity()  # type: ignore[union-attr]
 
     def forward(self, x: torch.Tensor | list[torch.Tensor], seg: torch.Tensor | list[torch.Tensor],
                 n_bags: int) -> torch.Tensor:
@@ -175,18 +234,22 @@ class StackedMIL(nn.Module):
 
     def _forward_ragged(self, xs: list[torch.Tensor], segs: list[torch.Tensor], n_bags: int) -> torch.Tensor:
         E = len(xs)
+        dev = xs[0].device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        enc = [layer.members(dtype) if isinstance(layer, StackedLinear) else layer for layer in self.encoder]
+        V, U, w, cls = (m.members(dtype) if m is not None else None for m in (self.V, self.U, self.w, self.classifier))
         hs, outs = [], []
         for e, x in enumerate(xs):
-            h = x
-            for layer in self.encoder:
-                h = layer.member(e, h) if isinstance(layer, StackedLinear) else layer(h)
+            h = x if dtype is None else x.to(dtype)
+            for layer in enc:
+                h = layer[e](h) if isinstance(layer, list) else layer(h)
             if self.pooling == "attention":
-                a = torch.tanh(self.V.member(e, h))  # type: ignore[union-attr]
-                if self.U is not None:
-                    a = a * torch.sigmoid(self.U.member(e, h))
-                outs.append(self.w.member(e, self.attn_drop(a)).squeeze(-1))  # type: ignore[union-attr]
+                a = torch.tanh(V[e](h))  # type: ignore[index]
+                if U is not None:
+                    a = a * torch.sigmoid(U[e](h))
+                outs.append(w[e](self.attn_drop(a)).squeeze(-1))  # type: ignore[index]
             else:
-                outs.append(self.classifier.member(e, h))
+                outs.append(cls[e](h))  # type: ignore[index]
             hs.append(h)
         gseg = torch.cat([sg + e * (n_bags + 1) for e, sg in enumerate(segs)])
         n_seg = E * (n_bags + 1)
