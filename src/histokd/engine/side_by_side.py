@@ -78,6 +78,10 @@ class StackedOptimizer:
             self.v = [torch.zeros_like(p) for p in self.params]
             self.steps = [[torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
                           for _ in range(n_members)]
+            # while every member has stepped every time, one call on the whole stacked tensors is the same
+            # update (element-wise, equal step counts) at a tenth of the calls; ``steps`` catches up on leaving
+            self.uniform = True
+            self.shared_steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -119,6 +123,17 @@ class StackedOptimizer:
                     self.buffers[e][j] = bufs[k]
                     k += 1
             return
+        if self.uniform and len(group) == self.E:
+            adam_update(self.params, [p.grad for p in self.params], self.m, self.v, [], self.shared_steps,  # type: ignore[misc]
+                        fused=self.fused, decoupled_weight_decay=cfg.optimizer == "adamw", amsgrad=False,
+                        beta1=cfg.betas[0], beta2=cfg.betas[1], lr=lr, weight_decay=cfg.weight_decay, eps=1e-8,
+                        maximize=False)
+            return
+        if self.uniform:  # the first step without every member: each member's count is the shared one
+            self.uniform = False
+            for e in range(self.E):
+                for own, shared in zip(self.steps[e], self.shared_steps):
+                    own.copy_(shared)
         ms = [m[e] for e in group for m in self.m]
         vs = [v[e] for e in group for v in self.v]
         steps = [t for e in group for t in self.steps[e]]
