@@ -4,7 +4,8 @@
 that field: ``tissue_fraction_of_slide``). Prints how many slides are within 5 % / 10 % / 15 % (relative
 error), the worst, and the worst slides with their pens (edge mark, strokes across the tissue).
 
-    .venv/bin/python benchmarks/tissue_accuracy.py COHORT_DIR [COHORT_DIR ...] [--worst 12]
+    .venv/bin/python benchmarks/tissue_accuracy.py COHORT_DIR [COHORT_DIR ...] [--worst 12] [--ink-od]
+        [--pen-dilate-um UM] [--param KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ def main() -> None:
     ap.add_argument("--worst", type=int, default=12, help="how many of the worst slides to list")
     ap.add_argument("--ink-od", action="store_true", help="also find ink by optical density (TissueParams.ink_od)")
     ap.add_argument("--pen-dilate-um", type=float, default=None, help="pen mask dilation (TissueParams.pen_dilate_um)")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="any other TissueParams field (JSON value), e.g. --param ink_slide_stain=true")
     args = ap.parse_args()
+    extra = {k: json.loads(v) for k, v in (p.split("=", 1) for p in args.param)}
     params = TissueParams(ink_od=args.ink_od,
-                          **({} if args.pen_dilate_um is None else {"pen_dilate_um": args.pen_dilate_um}))
+                          **({} if args.pen_dilate_um is None else {"pen_dilate_um": args.pen_dilate_um}), **extra)
     rows = []
     for d in map(Path, args.cohorts):
         for mf in sorted((d / "meta").glob("*.json")):

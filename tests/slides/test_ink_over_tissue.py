@@ -54,3 +54,28 @@ def test_the_ink_rule_off_keeps_the_resume_key_of_older_grids():
     assert not [k for k in off if k.startswith("ink_")]
     on = TissueParams(ink_od=True).to_dict()
     assert on["ink_od"] is True and "ink_weights" in on
+
+
+def test_slide_stain_vectors_recover_a_drifted_hematoxylin() -> None:
+    import numpy as np
+
+    from histokd.slides.tissue import _E_OD, slide_stain_vectors
+
+    rng = np.random.default_rng(0)
+    h = np.array([0.68, 0.67, 0.30])  # drifted towards R = G: out of the reference plane
+    h /= np.linalg.norm(h)
+    e = _E_OD / np.linalg.norm(_E_OD)
+    c = rng.uniform(0, 1.5, (5000, 2))
+    od = c[:, :1] * h + c[:, 1:] * e + rng.normal(0, 0.01, (5000, 3))
+    got = slide_stain_vectors(od)
+    assert got is not None
+    assert float(got[0] @ h) > 0.999 and float(got[1] @ e) > 0.999
+    assert slide_stain_vectors(od[:50]) is None  # too few pixels
+
+
+def test_new_ink_settings_leave_the_resume_key_alone_while_the_rule_is_off() -> None:
+    from histokd.slides.tissue import TissueParams
+
+    d = TissueParams().to_dict()
+    assert not any(k.startswith("ink_") for k in d)
+    assert {"ink_slide_plane", "ink_seed_score", "ink_grow_um"} <= set(TissueParams(ink_od=True).to_dict())
