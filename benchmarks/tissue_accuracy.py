@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--ink-od", action="store_true", help="also find ink by optical density (TissueParams.ink_od)")
     ap.add_argument("--pen-dilate-um", type=float, default=None, help="pen mask dilation (TissueParams.pen_dilate_um)")
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                    help="any other TissueParams field (JSON value), e.g. --param ink_slide_stain=true")
+                    help="any other TissueParams field (JSON value), e.g. --param ink_seed_score=7")
     args = ap.parse_args()
     extra = {k: json.loads(v) for k, v in (p.split("=", 1) for p in args.param)}
     params = TissueParams(ink_od=args.ink_od,

@@ -86,17 +86,16 @@ class TissueParams:
     ink_dilate_um: float = 4.0
     ink_slide_plane: bool = True
     """Measure the out-of-plane share against the slide's own hematoxylin-eosin plane (:func:`slide_stain_vectors`
-    on its stained pixels that the reference score does not call ink) instead of the reference plane: a
-    hematoxylin that drifts towards R = G stays in its slide's plane, where it read as black ink before."""
+    on its stained pixels farther than ``ink_grow_um`` from anything the reference score calls ink) instead of
+    the reference plane: a hematoxylin that drifts towards R = G stays in its slide's plane, where it read as
+    black ink before."""
     ink_seed_score: float = 0.0
     """With a value > 0, ink is a score > 0 within ``ink_grow_um`` of a score > this (hysteresis; 0: off).
     Dense nuclei next to a stroke score just above 0 and grow the stroke's blob into the tissue; seeds stop
     that (tuning cohorts: 70 of 72 slides within 5 % at 7), but faint ink (opacity 0.4) has no seeds and is
     then missed (tests/slides/test_ink_over_tissue.py), so it is off."""
     ink_grow_um: float = 16.0
-    ink_plane_margin: float = 0.0
-    """The slide's plane is estimated on stained pixels farther than ``ink_grow_um`` from any scoring above
-    minus this (the reference score's possible ink and its faint edges kept out)."""
+    """Reach of the hysteresis seeds, and the margin around reference-scored ink that the slide's plane leaves out."""
 
     def to_dict(self) -> dict:
         """The settings as stored with a tile grid (its resume key). The optical-density ink rule's settings are
@@ -259,7 +258,12 @@ def ink_score(rgb: np.ndarray, glass: np.ndarray, params: TissueParams = TissueP
     hematoxylin is shifted far towards blue (a second site's stain) reads as ink: give a tissue mask or set
     ``ink_od=False`` there.
     """
-    od = optical_density(rgb, glass, params, mpp)
+    return score_od(optical_density(rgb, glass, params, mpp), params, stains)
+
+
+def score_od(od: np.ndarray, params: TissueParams = TissueParams(),
+             stains: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """:func:`ink_score` of optical densities ``od`` [h, w, 3] (:func:`optical_density`)."""
     norm = np.linalg.norm(od, axis=-1) + 1e-6
     h, e = _H_OD / np.linalg.norm(_H_OD), _E_OD / np.linalg.norm(_E_OD)
     n = np.cross(*stains) if stains is not None else np.cross(h, e)
@@ -316,12 +320,13 @@ def tissue_from_rgb(rgb: np.ndarray, mpp: float, params: TissueParams = TissuePa
         glass = ~(sat > thr) & ~pen
         if glass.sum() >= 16:
             colour = np.median(rgb[glass].reshape(-1, 3), axis=0)
-            score = ink_score(rgb, colour, params, mpp)
+            od = optical_density(rgb, colour, params, mpp)  # once: the smoothing is most of the scoring's cost
+            score = score_od(od, params)
             if params.ink_slide_plane:
-                clean = (sat > thr) & ~pen & ~_dilate(score > -params.ink_plane_margin, params.ink_grow_um / mpp)
-                stains = slide_stain_vectors(optical_density(rgb, colour, params, mpp)[clean], params.ink_min_od)
+                clean = (sat > thr) & ~pen & ~_dilate(score > 0, params.ink_grow_um / mpp)
+                stains = slide_stain_vectors(od[clean], params.ink_min_od)
                 if stains is not None:
-                    score = ink_score(rgb, colour, params, mpp, stains)
+                    score = score_od(od, params, stains)
             cand = score > 0
             if params.ink_seed_score > 0:
                 cand &= _dilate(score > params.ink_seed_score, params.ink_grow_um / mpp)
