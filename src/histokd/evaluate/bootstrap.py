@@ -41,7 +41,7 @@ def bootstrap_ci(
 
 def mean_ci(values: np.ndarray, alpha: float = 0.05) -> dict[str, float]:
     """Mean, std (ddof=1) and Student-t (1-alpha) CI of the mean of ``values`` (NaNs dropped)."""
-    from scipy import stats
+    from scipy.special import stdtrit  # the t quantile without importing scipy.stats (0.3 s)
 
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
@@ -51,7 +51,7 @@ def mean_ci(values: np.ndarray, alpha: float = 0.05) -> dict[str, float]:
     if len(v) < 2:
         return {"mean": m, "std": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 1}
     s = float(v.std(ddof=1))
-    h = float(stats.t.ppf(1 - alpha / 2, len(v) - 1) * s / np.sqrt(len(v)))
+    h = float(stdtrit(len(v) - 1, 1 - alpha / 2) * s / np.sqrt(len(v)))
     return {"mean": m, "std": s, "ci_low": m - h, "ci_high": m + h, "n": int(len(v))}
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from histokd.evaluate.metrics import roc_auc
+
 FROC_FP_RATES: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
@@ -64,8 +66,6 @@ def pixel_auc(prob: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None)
 
     ``valid`` [H, W] bool restricts the pixels counted (e.g. tissue only).
     """
-    from sklearn.metrics import roc_auc_score
-
     _check_pair(prob, gt)
     p = np.asarray(prob, dtype=np.float64)
     g = np.asarray(gt, dtype=bool)
@@ -74,7 +74,7 @@ def pixel_auc(prob: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None)
     p, g = p.ravel(), g.ravel()
     if g.all() or not g.any():
         return float("nan")
-    return float(roc_auc_score(g, p))
+    return roc_auc(g, p)
 
 
 def hausdorff(pred: np.ndarray, gt: np.ndarray, spacing: float = 1.0) -> float:
@@ -152,9 +152,7 @@ def summarise_slides(
     pooled_g = np.concatenate(all_g) if all_g else np.zeros(0, bool)
     auc = float("nan")
     if pooled_g.any() and not pooled_g.all():
-        from sklearn.metrics import roc_auc_score
-
-        auc = float(roc_auc_score(pooled_g, pooled_p))
+        auc = roc_auc(pooled_g, pooled_p)
     nan = float("nan")
     return {
         "dice_mean": float(np.mean(dices)) if dices else nan,

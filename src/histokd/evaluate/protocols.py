@@ -12,7 +12,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from histokd.errors import InputError
 
@@ -45,8 +44,10 @@ def cv_folds(labels: Sequence[int], k: int, repeats: int = 1, seed: int = 0, val
         raise InputError(f"cv:{k}: the smallest class has {counts[counts > 0].min()} bags, fewer than {k} folds")
     for r in range(repeats):
         if groups is None:
-            split = StratifiedKFold(k, shuffle=True, random_state=seed + r).split(np.zeros(len(y)), y)
+            split = stratified_kfold(y, k, seed + r)
         else:
+            from sklearn.model_selection import StratifiedGroupKFold
+
             split = StratifiedGroupKFold(k, shuffle=True, random_state=seed + r).split(np.zeros(len(y)), y, groups)
         for f, (tr, te) in enumerate(split):
             val = np.array([], dtype=np.int64)
@@ -55,7 +56,36 @@ def cv_folds(labels: Sequence[int], k: int, repeats: int = 1, seed: int = 0, val
             yield Fold(r, f, np.sort(tr), np.sort(val), np.sort(te))
 
 
+def stratified_kfold(y: np.ndarray, k: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled stratified K-fold as (train, test) index pairs, fold by fold.
+
+    The rows of every class, taken in order of the classes' first appearance in ``y``, are dealt over
+    the folds as evenly as the sorted labels allow, and each class's fold numbers are then shuffled by a
+    ``numpy.random.RandomState(seed)``. This is the assignment scikit-learn's
+    ``StratifiedKFold(k, shuffle=True, random_state=seed)`` makes (a test holds the two equal), so folds
+    and every figure made on them are unchanged, without importing scikit-learn (0.6 s) for every run.
+    """
+    y = np.asarray(y).reshape(-1)
+    _, first, inverse = np.unique(y, return_index=True, return_inverse=True)
+    order_of_class = np.argsort(np.argsort(first))  # class codes by first appearance
+    codes = order_of_class[inverse.reshape(-1)]
+    n_classes = len(first)
+    dealt = np.sort(codes)
+    per_fold = np.stack([np.bincount(dealt[f::k], minlength=n_classes) for f in range(k)])  # [k, classes]
+    rng = np.random.RandomState(seed)
+    test_fold = np.empty(len(y), dtype=np.int64)
+    for c in range(n_classes):
+        folds_of_c = np.repeat(np.arange(k), per_fold[:, c])
+        rng.shuffle(folds_of_c)
+        test_fold[codes == c] = folds_of_c
+    rows = np.arange(len(y))
+    for f in range(k):
+        yield rows[test_fold != f], rows[test_fold == f]
+
+
 def _carve_val(idx: np.ndarray, y: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
     try:
         tr, va = train_test_split(idx, test_size=frac, stratify=y[idx], random_state=seed)
     except ValueError:  # a class too small to stratify
@@ -92,6 +122,8 @@ def stratified_split(labels: Sequence[int], groups: Sequence[str] | None = None,
 
 
 def _split_groups(groups: np.ndarray, gy: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
     n_take = max(1, int(round(frac * len(groups))))
     try:
         a, b = train_test_split(groups, test_size=n_take, stratify=gy, random_state=seed)
