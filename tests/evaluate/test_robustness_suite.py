@@ -26,6 +26,10 @@ def test_families_fix_their_seeds_and_keep_tuning_apart():
     for name, f in fams.items():
         assert f["tuning"] and len(f["evaluation"]) >= 3, name
         assert not set(f["tuning"]) & set(f["evaluation"]), name  # no cohort is both tuned and evaluated on
+        # round 2: fresh seeds, several tuning cohorts, none shared with any other list
+        assert len(f["tuning2"]) >= 3 and len(f["evaluation2"]) >= 3, name
+        lists = [f["tuning"], f["evaluation"], f["tuning2"], f["evaluation2"]]
+        assert len({s for lst in lists for s in lst}) == sum(len(lst) for lst in lists), name
 
 
 def test_cohort_scores_bootstrap_by_slide_and_count_collapse():
