@@ -90,3 +90,27 @@ def test_pseudo_labels_from_the_teachers_instance_classifier(source: str) -> Non
     parts = torch.split(t[:, 1], sizes)
     assert all(float(p.max()) == 0.0 for p, y in zip(parts, b.labels) if int(y) == 0)
     assert ((t >= 0) & (t <= 1)).all()
+
+
+def test_blend_tile_score_is_the_product_of_student_and_teacher(tmp_path) -> None:
+    """``tile_score=blend``: tile probabilities = softmax of the mean of the student's and the teacher's
+    singleton logits; it survives save / load, and the bag output does not change."""
+    tr, va, te = planted_bags(40, 0), planted_bags(12, 1), planted_bags(10, 2)
+    cfg = {"epochs": 3, "hpm_warmup": 1, "min_student_steps": 10, "encoder_dim": 32, "student_hidden": [32],
+           "teacher_args": {"hidden": [32], "attn_dim": 16}, "tile_score": "blend"}
+    lab = Weno().fit(tr, va, cfg)
+    assert lab.meta["tile_score"] == "blend"
+    x = te.features[1].numpy()
+    xt = lab._input(x)
+    with torch.no_grad():
+        want = torch.softmax(0.5 * (lab.student_logits(xt).float() + lab.teacher_instance_logits(xt)), -1).numpy()
+        student_only = torch.softmax(lab.student_logits(xt), -1).numpy()
+    got = lab.predict(x)
+    np.testing.assert_allclose(got.instance_probs, want, atol=1e-6)
+    assert not np.allclose(got.instance_probs, student_only, atol=1e-4)
+    lab.save(tmp_path)
+    again = WenoLabeler.load(tmp_path)
+    np.testing.assert_allclose(again.predict(x).instance_probs, got.instance_probs, atol=1e-6)
+    lab.meta["tile_score"] = "student"
+    np.testing.assert_allclose(lab.predict(x).instance_probs, student_only, atol=1e-6)
+    np.testing.assert_allclose(lab.predict(x).bag_probs, got.bag_probs, atol=1e-6)

@@ -127,6 +127,9 @@ class D2LConfig(BaseConfig):
     min_student_steps: int = 30
     patience: int = 10
     bag_score: Literal["max", "teacher"] = "teacher"  # the teacher's slide output (tuning cohorts); "max": the student's
+    # the tile output: the student's probabilities, or "blend": the softmax of the mean of the student's and the
+    # teacher's singleton logits (InstanceLabeler.predict)
+    tile_score: Literal["student", "blend"] = "student"
     negative_class: str | None = None
     threads: int | None = 1  # torch threads while fitting (distill.training.torch_threads); None: torch's
 
@@ -196,7 +199,7 @@ class DistillToLabel(Method):
             "method": self.name, "in_dim": tr.dim, "n_classes": len(tr.classes), "classes": list(tr.classes),
             "negative_class": neg, "encoder": None, "teacher": cfg.teacher, "teacher_args": dict(cfg.teacher_args),
             "student": {"kind": cfg.student, "hidden": list(cfg.student_hidden), "dropout": cfg.student_dropout},
-            "bag_score": cfg.bag_score, "config": cfg.model_dump(mode="json"),
+            "bag_score": cfg.bag_score, "tile_score": cfg.tile_score, "config": cfg.model_dump(mode="json"),
         }
         seed_everything(self.seed)
         mods = build_modules(meta)

@@ -139,6 +139,9 @@ class WenoConfig(BaseConfig):
     # the slide output: the teacher's (default, chosen on the tuning cohorts: the max-tile rule lets one
     # look-alike tile decide a normal slide) or the student's max-tile rule (the paper's)
     bag_score: Literal["max", "teacher"] = "teacher"
+    # the tile output: the student's probabilities (the paper's), or "blend": the softmax of the mean of the
+    # student's and the teacher's singleton logits (InstanceLabeler.predict)
+    tile_score: Literal["student", "blend"] = "student"
     calibrate: bool = True  # undo the class weights' bias in the student's logits at prediction
     negative_class: str | None = None
     patience: int = 20
@@ -331,6 +334,7 @@ def _meta(cfg: WenoConfig, tr: Bags, thr: float) -> dict[str, Any]:
         "teacher_args": dict(cfg.teacher_args),
         "student": {"kind": "head", "hidden": list(cfg.student_hidden), "dropout": cfg.student_dropout},
         "bag_score": cfg.bag_score,
+        "tile_score": cfg.tile_score,
         "hpm_threshold": thr,
         "config": cfg.model_dump(mode="json"),
     }

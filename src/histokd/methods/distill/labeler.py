@@ -27,8 +27,9 @@ from histokd.workspace import ModelFiles, atomic_path
 
 class InstanceLabeler(Labeler):
     """A trained teacher + student pair. ``predict(features [N, D])``: the student's tile probabilities
-    (``instance_probs`` [N, C]), the teacher's evidence (``instance_scores`` [N]) and bag probabilities
-    by ``bag_score`` (``max`` tile rule or ``teacher``)."""
+    (``instance_probs`` [N, C]; with ``tile_score=blend`` in the meta, the softmax of the mean of the student's
+    and the teacher's singleton logits, a product of the two experts), the teacher's evidence
+    (``instance_scores`` [N]) and bag probabilities by ``bag_score`` (``max`` tile rule or ``teacher``)."""
 
     method = ""
 
@@ -93,6 +94,14 @@ class InstanceLabeler(Labeler):
         return teacher(z.unsqueeze(0))
 
     @torch.no_grad()
+    def teacher_instance_logits(self, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+        """The teacher's logits [M, C] of each instance of ``x`` [M, D] (standardised) seen alone, as a bag of
+        one (:meth:`~histokd.models.base.MILModel.instance_logits`)."""
+        teacher: MILModel = self.modules["teacher"]  # type: ignore[assignment]
+        return torch.cat([teacher.instance_logits(self.encode_teacher(x[i : i + chunk]).unsqueeze(0))[0].float()
+                          for i in range(0, len(x), chunk)])
+
+    @torch.no_grad()
     def teacher_bag_probs(self, features: np.ndarray) -> np.ndarray:
         """The teacher's own bag probabilities [C] for one bag ``features`` [N, D] (whatever ``bag_score``
         says): ``histokd bench`` reports them beside the student's bag output."""
@@ -104,7 +113,10 @@ class InstanceLabeler(Labeler):
         """``bag_score`` (``max`` or ``teacher``) picks the bag probabilities for this call; None: the model's
         own (``meta["bag_score"]``). Nothing of the labeller changes."""
         x = self._input(features)
-        probs = torch.cat([torch.softmax(self.student_logits(x[i : i + chunk]), -1) for i in range(0, len(x), chunk)])
+        logits = torch.cat([self.student_logits(x[i : i + chunk]) for i in range(0, len(x), chunk)])
+        if self.meta.get("tile_score", "student") == "blend":
+            logits = 0.5 * (logits.float() + self.teacher_instance_logits(x, chunk))
+        probs = torch.softmax(logits, -1)
         out = self._teacher_out(x, chunk)
         t_probs = torch.softmax(out.bag_logits[0].float(), -1)
         scores = out.instance_scores[0]
