@@ -40,12 +40,20 @@ def test_cohort_scores_bootstrap_by_slide_and_count_collapse():
             "bag_ids": [f"s{k}{i}" for i in range(4)], "labels": [0, 0, 1, 1],
             "bag_probs": [0.6, 0.7, 0.9, 0.95], "decision": {"threshold": 0.5},
             "tile_bag": [0, 0, 1, 1, 2, 2, 3, 3], "tile_labels": [0, 0, 0, 0, 1, 0, 1, 1],
-            "tile_probs": [0.1, 0.2, 0.1, 0.3, 0.9, 0.2, 0.8, 0.7]}})
+            "tile_probs": [0.1, 0.2, 0.1, 0.3, 0.9, 0.2, 0.8, 0.7],
+            "tile_teacher_probs": [0.9, 0.2, 0.1, 0.3, 0.5, 0.2, 0.8, 0.7]}})
     res = {"methods": {"m": {"folds": folds}}}
     s = R.cohort_scores(R.pooled(res, "m"), n_boot=200)
     assert s["bag_auc"]["value"] == 1.0
     assert s["collapsed_folds"] == 2 and s["collapsed_where_auc_075"] == 2  # every slide called tumour
     assert s["tile_auc_probs"]["low"] <= s["tile_auc_probs"]["value"] <= s["tile_auc_probs"]["high"]
+    assert s["tile_auc_probs"]["value"] == 1.0 and s["tile_auc_teacher_probs"]["value"] < 1.0  # kept apart
+    # the student is held against its teacher's per-tile probabilities too
+    better_teacher = {"tile_auc_probs": {"value": 0.80}, "tile_auc_scores": {"value": 0.70},
+                      "tile_auc_teacher_probs": {"value": 0.90}, "bag_auc": {"value": 0.8}}
+    abmil = {"tile_auc_probs": {"value": 0.75}, "tile_auc_scores": {"value": 0.6}, "bag_auc": {"value": 0.8}}
+    lines = R.criteria("fam", {"1": {"weno": better_teacher, "abmil": abmil}})
+    assert any("weno student tile AUC minus best reference: median -0.100" in line for line in lines)
     # the same outputs with a fitted cut of 0.8: no collapse
     for f in folds:
         f["predictions"]["decision"] = {"threshold": 0.8}
@@ -67,5 +75,8 @@ def test_smoke_suite_runs_and_resumes(tmp_path: Path, capsys):
     stamp = {f: f.stat().st_mtime_ns for f in files}
     scores = json.loads((res / "evaluation.json").read_text())
     assert np.isfinite(scores["small"]["9001"]["abmil"]["bag_auc"]["value"])
+    # a distilled method's teacher is kept per tile, so the criteria hold the student against it too
+    assert np.isfinite(scores["small"]["9001"]["weno"]["tile_auc_teacher_probs"]["value"])
+    assert "tile_auc_teacher_probs" not in scores["small"]["9001"]["abmil"]
     assert R.main(["--root", str(tmp_path), "--smoke", "--n-boot", "50"]) == 0  # resumes: nothing re-run
     assert {f: f.stat().st_mtime_ns for f in files} == stamp

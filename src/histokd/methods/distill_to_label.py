@@ -137,15 +137,6 @@ class D2LConfig(BaseConfig):
 class D2LLabeler(InstanceLabeler):
     method = "distill-to-label"
 
-    @torch.no_grad()
-    def teacher_singleton_probs(self, features: np.ndarray) -> np.ndarray:
-        """The teacher's own output on each tile seen as a bag of one, [N, C] probabilities: the naive
-        instance labeller that distillation is meant to improve on (``histokd bench`` reports its tile
-        AUC as ``instance_from_teacher_singleton``)."""
-        teacher: MILModel = self.modules["teacher"]  # type: ignore[assignment]
-        logits = teacher.instance_logits(self._input(features).unsqueeze(0))[0]  # chunked inside
-        return torch.softmax(logits.float(), -1).numpy().astype(np.float32)
-
 
 def _bags_to_dataset(b: Bags) -> Any:
     from histokd.data.bags import BagDataset

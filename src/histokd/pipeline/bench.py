@@ -99,12 +99,14 @@ def _score_fold(labeler: Labeler, ds: BagDataset, fold: Fold, te: BagDataset, fi
         rec["instance_from_probs"] = instance_metrics(y, np.concatenate([p.instance_probs[:, pos] for p in preds]))
         if all(p.instance_scores is not None for p in preds):
             rec["instance_from_scores"] = instance_metrics(y, np.concatenate([p.instance_scores for p in preds]))
-        if isinstance(labeler, SingletonTeacher):  # Distill-to-Label: the teacher on bags of one
+        if isinstance(labeler, SingletonTeacher):  # distilled students: their teacher on bags of one
             single = [labeler.teacher_singleton_probs(te[i].features.numpy())[:, pos] for i in range(len(te))]
             rec["instance_from_teacher_singleton"] = instance_metrics(y, np.concatenate(single))
     if keep_predictions:
         rec["predictions"] = _raw_predictions(ds, fold, te, preds, labs,
                                               t_probs if "bag_teacher" in rec else None)
+        if "instance_from_teacher_singleton" in rec:
+            rec["predictions"]["tile_teacher_probs"] = [round(float(v), 6) for v in np.concatenate(single)]
         rec["predictions"]["decision"] = _decision_of(labeler)
     return rec
 

@@ -102,6 +102,13 @@ class InstanceLabeler(Labeler):
                           for i in range(0, len(x), chunk)])
 
     @torch.no_grad()
+    def teacher_singleton_probs(self, features: np.ndarray) -> np.ndarray:
+        """The teacher's own output on each tile seen as a bag of one, [N, C] probabilities: the naive
+        instance labeller that distillation is meant to improve on (``histokd bench`` reports its tile
+        AUC as ``instance_from_teacher_singleton``, and keeps it per tile as ``tile_teacher_probs``)."""
+        return torch.softmax(self.teacher_instance_logits(self._input(features)), -1).numpy().astype(np.float32)
+
+    @torch.no_grad()
     def teacher_bag_probs(self, features: np.ndarray) -> np.ndarray:
         """The teacher's own bag probabilities [C] for one bag ``features`` [N, D] (whatever ``bag_score``
         says): ``histokd bench`` reports them beside the student's bag output."""
