@@ -108,6 +108,11 @@ def test_blend_tile_score_is_the_product_of_student_and_teacher(tmp_path) -> Non
     got = lab.predict(x)
     np.testing.assert_allclose(got.instance_probs, want, atol=1e-6)
     assert not np.allclose(got.instance_probs, student_only, atol=1e-4)
+    np.testing.assert_allclose(lab.predict(x, tile_score="student").instance_probs, student_only, atol=1e-6)
+    # for two classes the blend is the mean of the two log-odds, so it can be rebuilt from saved probabilities
+    t = lab.teacher_singleton_probs(x)[:, 1]
+    lo = lambda p: np.log(p) - np.log1p(-p)  # noqa: E731
+    np.testing.assert_allclose(lo(got.instance_probs[:, 1]), 0.5 * (lo(student_only[:, 1]) + lo(t)), atol=1e-4)
     lab.save(tmp_path)
     again = WenoLabeler.load(tmp_path)
     np.testing.assert_allclose(again.predict(x).instance_probs, got.instance_probs, atol=1e-6)

@@ -178,8 +178,9 @@ class WenoPixelLabeler(WenoLabeler):
                              "(features cannot be used: this model was trained on pixels)")
         return x if x.shape[1] == 3 else x.permute(0, 3, 1, 2).contiguous()
 
-    def predict(self, features: np.ndarray, chunk: int = 512, *, bag_score: str | None = None) -> Prediction:
-        return super().predict(features, chunk, bag_score=bag_score)
+    def predict(self, features: np.ndarray, chunk: int = 512, *, bag_score: str | None = None,
+                tile_score: str | None = None) -> Prediction:
+        return super().predict(features, chunk, bag_score=bag_score, tile_score=tile_score)
 
     def predict_slide(self, slide: Any, features: np.ndarray | None, coords: np.ndarray,
                       patch_size_level0: float | None = None) -> Prediction:
@@ -499,7 +500,9 @@ def _validate(labeler: InstanceLabeler, va: Bags) -> dict[str, float]:
         m.eval()
     t_probs, s_probs, losses = [], [], []
     for x, y in zip(va.features, va.labels):
-        pred = labeler.predict(x.numpy(), bag_score="teacher")  # the teacher's bag output, whatever the rule
+        # the teacher's bag output whatever the rule, and the student's own tiles: the checkpoint is chosen on
+        # the networks, not on the output rule (tile_score=blend changes no training)
+        pred = labeler.predict(x.numpy(), bag_score="teacher", tile_score="student")
         t_probs.append(pred.bag_probs)
         s_probs.append(max_bag_probs(torch.as_tensor(pred.instance_probs), labeler.neg).numpy())
         losses.append(-math.log(max(float(pred.bag_probs[int(y)]), 1e-7)))

@@ -116,12 +116,13 @@ class InstanceLabeler(Labeler):
         return torch.softmax(out.bag_logits[0].float(), -1).numpy().astype(np.float32)
 
     @torch.no_grad()
-    def predict(self, features: np.ndarray, chunk: int = 8192, *, bag_score: str | None = None) -> Prediction:
-        """``bag_score`` (``max`` or ``teacher``) picks the bag probabilities for this call; None: the model's
-        own (``meta["bag_score"]``). Nothing of the labeller changes."""
+    def predict(self, features: np.ndarray, chunk: int = 8192, *, bag_score: str | None = None,
+                tile_score: str | None = None) -> Prediction:
+        """``bag_score`` (``max`` or ``teacher``) and ``tile_score`` (``student`` or ``blend``) pick the bag and
+        tile probabilities for this call; None: the model's own (``meta``). Nothing of the labeller changes."""
         x = self._input(features)
         logits = torch.cat([self.student_logits(x[i : i + chunk]) for i in range(0, len(x), chunk)])
-        if self.meta.get("tile_score", "student") == "blend":
+        if (tile_score or self.meta.get("tile_score", "student")) == "blend":
             logits = 0.5 * (logits.float() + self.teacher_instance_logits(x, chunk))
         probs = torch.softmax(logits, -1)
         out = self._teacher_out(x, chunk)
