@@ -39,6 +39,8 @@ def test_one_class_is_nan_and_known_values():
     assert roc_auc([0, 1], [0.5, 0.5]) == 0.5
     assert average_precision([0, 1, 1], [0.9, 0.8, 0.1]) == pytest.approx((0.5 + 2 / 3) / 2)
     assert f1([0, 0], [0, 0]) == 0.0  # no positive anywhere: 0, not a division by zero
+    assert np.isnan(roc_auc([0, 1, 1], [0.1, np.nan, 0.3]))  # a diverged model gets no number
+    assert np.isnan(average_precision([0, 1, 1], [0.1, np.inf, 0.3]))
 
 
 def test_multiclass_equals_sklearn_and_falls_back():

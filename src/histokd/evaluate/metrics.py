@@ -16,12 +16,13 @@ import numpy as np
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """ROC AUC of ``scores`` [n] against binary ``labels`` [n] (truthy = positive): the probability that a
     random positive outscores a random negative, ties counted half (the area under the ROC curve with
-    linear interpolation between distinct thresholds). NaN when only one class is present."""
+    linear interpolation between distinct thresholds). NaN when only one class is present, or when a score is
+    not finite (a diverged model: no silent number)."""
     pos = np.asarray(labels).reshape(-1).astype(bool)
     s = np.asarray(scores).reshape(-1)
     n_pos = int(pos.sum())
     n_neg = len(pos) - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if n_pos == 0 or n_neg == 0 or not np.isfinite(s).all():
         return float("nan")
     _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
     ends = np.cumsum(counts, dtype=np.float64)
@@ -32,11 +33,11 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     """Average precision: the precision at each distinct score threshold (highest first), weighted by the
-    recall gained there. NaN without positives."""
+    recall gained there. NaN without positives or with a score that is not finite."""
     pos = np.asarray(labels).reshape(-1).astype(bool)
     s = np.asarray(scores).reshape(-1)
     n_pos = int(pos.sum())
-    if n_pos == 0:
+    if n_pos == 0 or not np.isfinite(s).all():
         return float("nan")
     order = np.argsort(-s, kind="stable")
     s, pos = s[order], pos[order]
