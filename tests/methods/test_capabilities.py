@@ -17,7 +17,8 @@ def test_labeller_classes_match_their_protocols() -> None:
     from histokd.methods.weno import WenoLabeler, WenoPixelLabeler
 
     assert issubclass(D2LLabeler, SingletonTeacher) and issubclass(D2LLabeler, TeacherBagScorer)
-    assert issubclass(WenoLabeler, TeacherBagScorer) and not issubclass(WenoLabeler, SingletonTeacher)
+    assert issubclass(WenoLabeler, TeacherBagScorer) and issubclass(WenoLabeler, SingletonTeacher)
+    assert not issubclass(WenoPixelLabeler, SingletonTeacher)  # it labels pixels, not feature rows
     assert issubclass(WenoPixelLabeler, SlideLabeler) and issubclass(WenoPixelLabeler, PixelBagLabeler)
     assert not issubclass(WenoLabeler, PixelBagLabeler)
     assert issubclass(IFKDLabeler, SlideLabeler)

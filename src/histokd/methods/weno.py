@@ -139,8 +139,7 @@ class WenoConfig(BaseConfig):
     # the slide output: the teacher's (default, chosen on the tuning cohorts: the max-tile rule lets one
     # look-alike tile decide a normal slide) or the student's max-tile rule (the paper's)
     bag_score: Literal["max", "teacher"] = "teacher"
-    # the tile output: the student's probabilities (the paper's), or "blend": the softmax of the mean of the
-    # student's and the teacher's singleton logits (InstanceLabeler.predict)
+    # tiles: the student's probabilities (the paper's) or "blend" with the teacher's (InstanceLabeler.predict)
     tile_score: Literal["student", "blend"] = "student"
     calibrate: bool = True  # undo the class weights' bias in the student's logits at prediction
     negative_class: str | None = None
@@ -177,6 +176,8 @@ class WenoPixelLabeler(WenoLabeler):
             raise InputError(f"end-to-end WENO labels tile images [N, 3, H, W]; got shape {tuple(x.shape)} "
                              "(features cannot be used: this model was trained on pixels)")
         return x if x.shape[1] == 3 else x.permute(0, 3, 1, 2).contiguous()
+
+    teacher_singleton_probs = None  # type: ignore[assignment]  # not a SingletonTeacher: it reads pixels
 
     def predict(self, features: np.ndarray, chunk: int = 512, *, bag_score: str | None = None,
                 tile_score: str | None = None) -> Prediction:
@@ -500,8 +501,7 @@ def _validate(labeler: InstanceLabeler, va: Bags) -> dict[str, float]:
         m.eval()
     t_probs, s_probs, losses = [], [], []
     for x, y in zip(va.features, va.labels):
-        # the teacher's bag output whatever the rule, and the student's own tiles: the checkpoint is chosen on
-        # the networks, not on the output rule (tile_score=blend changes no training)
+        # the teacher's bag output and the student's own tiles, whatever the output rules (blend trains the same)
         pred = labeler.predict(x.numpy(), bag_score="teacher", tile_score="student")
         t_probs.append(pred.bag_probs)
         s_probs.append(max_bag_probs(torch.as_tensor(pred.instance_probs), labeler.neg).numpy())
