@@ -198,7 +198,8 @@ def pooled(res: dict[str, Any], method: str) -> dict[str, Any]:
         out["fixed_cut"] += [1.0 - t] * len(probs)
         bacc_fixed.append(_bacc(np.asarray(p["labels"]), probs + 0.5 - (1.0 - t)))
     arr: dict[str, Any] = {k: np.asarray(v) for k, v in out.items()}
-    arr["tile_score"] = _tile_score(method, res["methods"][method].get("config") or {})
+    # the tile rule the stored tile_probs were made with (bench records it; results older than the option: student)
+    arr["tile_score"] = str(folds[0]["predictions"].get("tile_score", "student")) if folds else "student"
     arr["fold_collapsed"] = collapsed
     arr["fold_collapsed_fixed"] = collapsed_fixed
     arr["fold_bacc_fixed"] = bacc_fixed
@@ -215,18 +216,6 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float:
     if len(np.unique(y)) < 2:
         return float("nan")
     return float(BINARY_METRICS["AUC"](y, s, 0.5))
-
-
-def _tile_score(method: str, overrides: dict[str, Any]) -> str:
-    """The ``tile_score`` a distilled method ran with (its override, else its config's default)."""
-    if "tile_score" in overrides:
-        return str(overrides["tile_score"])
-    from histokd.methods.base import METHODS
-    import histokd.methods  # noqa: F401  (registers the methods)
-
-    if method not in METHODS:
-        return "student"
-    return str(getattr(METHODS.get(method).config_cls(), "tile_score", "student"))
 
 
 def _log_odds(p: np.ndarray) -> np.ndarray:
@@ -271,7 +260,9 @@ def cohort_scores(p: dict[str, Any], n_boot: int = 500, seed: int = 0) -> dict[s
             fns["tile_auc_teacher_probs"] = lambda idx: _auc(tl[tiles(idx)], tt[tiles(idx)])
         if p["tile_teacher_probs"].size == tp.size and p["tile_score"] == "student":
             # tile_score=blend from the same predictions: for two classes the softmax of the mean of the two
-            # logit vectors has the mean of the two log-odds (the networks train the same either way)
+            # logit vectors has the mean of the two log-odds (the networks train the same either way). The kept
+            # probabilities have 6 decimals, so tiles that saturate one network (p < 1e-6 or > 1 - 1e-6) are
+            # ordered by the other alone: close to, not exactly, the blend the model outputs.
             blend = 0.5 * (_log_odds(tp) + _log_odds(tt))
             fns["tile_auc_blend"] = lambda idx: _auc(tl[tiles(idx)], blend[tiles(idx)])
     allidx = np.arange(len(y))

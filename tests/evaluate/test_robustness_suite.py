@@ -78,5 +78,8 @@ def test_smoke_suite_runs_and_resumes(tmp_path: Path, capsys):
     # a distilled method's teacher is kept per tile, so the criteria hold the student against it too
     assert np.isfinite(scores["small"]["9001"]["weno"]["tile_auc_teacher_probs"]["value"])
     assert "tile_auc_teacher_probs" not in scores["small"]["9001"]["abmil"]
+    weno = json.loads((res / "small" / "9001" / "weno.json").read_text())
+    assert weno["methods"]["weno"]["folds"][0]["predictions"]["tile_score"] == "student"  # the rule used
+    assert "tile_auc_blend" in scores["small"]["9001"]["weno"]
     assert R.main(["--root", str(tmp_path), "--smoke", "--n-boot", "50"]) == 0  # resumes: nothing re-run
     assert {f: f.stat().st_mtime_ns for f in files} == stamp

@@ -107,6 +107,8 @@ def _score_fold(labeler: Labeler, ds: BagDataset, fold: Fold, te: BagDataset, fi
                                               t_probs if "bag_teacher" in rec else None)
         if "instance_from_teacher_singleton" in rec:
             rec["predictions"]["tile_teacher_probs"] = [round(float(v), 6) for v in np.concatenate(single)]
+        if "tile_score" in (labeler.meta or {}):  # the tile rule these tile_probs were made with
+            rec["predictions"]["tile_score"] = str(labeler.meta["tile_score"])
         rec["predictions"]["decision"] = _decision_of(labeler)
     return rec
 
