@@ -24,6 +24,7 @@ kept. ``--smoke`` runs the tiny CI version (two cohorts, handcrafted features, a
     .venv/bin/python benchmarks/robustness.py --root ROOT --stage tuning
     .venv/bin/python benchmarks/robustness.py --root ROOT --stage evaluation --families small,site
     .venv/bin/python benchmarks/robustness.py --root ROOT --smoke
+    .venv/bin/python benchmarks/robustness.py --root ROOT --stage tuning2 --repeats 3   # 3 trainings per cohort
 
 Methods can be given overrides (``--set weno:key=value``) and a tag (``--tag NAME``) so that an
 ablation keeps its own results beside the defaults'. Results: ``ROOT/results/<tag>/<family>/<seed>/
@@ -38,6 +39,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -159,21 +161,47 @@ def method_overrides(method: str, sets: dict[str, list[str]], max_epochs: int | 
 
 
 def run_method(dataset: str, method: str, fam: dict[str, Any], ov: dict[str, Any], out: Path,
-               seed: int = 0) -> dict[str, Any]:
-    """One (cohort, method) bench run with raw predictions; kept in ``out`` (resume)."""
+               seed: int = 0, repeats: int = 1) -> dict[str, Any]:
+    """One (cohort, method) bench run with raw predictions; kept in ``out`` (resume). ``repeats`` > 1: the
+    family's ``cv:KxN`` protocol runs as ``cv:Kx<repeats>`` (new fold draws and seeds per repeat); a ``split``
+    family trains ``repeats`` times on its split with seeds ``seed + r``, each run one repeat."""
     import histokd
     from histokd.workspace import write_json
 
     if out.is_file():
         return json.loads(out.read_text(encoding="utf-8"))
-    res = histokd.bench(dataset, [method], protocol=fam["protocol"], seed=seed,
-                        method_overrides={method: ov}, val_fraction=float(fam.get("val_fraction", 0.0)),
-                        keep_predictions=True)
+    kw = dict(method_overrides={method: ov}, val_fraction=float(fam.get("val_fraction", 0.0)), keep_predictions=True)
+    protocol = fam["protocol"]
+    if repeats > 1 and protocol.startswith("cv:"):
+        protocol = re.sub(r"^cv:(\d+)(x\d+)?$", rf"cv:\g<1>x{repeats}", protocol)
+    if repeats > 1 and protocol == "split":
+        res = None
+        for r in range(repeats):
+            one = histokd.bench(dataset, [method], protocol="split", seed=seed + r, **kw)
+            for f in one["methods"][method]["folds"]:
+                f["repeat"] = r
+            if res is None:
+                res = one
+            else:
+                res["methods"][method]["folds"] += one["methods"][method]["folds"]
+        res["repeats"] = repeats
+    else:
+        res = histokd.bench(dataset, [method], protocol=protocol, seed=seed, **kw)
     write_json(out, res)
     return res
 
 
 # ------------------------------------------------------------------------------------------ scoring
+def pooled_repeats(res: dict[str, Any], method: str) -> dict[str, Any] | list[dict[str, Any]]:
+    """:func:`pooled` per CV repeat (a list), or the one pooled set when the run has a single repeat."""
+    entry = res["methods"][method]
+    reps = sorted({int(f.get("repeat", 0)) for f in entry["folds"]})
+    if len(reps) <= 1:
+        return pooled(res, method)
+    return [pooled({"methods": {method: {**entry, "folds": [f for f in entry["folds"] if int(f.get("repeat", 0)) == r]}}},
+                   method) for r in reps]
+
+
 def pooled(res: dict[str, Any], method: str) -> dict[str, Any]:
     """The folds' raw test predictions of one method, concatenated (each slide tested once)."""
     folds = res["methods"][method]["folds"]
@@ -229,8 +257,8 @@ def _bacc(y: np.ndarray, s: np.ndarray) -> float:
     return float(np.mean(parts)) if parts else float("nan")
 
 
-def cohort_scores(p: dict[str, Any], n_boot: int = 500, seed: int = 0) -> dict[str, Any]:
-    """Point values and slide-bootstrap 95 % CIs of the cohort's pooled predictions."""
+def _metric_fns(p: dict[str, Any]) -> dict[str, Any]:
+    """The cohort's metrics as functions of slide rows ``idx`` of the pooled predictions ``p`` (for the bootstrap)."""
     y, b = p["labels"].astype(int), p["bag_probs"].astype(float)
     has_tiles = p["tile_labels"].size > 0
     fixed = b + 0.5 - p["fixed_cut"].astype(float)  # p >= 0.5 here <=> the fixed cut on the raw output
@@ -265,6 +293,30 @@ def cohort_scores(p: dict[str, Any], n_boot: int = 500, seed: int = 0) -> dict[s
             # ordered by the other alone: close to, not exactly, the blend the model outputs.
             blend = 0.5 * (_log_odds(tp) + _log_odds(tt))
             fns["tile_auc_blend"] = lambda idx: _auc(tl[tiles(idx)], blend[tiles(idx)])
+    return fns
+
+
+def cohort_scores(p: dict[str, Any] | list[dict[str, Any]], n_boot: int = 500, seed: int = 0) -> dict[str, Any]:
+    """Point values and slide-bootstrap 95 % CIs of the cohort's pooled predictions. ``p`` a list (one pooled set
+    per CV repeat, :func:`pooled_repeats`): each value is the mean over the repeats, and each bootstrap draw
+    resamples whole slides once and scores every repeat on them; the fold counts add up over the repeats."""
+    reps = p if isinstance(p, list) else [p]
+    p = reps[0]
+    y = p["labels"].astype(int)
+    ids = [str(v) for v in p["bag_ids"]]
+    rows = []  # each repeat's row of every slide, in the first repeat's slide order
+    for r in reps:
+        where = {str(b): i for i, b in enumerate(r["bag_ids"])}
+        rows.append(np.asarray([where[b] for b in ids], dtype=int))
+    rep_fns = [_metric_fns(r) for r in reps]
+
+    def mean_over_repeats(k: str) -> Any:
+        def fn(idx: np.ndarray) -> float:
+            v = np.asarray([f[k](rw[idx]) for f, rw in zip(rep_fns, rows)], dtype=float)
+            return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else math.nan
+        return fn
+
+    fns = {k: mean_over_repeats(k) for k in rep_fns[0] if all(k in f for f in rep_fns)}
     allidx = np.arange(len(y))
     rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(y == c) for c in (0, 1)]
@@ -279,14 +331,17 @@ def cohort_scores(p: dict[str, Any], n_boot: int = 500, seed: int = 0) -> dict[s
         v = v[np.isfinite(v)]
         lo, hi = (np.quantile(v, [0.025, 0.975]) if len(v) >= 20 else (math.nan, math.nan))
         out[k] = {"value": fn(allidx), "low": float(lo), "high": float(hi)}
-    out["collapsed_folds"] = int(sum(p["fold_collapsed"]))
-    out["n_folds"] = len(p["fold_auc"])
-    strong = [k for k, a in enumerate(p["fold_auc"]) if np.isfinite(a) and a >= 0.75]
-    out["min_fold_bacc_where_auc_075"] = min([p["fold_balanced_accuracy"][k] for k in strong] or [math.nan])
-    out["collapsed_where_auc_075"] = int(sum(p["fold_collapsed"][k] for k in strong))
-    out["collapsed_folds_fixed"] = int(sum(p["fold_collapsed_fixed"]))
-    out["collapsed_where_auc_075_fixed"] = int(sum(p["fold_collapsed_fixed"][k] for k in strong))
-    out["min_fold_bacc_where_auc_075_fixed"] = min([p["fold_bacc_fixed"][k] for k in strong] or [math.nan])
+    folds = {k: [v for r in reps for v in r[k]] for k in ("fold_collapsed", "fold_collapsed_fixed", "fold_auc",
+                                                          "fold_balanced_accuracy", "fold_bacc_fixed")}
+    out["collapsed_folds"] = int(sum(folds["fold_collapsed"]))
+    out["n_folds"] = len(folds["fold_auc"])
+    out["repeats"] = len(reps)
+    strong = [k for k, a in enumerate(folds["fold_auc"]) if np.isfinite(a) and a >= 0.75]
+    out["min_fold_bacc_where_auc_075"] = min([folds["fold_balanced_accuracy"][k] for k in strong] or [math.nan])
+    out["collapsed_where_auc_075"] = int(sum(folds["fold_collapsed"][k] for k in strong))
+    out["collapsed_folds_fixed"] = int(sum(folds["fold_collapsed_fixed"]))
+    out["collapsed_where_auc_075_fixed"] = int(sum(folds["fold_collapsed_fixed"][k] for k in strong))
+    out["min_fold_bacc_where_auc_075_fixed"] = min([folds["fold_bacc_fixed"][k] for k in strong] or [math.nan])
     return out
 
 
@@ -440,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="Tag whose results stand in for the file's methods not given in --methods (e.g. the "
                          "plain MIL references under 'defaults' beside an ablation of one student).")
     ap.add_argument("--smoke", action="store_true", help="The tiny CI version.")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="Train every (cohort, method) this many times (cv:KxN runs as cv:Kx<R>; split families with "
+                         "seeds 0..R-1); each cohort's figures are the mean over the repeats, its CIs resample whole "
+                         "slides. Results: <method>.r<R>.json beside the one-repeat <method>.json.")
     ap.add_argument("--n-boot", type=int, default=500)
     ap.add_argument("--prepare-only", action="store_true",
                     help="Draw, tile and embed the stage's cohorts, run no method (no result is seen: the evaluation "
@@ -476,13 +535,15 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for m in methods:
             ov = method_overrides(m, sets, common.get("max_epochs"))
-            res = run_method(dataset, m, spec, ov, res_root / fam / str(seed) / f"{m}.json")
-            scores[fam].setdefault(str(seed), {})[m] = cohort_scores(pooled(res, m), args.n_boot)
+            name = f"{m}.json" if args.repeats == 1 else f"{m}.r{args.repeats}.json"
+            res = run_method(dataset, m, spec, ov, res_root / fam / str(seed) / name, repeats=args.repeats)
+            scores[fam].setdefault(str(seed), {})[m] = cohort_scores(pooled_repeats(res, m), args.n_boot)
         for m in (reused if args.reuse else []):
-            path = args.root / "results" / args.reuse / fam / str(seed) / f"{m}.json"
+            name = f"{m}.json" if args.repeats == 1 else f"{m}.r{args.repeats}.json"
+            path = args.root / "results" / args.reuse / fam / str(seed) / name
             if path.is_file():
                 res = json.loads(path.read_text(encoding="utf-8"))
-                scores[fam].setdefault(str(seed), {})[m] = cohort_scores(pooled(res, m), args.n_boot)
+                scores[fam].setdefault(str(seed), {})[m] = cohort_scores(pooled_repeats(res, m), args.n_boot)
         el = time.perf_counter() - t0
         eta = el / (k + 1) * (len(jobs) - k - 1)
         log.info("robustness: cohort %d/%d (%s-%d) done; %.0f s elapsed, %.2f cohorts/min, ETA %.0f s",

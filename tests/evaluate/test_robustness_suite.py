@@ -83,3 +83,31 @@ def test_smoke_suite_runs_and_resumes(tmp_path: Path, capsys):
     assert "tile_auc_blend" in scores["small"]["9001"]["weno"]
     assert R.main(["--root", str(tmp_path), "--smoke", "--n-boot", "50"]) == 0  # resumes: nothing re-run
     assert {f: f.stat().st_mtime_ns for f in files} == stamp
+
+
+def test_repeats_average_per_repeat_scores_and_resample_slides_once():
+    R = _suite()
+
+    def fold(rep, k, probs, tiles):
+        return {"repeat": rep, "auc": 1.0, "balanced_accuracy": 0.5, "predictions": {
+            "bag_ids": [f"s{k}{i}" for i in range(4)], "labels": [0, 0, 1, 1], "bag_probs": probs,
+            "decision": {"threshold": 0.5}, "tile_bag": [0, 0, 1, 1, 2, 2, 3, 3],
+            "tile_labels": [0, 0, 0, 0, 1, 0, 1, 1], "tile_probs": tiles}}
+
+    good = [0.1, 0.2, 0.1, 0.3, 0.9, 0.2, 0.8, 0.7]  # tile AUC 1.0
+    worse = [0.1, 0.2, 0.1, 0.9, 0.9, 0.2, 0.8, 0.7]
+    # repeat 1 tests the same slides in another order (other folds): rows are matched by slide id
+    rep0 = [fold(0, 0, [0.2, 0.3, 0.8, 0.9], good), fold(0, 1, [0.2, 0.3, 0.8, 0.9], good)]
+    rep1 = [fold(1, 1, [0.2, 0.9, 0.8, 0.3], worse), fold(1, 0, [0.2, 0.9, 0.8, 0.3], worse)]
+    res = {"methods": {"m": {"folds": rep0 + rep1}}}
+    reps = R.pooled_repeats(res, "m")
+    assert isinstance(reps, list) and len(reps) == 2
+    both = R.cohort_scores(reps, n_boot=100)
+    one = [R.cohort_scores(R.pooled({"methods": {"m": {"folds": f}}}, "m"), n_boot=0) for f in (rep0, rep1)]
+    for k in ("bag_auc", "tile_auc_probs"):
+        assert both[k]["value"] == pytest.approx((one[0][k]["value"] + one[1][k]["value"]) / 2)
+        assert both[k]["low"] <= both[k]["value"] <= both[k]["high"]
+    assert both["repeats"] == 2 and both["n_folds"] == 4
+    # a single repeat scores exactly as before
+    assert R.pooled_repeats({"methods": {"m": {"folds": rep0}}}, "m")["bag_ids"].tolist() == \
+        R.pooled({"methods": {"m": {"folds": rep0}}}, "m")["bag_ids"].tolist()
