@@ -3,8 +3,9 @@
 Binary tasks score the positive class (``tumour``, else the last class); multi-class tasks use macro
 one-vs-rest AUC and macro F1. Undefined values (one class only) are NaN, never an exception.
 
-The scores are computed here in NumPy (:func:`roc_auc`, :func:`average_precision`, :func:`balanced_accuracy`,
-:func:`f1`) rather than through scikit-learn, whose import costs 0.6 s of every ``bench`` and ``label`` run;
+The scores are computed in NumPy (:func:`roc_auc` and :func:`average_precision` on the bootstrap's own
+formulas in :mod:`histokd.evaluate.binary`; :func:`balanced_accuracy`, :func:`f1`) rather than through
+scikit-learn, whose import costs 0.6 s of every ``bench`` and ``label`` run;
 ``tests/evaluate/test_metric_formulas.py`` holds them equal to scikit-learn's on random and tied inputs.
 """
 
@@ -12,40 +13,27 @@ from __future__ import annotations
 
 import numpy as np
 
+from histokd.evaluate.binary import auc_score
+from histokd.evaluate.binary import average_precision as _binary_ap
+
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC of ``scores`` [n] against binary ``labels`` [n] (truthy = positive): the probability that a
-    random positive outscores a random negative, ties counted half (the area under the ROC curve with
-    linear interpolation between distinct thresholds). NaN when only one class is present, or when a score is
-    not finite (a diverged model: no silent number)."""
-    pos = np.asarray(labels).reshape(-1).astype(bool)
+    """ROC AUC of ``scores`` [n] against binary ``labels`` [n] (truthy = positive): the Mann-Whitney statistic of
+    :func:`histokd.evaluate.binary.auc_score`. NaN when only one class is present, or when a score is not finite
+    (a diverged model: no silent number)."""
     s = np.asarray(scores).reshape(-1)
-    n_pos = int(pos.sum())
-    n_neg = len(pos) - n_pos
-    if n_pos == 0 or n_neg == 0 or not np.isfinite(s).all():
+    if not np.isfinite(s).all():
         return float("nan")
-    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts, dtype=np.float64)
-    midrank = ends - (counts - 1) / 2.0  # 1-based rank, averaged over each group of tied scores
-    rank_sum = float(midrank[inverse.reshape(-1)][pos].sum())
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    return auc_score(np.asarray(labels).reshape(-1).astype(bool), s)
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Average precision: the precision at each distinct score threshold (highest first), weighted by the
-    recall gained there. NaN without positives or with a score that is not finite."""
-    pos = np.asarray(labels).reshape(-1).astype(bool)
+    """Average precision (:func:`histokd.evaluate.binary.average_precision`) of ``scores`` against binary
+    ``labels``. NaN without positives or with a score that is not finite."""
     s = np.asarray(scores).reshape(-1)
-    n_pos = int(pos.sum())
-    if n_pos == 0 or not np.isfinite(s).all():
+    if not np.isfinite(s).all():
         return float("nan")
-    order = np.argsort(-s, kind="stable")
-    s, pos = s[order], pos[order]
-    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]  # the last row of each threshold's group
-    tp = np.cumsum(pos, dtype=np.float64)[last]
-    precision = tp / (last + 1)
-    recall_gain = np.diff(np.r_[0.0, tp]) / n_pos
-    return float((recall_gain * precision).sum())
+    return _binary_ap(np.asarray(labels).reshape(-1).astype(bool), s)
 
 
 def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
