@@ -88,18 +88,22 @@ class InstanceLabeler(Labeler):
         return self.transform(x)
 
     @torch.no_grad()
-    def _teacher_out(self, x: torch.Tensor, chunk: int = 8192) -> Any:
-        teacher: MILModel = self.modules["teacher"]  # type: ignore[assignment]
-        z = torch.cat([self.encode_teacher(x[i : i + chunk]) for i in range(0, len(x), chunk)])
-        return teacher(z.unsqueeze(0))
+    def _teacher_input(self, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+        """``x`` [M, D] (standardised) through the teacher's encoder, in chunks -> [M, H]."""
+        return torch.cat([self.encode_teacher(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
     @torch.no_grad()
-    def teacher_instance_logits(self, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-        """The teacher's logits [M, C] of each instance of ``x`` [M, D] (standardised) seen alone, as a bag of
-        one (:meth:`~histokd.models.base.MILModel.instance_logits`)."""
+    def _teacher_out(self, x: torch.Tensor, chunk: int = 8192, z: torch.Tensor | None = None) -> Any:
         teacher: MILModel = self.modules["teacher"]  # type: ignore[assignment]
-        return torch.cat([teacher.instance_logits(self.encode_teacher(x[i : i + chunk]).unsqueeze(0))[0].float()
-                          for i in range(0, len(x), chunk)])
+        return teacher((self._teacher_input(x, chunk) if z is None else z).unsqueeze(0))
+
+    @torch.no_grad()
+    def teacher_instance_logits(self, x: torch.Tensor, chunk: int = 8192, z: torch.Tensor | None = None) -> torch.Tensor:
+        """The teacher's logits [M, C] of each instance of ``x`` [M, D] (standardised) seen alone, as a bag of
+        one (:meth:`~histokd.models.base.MILModel.instance_logits`, chunked inside); ``z``: ``x`` already
+        through the teacher's encoder (:meth:`_teacher_input`)."""
+        teacher: MILModel = self.modules["teacher"]  # type: ignore[assignment]
+        return teacher.instance_logits((self._teacher_input(x, chunk) if z is None else z).unsqueeze(0))[0].float()
 
     @torch.no_grad()
     def teacher_singleton_probs(self, features: np.ndarray) -> np.ndarray:
@@ -121,11 +125,12 @@ class InstanceLabeler(Labeler):
         """``bag_score`` (``max`` or ``teacher``) and ``tile_score`` (``student`` or ``blend``) pick the bag and
         tile probabilities for this call; None: the model's own (``meta``). Nothing of the labeller changes."""
         x = self._input(features)
+        z = self._teacher_input(x, chunk)  # once, for the teacher's bag output and (blend) its single tiles
         logits = torch.cat([self.student_logits(x[i : i + chunk]) for i in range(0, len(x), chunk)])
         if (tile_score or self.meta.get("tile_score", "student")) == "blend":
-            logits = 0.5 * (logits.float() + self.teacher_instance_logits(x, chunk))
+            logits = 0.5 * (logits.float() + self.teacher_instance_logits(x, z=z))
         probs = torch.softmax(logits, -1)
-        out = self._teacher_out(x, chunk)
+        out = self._teacher_out(x, z=z)
         t_probs = torch.softmax(out.bag_logits[0].float(), -1)
         scores = out.instance_scores[0]
         if scores.dim() == 2:  # [N, C] instance logits: evidence for the most likely non-negative class
