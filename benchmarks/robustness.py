@@ -160,6 +160,11 @@ def method_overrides(method: str, sets: dict[str, list[str]], max_epochs: int | 
     return ov
 
 
+def result_name(method: str, repeats: int) -> str:
+    """A (cohort, method) result's file: ``<method>.json``, or ``<method>.r<R>.json`` for R repeats."""
+    return f"{method}.json" if repeats == 1 else f"{method}.r{repeats}.json"
+
+
 def run_method(dataset: str, method: str, fam: dict[str, Any], ov: dict[str, Any], out: Path,
                seed: int = 0, repeats: int = 1) -> dict[str, Any]:
     """One (cohort, method) bench run with raw predictions; kept in ``out`` (resume). ``repeats`` > 1: the
@@ -535,12 +540,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for m in methods:
             ov = method_overrides(m, sets, common.get("max_epochs"))
-            name = f"{m}.json" if args.repeats == 1 else f"{m}.r{args.repeats}.json"
-            res = run_method(dataset, m, spec, ov, res_root / fam / str(seed) / name, repeats=args.repeats)
+            res = run_method(dataset, m, spec, ov, res_root / fam / str(seed) / result_name(m, args.repeats),
+                             repeats=args.repeats)
             scores[fam].setdefault(str(seed), {})[m] = cohort_scores(pooled_repeats(res, m), args.n_boot)
         for m in (reused if args.reuse else []):
-            name = f"{m}.json" if args.repeats == 1 else f"{m}.r{args.repeats}.json"
-            path = args.root / "results" / args.reuse / fam / str(seed) / name
+            path = args.root / "results" / args.reuse / fam / str(seed) / result_name(m, args.repeats)
             if path.is_file():
                 res = json.loads(path.read_text(encoding="utf-8"))
                 scores[fam].setdefault(str(seed), {})[m] = cohort_scores(pooled_repeats(res, m), args.n_boot)

@@ -93,6 +93,7 @@ def _score_fold(labeler: Labeler, ds: BagDataset, fold: Fold, te: BagDataset, fi
         t_probs = np.stack([labeler.teacher_bag_probs(te[i].features.numpy()) for i in range(len(te))])
         rec["bag_teacher"] = bag_metrics(te.labels, t_probs, te.positive_index)
     labs = [te[i].instance_labels for i in range(len(te))]
+    single: list[np.ndarray] | None = None  # the teacher on each test tile alone (distilled students)
     if all(lab is not None for lab in labs) and labs:
         y = np.concatenate(labs)
         pos = te.positive_index
@@ -104,9 +105,7 @@ def _score_fold(labeler: Labeler, ds: BagDataset, fold: Fold, te: BagDataset, fi
             rec["instance_from_teacher_singleton"] = instance_metrics(y, np.concatenate(single))
     if keep_predictions:
         rec["predictions"] = _raw_predictions(ds, fold, te, preds, labs,
-                                              t_probs if "bag_teacher" in rec else None)
-        if "instance_from_teacher_singleton" in rec:
-            rec["predictions"]["tile_teacher_probs"] = [round(float(v), 6) for v in np.concatenate(single)]
+                                              t_probs if "bag_teacher" in rec else None, single)
         if "tile_score" in (labeler.meta or {}):  # the tile rule these tile_probs were made with
             rec["predictions"]["tile_score"] = str(labeler.meta["tile_score"])
         rec["predictions"]["decision"] = _decision_of(labeler)
@@ -140,8 +139,10 @@ def _decision_of(labeler: Labeler) -> dict[str, Any] | None:
     return dict(d) if isinstance(d, dict) else None
 
 
-def _raw_predictions(ds: BagDataset, fold: Fold, te: BagDataset, preds: list[Any], labs: list[Any], t_probs: np.ndarray | None) -> dict[str, Any]:
-    """The test part's outputs as plain lists (JSON), rounded to 6 decimals."""
+def _raw_predictions(ds: BagDataset, fold: Fold, te: BagDataset, preds: list[Any], labs: list[Any],
+                     t_probs: np.ndarray | None, single: list[np.ndarray] | None = None) -> dict[str, Any]:
+    """The test part's outputs as plain lists (JSON), rounded to 6 decimals; ``single``: the teacher's positive-class
+    probability of each tile alone, per bag (``tile_teacher_probs``)."""
     pos = te.positive_index
 
     def r(a: Any) -> list[float]:
@@ -160,6 +161,8 @@ def _raw_predictions(ds: BagDataset, fold: Fold, te: BagDataset, preds: list[Any
         out["tile_probs"] = r(np.concatenate([p.instance_probs[:, pos] for p in preds]))
         if all(p.instance_scores is not None for p in preds):
             out["tile_scores"] = r(np.concatenate([p.instance_scores for p in preds]))
+        if single is not None:
+            out["tile_teacher_probs"] = r(np.concatenate(single))
     return out
 
 
