@@ -26,15 +26,19 @@ def test_a_model_that_did_not_learn_keeps_half():
     assert decision_threshold([], [], [], [])["threshold"] == 0.5
 
 
-def test_choose_decision_scores_training_bags_only_for_a_missing_class():
+def test_choose_decision_keeps_the_scores_it_chose_from():
     seen = []
 
     def score(b):
         seen.append(b)
         return b
 
-    choose_decision(score, [0.1, 0.9, 0.2], [False, True, False], [0.3, 0.4], [False, False])
-    assert sorted(seen) == [0.3, 0.4, 0.9]  # training negatives are not needed
+    d = choose_decision(score, [0.1, 0.9, 0.2], [False, True, False], [0.3, 0.4], [False, False])
+    assert sorted(seen) == [0.1, 0.2, 0.3, 0.4, 0.9]  # every bag, so a rule can be audited afterwards
+    assert d["calibration"] == {"validation_positive": [], "validation_negative": [0.3, 0.4],
+                                "training_positive": [0.9], "training_negative": [0.1, 0.2]}
+    # the cut itself still takes each class from validation where it can: negatives 0.3-0.4, positive 0.9
+    assert "negatives: validation" in d["source"] and 0.4 < d["threshold"] < 0.9
 
 
 @pytest.mark.parametrize("positive", [0, 1])
@@ -80,6 +84,8 @@ def test_mil_method_stores_and_reloads_its_cut(tmp_path):
     assert lab.decision is not None and 0 < lab.decision["threshold"] < 1
     lab.save(tmp_path / "m")
     back = load_labeler(tmp_path / "m")
-    assert back.decision == pytest.approx(lab.decision)
+    assert back.decision["threshold"] == pytest.approx(lab.decision["threshold"])
+    assert back.decision["calibration"] == lab.decision["calibration"]
+    assert len(sum(lab.decision["calibration"].values(), [])) == 16  # every training and validation bag
     x = feats[1]
     assert np.allclose(back.predict(x).bag_probs, lab.predict(x).bag_probs, atol=1e-6)

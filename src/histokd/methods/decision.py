@@ -14,6 +14,10 @@ So every method ends its ``fit`` with :func:`choose_decision`:
   between the classes;
 - when the medians are in the wrong order (a model that did not learn) the cut stays at 0.5.
 
+Every training bag is scored as well, whichever class the validation set lacks, and the decision keeps the
+scores it was chosen from (``calibration``: positive-class probabilities of the validation and training
+bags of each class, 6 decimals), so a rule can be audited, and compared with another, from a run's output.
+
 The cut is stored with the model (``decision`` in its meta) and applied in ``predict`` by shifting the bag
 logits (:func:`apply_decision`), so every consumer that takes the most likely class (``bench``, ``label``,
 ``report``) decides the same way; rankings, and so AUCs, do not change. Multi-class models keep argmax.
@@ -49,23 +53,33 @@ def decision_threshold(train_scores: Sequence[float], train_pos: Sequence[bool],
             med[cls], src[cls] = float(np.median(_logit(v))), "validation"
         elif len(t):
             med[cls], src[cls] = float(np.median(_logit(t))), "training"
+    cal = calibration_record(ts, tp, vs, vp)
     if len(med) < 2 or med[True] <= med[False]:
-        return {"threshold": 0.5, "source": "default (the calibration bags do not order the classes)"}
+        return {"threshold": 0.5, "source": "default (the calibration bags do not order the classes)",
+                "calibration": cal}
     mid = 0.5 * (med[True] + med[False])
     th = float(1.0 / (1.0 + math.exp(-mid)))
     where = src[False] if src[False] == src[True] else f"negatives: {src[False]}, positives: {src[True]}"
-    return {"threshold": th, "source": where}
+    return {"threshold": th, "source": where, "calibration": cal}
+
+
+def calibration_record(train_scores: np.ndarray, train_pos: np.ndarray, val_scores: np.ndarray,
+                       val_pos: np.ndarray) -> dict[str, list[float]]:
+    """The scores a cut was chosen from, by part and class: ``{"validation_positive": [...], ...}``."""
+    out: dict[str, list[float]] = {}
+    for part, sc, ps in (("validation", val_scores, val_pos), ("training", train_scores, train_pos)):
+        for cls, name in ((True, "positive"), (False, "negative")):
+            v = sc[ps == cls] if len(sc) else np.zeros(0)
+            out[f"{part}_{name}"] = [round(float(x), 6) for x in v[np.isfinite(v)]]
+    return out
 
 
 def choose_decision(predict_pos: Callable[[Any], float], train: Sequence[Any], train_pos: Sequence[bool],
                     val: Sequence[Any], val_pos: Sequence[bool]) -> dict[str, Any]:
-    """``predict_pos(bag)`` -> positive-class bag probability, over the training and validation bags; the
-    training bags are only scored for a class that has no validation bag."""
-    need_train = {bool(c) for c in (False, True)} - {bool(c) for c in val_pos}
-    t_idx = [i for i, c in enumerate(train_pos) if bool(c) in need_train]
-    ts = [predict_pos(train[i]) for i in t_idx]
+    """``predict_pos(bag)`` -> positive-class bag probability, over every training and validation bag."""
+    ts = [predict_pos(train[i]) for i in range(len(train_pos))]
     vs = [predict_pos(val[i]) for i in range(len(val_pos))]
-    return decision_threshold(ts, [bool(train_pos[i]) for i in t_idx], vs, [bool(c) for c in val_pos])
+    return decision_threshold(ts, [bool(c) for c in train_pos], vs, [bool(c) for c in val_pos])
 
 
 def apply_decision(bag_probs: np.ndarray, decision: dict[str, Any] | None, positive: int) -> np.ndarray:

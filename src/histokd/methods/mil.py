@@ -171,17 +171,12 @@ class MILMethod(Method):
 
 
 def _calibration_index(train: BagDataset, val: BagDataset | None) -> list[int]:
-    """The training bags the slide cut needs: those of a class with no validation bag (methods.decision)."""
-    if train.n_classes != 2:
-        return []
-    pos = positive_class(list(train.classes))
-    v_pos = {int(y) == pos for y in val.labels} if val is not None and len(val) else set()
-    need = {False, True} - v_pos
-    return [i for i, y in enumerate(train.labels) if (int(y) == pos) in need]
+    """The training bags the slide cut is scored on (methods.decision): every one, for a two-class model."""
+    return list(range(len(train))) if train.n_classes == 2 else []
 
 
 def _calibration_bags(train: BagDataset, val: BagDataset | None) -> list[torch.Tensor]:
-    """Features of the bags the slide cut is chosen on: the needed training bags, then every validation bag."""
+    """Features of the bags the slide cut is chosen on: the training bags, then every validation bag."""
     if train.n_classes != 2:
         return []
     vals = [val[i].features for i in range(len(val))] if val is not None and len(val) else []
