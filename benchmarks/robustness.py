@@ -3,7 +3,8 @@
 The families and their seeds are fixed in ``benchmarks/robustness_families.json`` (each varies one axis
 the presets hold fixed: cohort size, tumour burden, look-alikes, a second scanning site, artefacts, a
 tiny validation set). For every cohort of the chosen stage (``tuning`` or ``evaluation``; the second round of
-default choices has its own fresh seeds, ``tuning2`` and ``evaluation2``) the suite runs
+default choices has its own fresh seeds, ``tuning2`` and ``evaluation2``, and round 3 fresh evaluation
+cohorts, ``evaluation3``) the suite runs
 the project's own commands through its Python API: ``synth`` -> ``tile`` -> ``embed`` -> ``bench``
 (with every fold's raw test predictions kept), then pools the folds of each cohort and computes per
 cohort, with a 95 % bootstrap CI that resamples whole slides:
@@ -489,8 +490,10 @@ def figure(scores: dict[str, dict[str, dict[str, Any]]], methods: list[str], pat
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", required=True, type=Path, help="Folder for cohorts, runs and results (resumed).")
-    ap.add_argument("--stage", default="evaluation", choices=["tuning", "evaluation", "tuning2", "evaluation2"],
-                    help="Which seeds of each family: round 1 (tuning, evaluation) or round 2 (tuning2, evaluation2).")
+    ap.add_argument("--stage", default="evaluation",
+                    choices=["tuning", "evaluation", "tuning2", "evaluation2", "evaluation3"],
+                    help="Which seeds of each family: round 1 (tuning, evaluation), round 2 (tuning2, evaluation2) or "
+                         "round 3 (evaluation3: fresh cohorts for defaults chosen on tuning2).")
     ap.add_argument("--families", default=None, help="Comma-separated family names (default: all).")
     ap.add_argument("--methods", default=None, help="Comma-separated methods (default: the file's).")
     ap.add_argument("--set", dest="sets", action="append", default=[],

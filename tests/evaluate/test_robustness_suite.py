@@ -28,7 +28,7 @@ def test_families_fix_their_seeds_and_keep_tuning_apart():
         assert not set(f["tuning"]) & set(f["evaluation"]), name  # no cohort is both tuned and evaluated on
         # round 2: fresh seeds, several tuning cohorts, none shared with any other list
         assert len(f["tuning2"]) >= 3 and len(f["evaluation2"]) >= 3, name
-        lists = [f["tuning"], f["evaluation"], f["tuning2"], f["evaluation2"]]
+        lists = [f["tuning"], f["evaluation"], f["tuning2"], f["evaluation2"], f["evaluation3"]]
         assert len({s for lst in lists for s in lst}) == sum(len(lst) for lst in lists), name
 
 
