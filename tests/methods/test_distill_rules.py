@@ -1,5 +1,5 @@
 """The distillation methods' shared rules (methods/distill/rules.py): pseudo-labels, soft targets and the
-weighted soft cross-entropy, hard positive mining, the max-tile bag rule, the negative class."""
+weighted soft cross-entropy, hard positive mining, the max- and top-k-tile bag rules, the negative class."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from histokd.errors import InputError
 from histokd.methods.distill.rules import (
     hard_positive_keep,
     max_bag_probs,
+    top_bag_probs,
     minmax_pseudo_labels,
     negative_class_index,
     soft_targets,
@@ -74,3 +75,20 @@ def test_max_bag_rule_and_negative_class() -> None:
     assert negative_class_index(["Tumor", "normal"]) == 1  # one rule, any case (was case-sensitive here)
     with pytest.raises(InputError):
         negative_class_index(["a", "b"], "c")
+
+
+def test_top_k_bag_rule_means_the_k_highest_tiles() -> None:
+    p = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.4, 0.6], [0.3, 0.7]])
+    assert torch.allclose(top_bag_probs(p, neg=0, k=1), max_bag_probs(p, neg=0))
+    assert torch.allclose(top_bag_probs(p, neg=0, k=3), torch.tensor([1 - (0.9 + 0.7 + 0.6) / 3, (0.9 + 0.7 + 0.6) / 3]))
+    assert torch.allclose(top_bag_probs(p, neg=0, k=10), torch.tensor([1 - 0.6, 0.6]))  # a bag of 4: all its tiles
+    # one look-alike tile no longer decides a bag: a single high tile among low ones scores less than several
+    lone = torch.tensor([[0.05, 0.95]] + [[0.9, 0.1]] * 9)
+    several = torch.tensor([[0.2, 0.8]] * 3 + [[0.9, 0.1]] * 7)
+    assert max_bag_probs(lone, 0)[1] > max_bag_probs(several, 0)[1]
+    assert top_bag_probs(lone, 0, 3)[1] < top_bag_probs(several, 0, 3)[1]
+    # three classes: each non-negative class its own top-k mean, the negative one the rest
+    q = torch.tensor([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.3, 0.2, 0.5], [0.1, 0.6, 0.3]])
+    out = top_bag_probs(q, neg=0, k=2)
+    raw = torch.tensor([1 - 0.65, 0.65, 0.4])
+    assert torch.allclose(out, raw / raw.sum())

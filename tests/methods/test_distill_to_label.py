@@ -51,11 +51,13 @@ def test_mil_student_alternative_saves_and_loads(tmp_path) -> None:
     """The alternative choices (MIL-net student, attention targets, per-instance VAT) train and round-trip."""
     tr, va = planted_bags(16, 0), planted_bags(8, 1)
     cfg = {**FAST, "train": {"max_epochs": 2}, "epochs": 2, "student": "mil", "singleton_target": "attention",
-           "vat_norm": "instance"}
+           "vat_norm": "instance", "bag_score": "top", "bag_top_k": 4}
     lab = DistillToLabel(seed=0).fit(tr, va, cfg)
     x = va.features[1].numpy()
     pred = lab.predict(x)
     assert pred.instance_probs.shape == (len(x), 2) and pred.instance_scores.shape == (len(x),)
+    top4 = np.sort(pred.instance_probs[:, 1])[-4:].mean()  # bag_score=top: the mean of the 4 top student tiles
+    assert lab.predict(x, bag_score="top").bag_probs[1] == pytest.approx(top4, abs=1e-6)
     lab.save(tmp_path)
     assert np.allclose(D2LLabeler.load(tmp_path).predict(x).instance_probs, pred.instance_probs, atol=1e-6)
 

@@ -119,3 +119,25 @@ def test_blend_tile_score_is_the_product_of_student_and_teacher(tmp_path) -> Non
     lab.meta["tile_score"] = "student"
     np.testing.assert_allclose(lab.predict(x).instance_probs, student_only, atol=1e-6)
     np.testing.assert_allclose(lab.predict(x).bag_probs, got.bag_probs, atol=1e-6)
+
+
+def test_top_bag_score_is_the_mean_of_the_top_student_tiles(tmp_path) -> None:
+    """``bag_score=top``: the bag probability is the mean of the student's ``bag_top_k`` highest tile
+    probabilities, shifted by the slide cut chosen with that rule; it survives save / load."""
+    from histokd.methods.decision import apply_decision
+    from histokd.methods.distill.rules import top_bag_probs
+
+    tr, va, te = planted_bags(40, 0), planted_bags(12, 1), planted_bags(10, 2)
+    cfg = {"epochs": 3, "hpm_warmup": 1, "min_student_steps": 10, "encoder_dim": 32, "student_hidden": [32],
+           "teacher_args": {"hidden": [32], "attn_dim": 16}, "bag_score": "top", "bag_top_k": 2}
+    lab = Weno().fit(tr, va, cfg)
+    assert lab.meta["bag_score"] == "top" and lab.meta["bag_top_k"] == 2
+    x = te.features[3].numpy()
+    got = lab.predict(x)
+    raw = top_bag_probs(torch.as_tensor(got.instance_probs), lab.neg, 2).numpy()
+    np.testing.assert_allclose(got.bag_probs, apply_decision(raw, lab.meta["decision"], 1 - lab.neg), atol=1e-6)
+    np.testing.assert_allclose(lab.predict(x, bag_score="top").bag_probs, raw, atol=1e-6)  # one call: no cut
+    lab.save(tmp_path)
+    np.testing.assert_allclose(WenoLabeler.load(tmp_path).predict(x).bag_probs, got.bag_probs, atol=1e-6)
+    with pytest.raises(InputError):
+        Weno().fit(tr, va, {**cfg, "bag_top_k": 0})

@@ -50,8 +50,8 @@ where they exist (else 0.5); never on test. ``max_epochs`` (``histokd train --ma
 stages: the teacher's ``train.max_epochs`` and the student's ``epochs``.
 
 Outputs: ``instance_probs`` = the student, ``instance_scores`` = the teacher's attention logits; the
-bag probability is the teacher's (``bag_score=teacher``, the default) or the student's max-tile rule
-(``bag_score=max``). Defaults chosen on the robustness suite's tuning cohorts (docs/methods.md): the MIL-net
+bag probability is the teacher's (``bag_score=teacher``), the student's max-tile rule (``bag_score=max``)
+or the mean of its ``bag_top_k`` top tiles (``bag_score=top``). Defaults chosen on the robustness suite's tuning cohorts (docs/methods.md): the MIL-net
 student (``student=mil``; ``--set student=head`` is the instance head) and the teacher's bag output.
 """
 
@@ -64,6 +64,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 import torch.nn.functional as F
 
 from histokd.config import BaseConfig, validate_config
@@ -126,7 +127,9 @@ class D2LConfig(BaseConfig):
     instance_batch: int = 256
     min_student_steps: int = 30
     patience: int = 10
-    bag_score: Literal["max", "teacher"] = "teacher"  # the teacher's slide output (tuning cohorts); "max": the student's
+    # the slide output: the teacher's, the student's max-tile rule or the mean of its bag_top_k top tiles
+    bag_score: Literal["max", "teacher", "top"] = "teacher"
+    bag_top_k: int = Field(3, ge=1)
     # the tile output: the student's probabilities, or "blend": the softmax of the mean of the student's and the
     # teacher's singleton logits (InstanceLabeler.predict)
     tile_score: Literal["student", "blend"] = "student"
@@ -190,7 +193,7 @@ class DistillToLabel(Method):
             "method": self.name, "in_dim": tr.dim, "n_classes": len(tr.classes), "classes": list(tr.classes),
             "negative_class": neg, "encoder": None, "teacher": cfg.teacher, "teacher_args": dict(cfg.teacher_args),
             "student": {"kind": cfg.student, "hidden": list(cfg.student_hidden), "dropout": cfg.student_dropout},
-            "bag_score": cfg.bag_score, "tile_score": cfg.tile_score, "config": cfg.model_dump(mode="json"),
+            "bag_score": cfg.bag_score, "bag_top_k": cfg.bag_top_k, "tile_score": cfg.tile_score, "config": cfg.model_dump(mode="json"),
         }
         seed_everything(self.seed)
         mods = build_modules(meta)

@@ -43,13 +43,12 @@ What we implement (``histokd train --method weno``):
   validation. The instance decision threshold is the validation F1-optimal one where the validation
   bags carry instance labels, else 0.5.
 - **Outputs**: ``instance_probs`` = the student's probabilities, ``instance_scores`` = the teacher's
-  evidence ``s``; bag probabilities = the teacher's output (``bag_score=teacher``, the default) or the
-  student's max-tile rule (``bag_score=max``, the paper's).
+  evidence ``s``; bag probabilities = the teacher's output (``bag_score=teacher``), the student's max-tile
+  rule (``bag_score=max``, the paper's) or the mean of its ``bag_top_k`` top tiles (``bag_score=top``).
 - **Defaults that differ from the paper**, chosen on the robustness suite's tuning cohorts only
   (docs/methods.md): pseudo-labels from the teacher on each tile as a bag of one
   (``pseudo_source=singleton``; the paper's attention: ``--set pseudo_source=attention``) and the teacher's
   bag output (``bag_score=teacher``; the paper's: ``--set bag_score=max``).
-
 - **Calibration** (``calibrate``): the class-weighted loss biases the student's probabilities
   (:func:`student_logit_offset`); the bias is removed from its logits at prediction.
 
@@ -72,6 +71,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from histokd.config import BaseConfig, read_yaml, validate_config
@@ -136,9 +136,9 @@ class WenoConfig(BaseConfig):
     hpm_warmup: int = 10
     hpm_threshold: float = 0.5
     hpm_threshold_grid: list[float] = []
-    # the slide output: the teacher's (default, chosen on the tuning cohorts: the max-tile rule lets one
-    # look-alike tile decide a normal slide) or the student's max-tile rule (the paper's)
-    bag_score: Literal["max", "teacher"] = "teacher"
+    # the slide output: the teacher's, the student's max-tile rule (the paper's) or the mean of its bag_top_k top tiles
+    bag_score: Literal["max", "teacher", "top"] = "teacher"
+    bag_top_k: int = Field(3, ge=1)
     # tiles: the student's probabilities (the paper's) or "blend" with the teacher's (InstanceLabeler.predict)
     tile_score: Literal["student", "blend"] = "student"
     calibrate: bool = True  # undo the class weights' bias in the student's logits at prediction
@@ -335,7 +335,7 @@ def _meta(cfg: WenoConfig, tr: Bags, thr: float) -> dict[str, Any]:
         "teacher": cfg.teacher,
         "teacher_args": dict(cfg.teacher_args),
         "student": {"kind": "head", "hidden": list(cfg.student_hidden), "dropout": cfg.student_dropout},
-        "bag_score": cfg.bag_score,
+        "bag_score": cfg.bag_score, "bag_top_k": cfg.bag_top_k,
         "tile_score": cfg.tile_score,
         "hpm_threshold": thr,
         "config": cfg.model_dump(mode="json"),

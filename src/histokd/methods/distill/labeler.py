@@ -19,7 +19,7 @@ from histokd.evaluate.metrics import best_f1_threshold
 from histokd.methods.base import Labeler, Prediction, load_model_state, read_model_meta, write_model_meta
 from histokd.methods.decision import apply_decision, choose_decision
 from histokd.methods.distill.bags import Bags
-from histokd.methods.distill.rules import max_bag_probs
+from histokd.methods.distill.rules import top_bag_probs
 from histokd.models.base import MILModel, build_model
 from histokd.models.student import InstanceHead, ProjectionEncoder
 from histokd.workspace import ModelFiles, atomic_path
@@ -122,7 +122,7 @@ class InstanceLabeler(Labeler):
     @torch.no_grad()
     def predict(self, features: np.ndarray, chunk: int = 8192, *, bag_score: str | None = None,
                 tile_score: str | None = None) -> Prediction:
-        """``bag_score`` (``max`` or ``teacher``) and ``tile_score`` (``student`` or ``blend``) pick the bag and
+        """``bag_score`` (``max``, ``top`` or ``teacher``) and ``tile_score`` (``student`` or ``blend``) pick the bag and
         tile probabilities for this call; None: the model's own (``meta``). Nothing of the labeller changes."""
         x = self._input(features)
         z = self._teacher_input(x, chunk)  # once, for the teacher's bag output and (blend) its single tiles
@@ -137,7 +137,11 @@ class InstanceLabeler(Labeler):
             others = [c for c in range(scores.shape[1]) if c != self.neg]
             scores = scores[:, others].amax(-1)
         rule = self.meta.get("bag_score", "max") if bag_score is None else bag_score
-        bag = (t_probs if rule == "teacher" else max_bag_probs(probs, self.neg)).numpy().astype(np.float32)
+        if rule == "teacher":
+            bag = t_probs.numpy().astype(np.float32)
+        else:  # max: the top tile; top: the mean of the bag_top_k top tiles (rules.top_bag_probs)
+            k = int(self.meta.get("bag_top_k", 3)) if rule == "top" else 1
+            bag = top_bag_probs(probs, self.neg, k).numpy().astype(np.float32)
         if bag_score is None:  # the model's own rule: its slide cut (methods.decision) applies
             bag = apply_decision(bag, self.meta.get("decision"), 1 - self.neg)
         return Prediction(

@@ -1,7 +1,7 @@
 """Pseudo-label rules and losses shared by the distillation methods (unit-tested building blocks).
 
 Which class is negative, WENO's min-max pseudo-labels from the teacher's instance evidence, soft targets,
-hard positive mining, the (class-weighted) soft cross-entropy and the max-tile bag rule.
+hard positive mining, the (class-weighted) soft cross-entropy and the max- / top-k-tile bag rules.
 """
 
 from __future__ import annotations
@@ -92,12 +92,20 @@ def weighted_soft_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch
 
 
 def max_bag_probs(inst_probs: torch.Tensor, neg: int) -> torch.Tensor:
-    """The max-tile bag rule: ``inst_probs`` [N, C] -> bag probabilities [C].
+    """The max-tile bag rule: ``inst_probs`` [N, C] -> bag probabilities [C] (:func:`top_bag_probs` with k = 1)."""
+    return top_bag_probs(inst_probs, neg, 1)
 
-    Each non-negative class gets its highest tile probability; the negative class gets 1 minus the
-    largest of those; the vector is renormalised (for two classes it is exactly ``[1-m, m]``).
+
+def top_bag_probs(inst_probs: torch.Tensor, neg: int, k: int) -> torch.Tensor:
+    """The top-k tile bag rule: ``inst_probs`` [N, C] -> bag probabilities [C].
+
+    Each non-negative class gets the mean of its ``k`` highest tile probabilities (all tiles of a bag with
+    fewer); the negative class gets 1 minus the largest of those; the vector is renormalised (for two classes
+    it is exactly ``[1-m, m]``). k = 1 is the max-tile rule; a few tiles, not one, make the slide positive,
+    CHOWDER's top-instance evidence read off a distilled tile scorer.
     """
-    p = inst_probs.amax(0).clone()
+    kk = max(1, min(int(k), int(inst_probs.shape[0])))
+    p = inst_probs.topk(kk, dim=0).values.mean(0) if kk > 1 else inst_probs.amax(0).clone()
     others = [c for c in range(p.shape[0]) if c != neg]
     p[neg] = 1 - p[others].max()
     p = p.clamp_min(0)
