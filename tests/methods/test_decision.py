@@ -24,6 +24,16 @@ def test_one_sided_validation_takes_the_missing_class_from_training():
 def test_a_model_that_did_not_learn_keeps_half():
     assert decision_threshold([], [], [0.9, 0.2], [False, True])["threshold"] == 0.5
     assert decision_threshold([], [], [], [])["threshold"] == 0.5
+    # training does not order the classes either
+    assert decision_threshold([0.8, 0.3], [False, True], [0.9, 0.2], [False, True])["threshold"] == 0.5
+
+
+def test_swapped_validation_bags_take_the_cut_from_training():
+    """Two validation bags in the wrong order say little; the training bags' medians place the cut instead
+    of a fixed 0.5, which would send every test slide of a model scoring in 0.54-0.56 to one class."""
+    d = decision_threshold([0.53, 0.54, 0.57, 0.58], [False, False, True, True], [0.56, 0.55], [False, True])
+    assert d["source"].startswith("training (the validation bags do not order")
+    assert 0.54 < d["threshold"] < 0.57
 
 
 def test_choose_decision_keeps_the_scores_it_chose_from():
