@@ -1,0 +1,227 @@
+"""Output rules compared from a robustness-suite run's kept predictions, with no training.
+
+Two rules decide what a trained model says about a slide, and neither changes how it trains:
+
+- **the slide cut** (``histokd.methods.decision``): every fold's ``decision`` keeps the positive-class
+  probabilities of the validation and training bags it was chosen from (``calibration``), so each
+  candidate cut rule is re-applied to the fold's test bags. Reported over all folds of the chosen
+  methods: mean balanced accuracy, and at bag AUC >= 0.75 the folds that send every test slide to one
+  class and those with balanced accuracy < 0.65 (the issue's criterion);
+- **the slide score of a distilled student** (``bag_score``): the kept per-tile student probabilities give the
+  max-tile rule and the mean of the k highest tiles for several k, beside the method's own output and its
+  teacher's. Reported as each family's median-cohort bag AUC (repeat means, pooled over folds as the suite
+  pools them), and the gap to the best teacher's bag AUC (the student's own teacher or plain ABMIL).
+
+Run it on tuning cohorts to choose; the evaluation cohorts are scored by the suite itself, once.
+
+    .venv/bin/python benchmarks/robustness_rules.py --root ROOT --tag TAG --stage tuning2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from robustness import family_specs  # noqa: E402  (benchmarks/robustness.py: the families and their seeds)
+
+from histokd.evaluate.binary import auc_score  # noqa: E402
+from histokd.methods.decision import decision_threshold  # noqa: E402
+
+EPS = 1e-6
+STUDENTS = ("weno", "distill-to-label")
+TOP_K = (1, 2, 3, 5, 10)
+
+
+def _logit(p: object) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _med(v: list[float]) -> float | None:
+    return float(np.median(_logit(v))) if len(v) else None
+
+
+def _mid(neg: float | None, pos: float | None) -> float | None:
+    return None if neg is None or pos is None or pos <= neg else 0.5 * (neg + pos)
+
+
+# ---------------------------------------------------------------- cut rules: calibration -> logit cut (None = 0.5)
+def _cut_before(c: dict[str, list[float]]) -> float | None:
+    """The rule before round 3: validation medians (training for a class validation lacks); 0.5 when inverted."""
+    n = _med(c["validation_negative"]) if c["validation_negative"] else _med(c["training_negative"])
+    p = _med(c["validation_positive"]) if c["validation_positive"] else _med(c["training_positive"])
+    return _mid(n, p)
+
+
+def _cut_current(c: dict[str, list[float]]) -> float | None:
+    """histokd's own rule, :func:`histokd.methods.decision.decision_threshold`, called on the kept scores."""
+    vs = c["validation_positive"] + c["validation_negative"]
+    vp = [True] * len(c["validation_positive"]) + [False] * len(c["validation_negative"])
+    ts = c["training_positive"] + c["training_negative"]
+    tp = [True] * len(c["training_positive"]) + [False] * len(c["training_negative"])
+    th = decision_threshold(ts, tp, vs, vp)["threshold"]
+    return float(_logit(th))
+
+
+def _cut_pooled(c: dict[str, list[float]]) -> float | None:
+    return _mid(_med(c["validation_negative"] + c["training_negative"]),
+                _med(c["validation_positive"] + c["training_positive"]))
+
+
+def _cut_training(c: dict[str, list[float]]) -> float | None:
+    return _mid(_med(c["training_negative"]), _med(c["training_positive"]))
+
+
+def _cut_youden(c: dict[str, list[float]]) -> float | None:
+    """The cut of best balanced accuracy on validation and training bags pooled (the middle of its ties)."""
+    pos, neg = c["validation_positive"] + c["training_positive"], c["validation_negative"] + c["training_negative"]
+    if not pos or not neg:
+        return None
+    s = np.concatenate([_logit(pos), _logit(neg)])
+    y = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
+    u = np.unique(s)
+    cands = np.r_[u[0] - 1, 0.5 * (u[1:] + u[:-1]), u[-1] + 1]
+    b = np.array([0.5 * ((s[y] >= t).mean() + (s[~y] < t).mean()) for t in cands])
+    return float(np.median(cands[np.isclose(b, b.max())]))
+
+
+CUT_RULES: dict[str, Callable[[dict[str, list[float]]], float | None]] = {
+    "before round 3 (validation medians, else 0.5)": _cut_before,
+    "histokd now (validation medians, else training medians, else 0.5)": _cut_current,
+    "validation and training pooled": _cut_pooled,
+    "training medians only": _cut_training,
+    "best balanced accuracy, validation and training pooled": _cut_youden,
+    "fixed 0.5": lambda c: None,
+}
+
+
+def _results(root: Path, tag: str, stage: str, methods: list[str]) -> list[tuple[str, str, str, dict]]:
+    _common, fams = family_specs(False)
+    out = []
+    for fam, spec in fams.items():
+        for seed in spec[stage]:
+            folder = root / "results" / tag / fam / str(seed)
+            for m in methods:
+                files = sorted(folder.glob(f"{m}.r*.json")) or sorted(folder.glob(f"{m}.json"))
+                if files:  # the most repeats there are
+                    f = max(files, key=lambda p: (len(p.suffixes), p.name))
+                    out.append((fam, str(seed), m, json.loads(f.read_text())["methods"][m]))
+    return out
+
+
+def cut_table(rows: list[tuple[str, str, str, dict]]) -> str:
+    acc: dict[str, dict[str, list]] = {r: defaultdict(list) for r in CUT_RULES}
+    n_folds = 0
+    for _fam, _seed, _m, res in rows:
+        for f in res["folds"]:
+            p = f.get("predictions") or {}
+            dec = p.get("decision") or {}
+            if "calibration" not in dec:
+                continue
+            n_folds += 1
+            y = np.asarray(p["labels"], bool)
+            raw = _logit(p["bag_probs"]) + float(_logit(float(dec.get("threshold", 0.5))))  # undo the fitted cut
+            a = auc_score(y.astype(int), raw) if 0 < y.sum() < len(y) else math.nan
+            for name, rule in CUT_RULES.items():
+                cut = rule(dec["calibration"])
+                pred = raw >= (0.0 if cut is None else cut)
+                b = 0.5 * (pred[y].mean() + (~pred[~y]).mean()) if 0 < y.sum() < len(y) else math.nan
+                acc[name]["bacc"].append(b)
+                if a >= 0.75:
+                    acc[name]["collapsed"].append(bool(pred.all() or (~pred).all()))
+                    acc[name]["low"].append(bool(b < 0.65))
+    lines = [f"Slide cut rules over {n_folds} folds (bag AUC >= 0.75 in "
+             f"{len(next(iter(acc.values()))['low'])} of them):", "",
+             "| cut rule | mean balanced accuracy | collapsed folds at AUC >= 0.75 | bal. acc. < 0.65 at AUC >= 0.75 |",
+             "|---|---|---|---|"]
+    for name, a in acc.items():
+        lines.append(f"| {name} | {np.nanmean(a['bacc']):.3f} | {sum(a['collapsed'])} | {sum(a['low'])} |")
+    return "\n".join(lines)
+
+
+def _bag_aucs(res: dict) -> dict[str, float]:
+    """Bag AUC per rule, pooled over the folds of each repeat, then the mean over repeats."""
+    per: dict[str, list[float]] = defaultdict(list)
+    for r in sorted({f.get("repeat", 0) for f in res["folds"]}):
+        ys: list[int] = []
+        sc: dict[str, list[float]] = defaultdict(list)
+        for f in res["folds"]:
+            if f.get("repeat", 0) != r:
+                continue
+            p = f["predictions"]
+            ys += list(p["labels"])
+            sc["own output"] += list(p["bag_probs"])
+            if p.get("teacher_bag_probs"):
+                sc["teacher"] += list(p["teacher_bag_probs"])
+            if "tile_probs" in p:
+                tb, tp = np.asarray(p["tile_bag"]), np.asarray(p["tile_probs"], float)
+                for i in range(len(p["labels"])):
+                    t = np.sort(tp[tb == i])[::-1]
+                    for k in TOP_K:
+                        sc[f"top-{k}"].append(float(t[:k].mean()) if len(t) else math.nan)
+        y = np.asarray(ys, int)
+        for k, v in sc.items():
+            if len(v) == len(y) and 0 < y.sum() < len(y):
+                per[k].append(auc_score(y, np.asarray(v, float)))
+    return {k: float(np.mean(v)) for k, v in per.items()}
+
+
+def bag_tables(rows: list[tuple[str, str, str, dict]]) -> str:
+    by: dict[tuple[str, str], dict[str, dict[str, float]]] = defaultdict(dict)
+    for fam, seed, m, res in rows:
+        by[(fam, seed)][m] = _bag_aucs(res)
+    fams = list(dict.fromkeys(f for f, _ in by))
+    rules = ["own output", "teacher"] + [f"top-{k}" for k in TOP_K]
+    out = []
+    for st in STUDENTS:
+        out += ["", f"{st}: median-cohort bag AUC (gap to the best teacher's: own teacher or plain ABMIL)", "",
+                "| family | cohorts | " + " | ".join(rules) + " |", "|---|---|" + "---|" * len(rules)]
+        means: dict[str, list[float]] = defaultdict(list)
+        for fam in fams:
+            cs = [v for (f, _s), v in by.items() if f == fam and st in v and "abmil" in v]
+            if not cs:
+                continue
+            cells = []
+            for r in rules:
+                auc = np.nanmedian([c[st].get(r, np.nan) for c in cs])
+                gap = np.nanmedian([c[st].get(r, np.nan) - max(c[st].get("teacher", np.nan), c["abmil"]["own output"])
+                                    for c in cs])
+                means[r].append(auc)
+                means[r + " gap"].append(gap)
+                cells.append(f"{auc:.3f} ({gap:+.3f})")
+            out.append(f"| {fam} | {len(cs)} | " + " | ".join(cells) + " |")
+        if means:
+            out.append("| mean of the families | | " + " | ".join(
+                f"{np.nanmean(means[r]):.3f} ({np.nanmean(means[r + ' gap']):+.3f})" for r in rules) + " |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", required=True, type=Path, help="The suite's --root.")
+    ap.add_argument("--tag", required=True, help="The suite's --tag (a run with calibration scores kept).")
+    ap.add_argument("--stage", default="tuning2", help="Which seeds (choose rules on tuning cohorts only).")
+    ap.add_argument("--methods", default="abmil,maxpool,chowder,weno,distill-to-label",
+                    help="Methods whose folds the cut rules are compared over.")
+    args = ap.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    rows = _results(args.root, args.tag, args.stage, sorted(set(methods) | {"abmil", *STUDENTS}))
+    if not rows:
+        print(f"no results under {args.root / 'results' / args.tag} for stage {args.stage}; run "
+              f"benchmarks/robustness.py --root {args.root} --stage {args.stage} --tag {args.tag} first", file=sys.stderr)
+        return 2
+    print(cut_table([r for r in rows if r[2] in methods]))
+    print(bag_tables(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
