@@ -50,9 +50,10 @@ where they exist (else 0.5); never on test. ``max_epochs`` (``histokd train --ma
 stages: the teacher's ``train.max_epochs`` and the student's ``epochs``.
 
 Outputs: ``instance_probs`` = the student, ``instance_scores`` = the teacher's attention logits; the
-bag probability is the teacher's (``bag_score=teacher``), the student's max-tile rule (``bag_score=max``)
-or the mean of its ``bag_top_k`` top tiles (``bag_score=top``). Defaults chosen on the robustness suite's tuning cohorts (docs/methods.md): the MIL-net
-student (``student=mil``; ``--set student=head`` is the instance head) and the teacher's bag output.
+bag probability is the mean of the student's ``bag_top_k`` (3) top tiles (``bag_score=top``, default), its
+max-tile rule (``bag_score=max``) or the teacher's (``bag_score=teacher``). Defaults chosen on the robustness
+suite's tuning cohorts (docs/methods.md): the MIL-net student (``student=mil``; ``--set student=head`` is the
+instance head) and the student's top-3 tiles as the slide score (round 3; the teacher's output before).
 """
 
 from __future__ import annotations
@@ -127,8 +128,9 @@ class D2LConfig(BaseConfig):
     instance_batch: int = 256
     min_student_steps: int = 30
     patience: int = 10
-    # the slide output: the teacher's, the student's max-tile rule or the mean of its bag_top_k top tiles
-    bag_score: Literal["max", "teacher", "top"] = "teacher"
+    # the slide output: the mean of the student's bag_top_k top tiles (default, Round 3 of docs/methods.md), its
+    # max-tile rule, or the teacher's output (the default of rounds 1-2)
+    bag_score: Literal["max", "teacher", "top"] = "top"
     bag_top_k: int = Field(3, ge=1)
     # the tile output: the student's probabilities, or "blend": the softmax of the mean of the student's and the
     # teacher's singleton logits (InstanceLabeler.predict)

@@ -43,12 +43,12 @@ What we implement (``histokd train --method weno``):
   validation. The instance decision threshold is the validation F1-optimal one where the validation
   bags carry instance labels, else 0.5.
 - **Outputs**: ``instance_probs`` = the student's probabilities, ``instance_scores`` = the teacher's
-  evidence ``s``; bag probabilities = the teacher's output (``bag_score=teacher``), the student's max-tile
-  rule (``bag_score=max``, the paper's) or the mean of its ``bag_top_k`` top tiles (``bag_score=top``).
+  evidence ``s``; bag probabilities = the mean of the student's ``bag_top_k`` top tiles (``bag_score=top``,
+  default), its max-tile rule (``bag_score=max``, the paper's) or the teacher's output (``bag_score=teacher``).
 - **Defaults that differ from the paper**, chosen on the robustness suite's tuning cohorts only
   (docs/methods.md): pseudo-labels from the teacher on each tile as a bag of one
-  (``pseudo_source=singleton``; the paper's attention: ``--set pseudo_source=attention``) and the teacher's
-  bag output (``bag_score=teacher``; the paper's: ``--set bag_score=max``).
+  (``pseudo_source=singleton``; the paper's attention: ``--set pseudo_source=attention``) and the student's
+  top-3 tiles as the slide score (``bag_score=top``; the paper's: ``--set bag_score=max``).
 - **Calibration** (``calibrate``): the class-weighted loss biases the student's probabilities
   (:func:`student_logit_offset`); the bias is removed from its logits at prediction.
 
@@ -136,8 +136,9 @@ class WenoConfig(BaseConfig):
     hpm_warmup: int = 10
     hpm_threshold: float = 0.5
     hpm_threshold_grid: list[float] = []
-    # the slide output: the teacher's, the student's max-tile rule (the paper's) or the mean of its bag_top_k top tiles
-    bag_score: Literal["max", "teacher", "top"] = "teacher"
+    # the slide output: the mean of the student's bag_top_k top tiles (default, Round 3 of docs/methods.md), its
+    # max-tile rule (the paper's) or the teacher's output (the default of rounds 1-2)
+    bag_score: Literal["max", "teacher", "top"] = "top"
     bag_top_k: int = Field(3, ge=1)
     # tiles: the student's probabilities (the paper's) or "blend" with the teacher's (InstanceLabeler.predict)
     tile_score: Literal["student", "blend"] = "student"
