@@ -103,11 +103,12 @@ CUT_RULES: dict[str, Callable[[dict[str, list[float]]], float | None]] = {
 }
 
 
-def _results(root: Path, tag: str, stage: str, methods: list[str]) -> list[tuple[str, str, str, dict]]:
-    _common, fams = family_specs(False)
+def _results(root: Path, tag: str, stage: str, methods: list[str],
+             smoke: bool = False) -> list[tuple[str, str, str, dict]]:
+    _common, fams = family_specs(smoke)
     out = []
     for fam, spec in fams.items():
-        for seed in spec[stage]:
+        for seed in spec.get(stage, []):
             folder = root / "results" / tag / fam / str(seed)
             for m in methods:
                 files = sorted(folder.glob(f"{m}.r*.json")) or sorted(folder.glob(f"{m}.json"))
@@ -211,9 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage", default="tuning2", help="Which seeds (choose rules on tuning cohorts only).")
     ap.add_argument("--methods", default="abmil,maxpool,chowder,weno,distill-to-label",
                     help="Methods whose folds the cut rules are compared over.")
+    ap.add_argument("--smoke", action="store_true", help="Read the suite's --smoke run (its CI check).")
     args = ap.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    rows = _results(args.root, args.tag, args.stage, sorted(set(methods) | {"abmil", *STUDENTS}))
+    rows = _results(args.root, args.tag, "evaluation" if args.smoke else args.stage,
+                    sorted(set(methods) | {"abmil", *STUDENTS}), args.smoke)
     if not rows:
         print(f"no results under {args.root / 'results' / args.tag} for stage {args.stage}; run "
               f"benchmarks/robustness.py --root {args.root} --stage {args.stage} --tag {args.tag} first", file=sys.stderr)

@@ -13,11 +13,15 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "robustness.py"
 
 
-def _suite():
-    spec = importlib.util.spec_from_file_location("robustness_suite", SCRIPT)
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _suite():
+    return _load(SCRIPT, "robustness_suite")
 
 
 def test_families_fix_their_seeds_and_keep_tuning_apart():
@@ -83,6 +87,15 @@ def test_smoke_suite_runs_and_resumes(tmp_path: Path, capsys):
     assert "tile_auc_blend" in scores["small"]["9001"]["weno"]
     assert R.main(["--root", str(tmp_path), "--smoke", "--n-boot", "50"]) == 0  # resumes: nothing re-run
     assert {f: f.stat().st_mtime_ns for f in files} == stamp
+    # every fold kept the scores its slide cut was chosen from, so the cut and slide-score rules compare offline
+    cal = weno["methods"]["weno"]["folds"][0]["predictions"]["decision"]["calibration"]
+    assert set(cal) == {"validation_positive", "validation_negative", "training_positive", "training_negative"}
+    capsys.readouterr()
+    rules = _load(SCRIPT.with_name("robustness_rules.py"), "robustness_rules")
+    assert rules.main(["--root", str(tmp_path), "--tag", "defaults", "--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "| histokd now (validation medians, else training medians, else 0.5) |" in out
+    assert "| small | 1 |" in out and "top-3" in out
 
 
 def test_repeats_average_per_repeat_scores_and_resample_slides_once():
@@ -111,3 +124,15 @@ def test_repeats_average_per_repeat_scores_and_resample_slides_once():
     # a single repeat scores exactly as before
     assert R.pooled_repeats({"methods": {"m": {"folds": rep0}}}, "m")["bag_ids"].tolist() == \
         R.pooled({"methods": {"m": {"folds": rep0}}}, "m")["bag_ids"].tolist()
+
+
+def test_slide_task_line_judges_the_lookalike_family_only():
+    R = _suite()
+    cohorts = {"1": {"abmil": {"bag_auc": {"value": 0.70}}, "weno": {"bag_auc": {"value": 0.82}}},
+               "2": {"abmil": {"bag_auc": {"value": 0.60}}, "weno": {"bag_auc": {"value": 0.75}}},
+               "3": {"abmil": {"bag_auc": {"value": 0.80}}, "weno": {"bag_auc": {"value": 0.90}}}}
+    (line,) = R.slide_task("lookalike", cohorts)
+    assert "weno 0.820 vs abmil 0.700 (+0.120) -> MET" in line
+    cohorts["1"]["weno"]["bag_auc"]["value"] = 0.75
+    assert R.slide_task("lookalike", cohorts)[0].endswith("-> NOT MET")  # +0.05, below 0.95
+    assert "MET" not in R.slide_task("small", cohorts)[0]  # other families: reported, not judged
