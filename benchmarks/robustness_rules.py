@@ -103,6 +103,11 @@ CUT_RULES: dict[str, Callable[[dict[str, list[float]]], float | None]] = {
 }
 
 
+def _repeats_of(path: Path) -> int:
+    tag = path.name[: -len(".json")].rpartition(".")[2]
+    return int(tag[1:]) if tag[:1] == "r" and tag[1:].isdigit() else 1
+
+
 def _results(root: Path, tag: str, stage: str, methods: list[str],
              smoke: bool = False) -> list[tuple[str, str, str, dict]]:
     _common, fams = family_specs(smoke)
@@ -111,9 +116,9 @@ def _results(root: Path, tag: str, stage: str, methods: list[str],
         for seed in spec.get(stage, []):
             folder = root / "results" / tag / fam / str(seed)
             for m in methods:
-                files = sorted(folder.glob(f"{m}.r*.json")) or sorted(folder.glob(f"{m}.json"))
-                if files:  # the most repeats there are
-                    f = max(files, key=lambda p: (len(p.suffixes), p.name))
+                files = list(folder.glob(f"{m}.r*.json")) or list(folder.glob(f"{m}.json"))
+                if files:  # the most repeats there are (<method>.r<R>.json; <method>.json is one)
+                    f = max(files, key=_repeats_of)
                     out.append((fam, str(seed), m, json.loads(f.read_text())["methods"][m]))
     return out
 
@@ -193,7 +198,7 @@ def bag_tables(rows: list[tuple[str, str, str, dict]]) -> str:
             cells = []
             for r in rules:
                 auc = np.nanmedian([c[st].get(r, np.nan) for c in cs])
-                gap = np.nanmedian([c[st].get(r, np.nan) - max(c[st].get("teacher", np.nan), c["abmil"]["own output"])
+                gap = np.nanmedian([c[st].get(r, np.nan) - np.fmax(c[st].get("teacher", np.nan), c["abmil"]["own output"])
                                     for c in cs])
                 means[r].append(auc)
                 means[r + " gap"].append(gap)

@@ -94,8 +94,13 @@ def test_smoke_suite_runs_and_resumes(tmp_path: Path, capsys):
     rules = _load(SCRIPT.with_name("robustness_rules.py"), "robustness_rules")
     assert rules.main(["--root", str(tmp_path), "--tag", "defaults", "--smoke"]) == 0
     out = capsys.readouterr().out
+    n_folds = int(out.split("Slide cut rules over ")[1].split()[0])
+    every = sum(len(json.loads(f.read_text())["methods"][f.stem]["folds"]) for f in files)
+    assert n_folds == every > 0  # every fold of every result kept its calibration scores
     assert "| histokd now (validation medians, else training medians, else 0.5) |" in out
-    assert "| small | 1 |" in out and "top-3" in out
+    weno_table = out.split("weno: median-cohort bag AUC")[1].split("distill-to-label:")[0]
+    assert "| small | 1 |" in weno_table and "| tinyval | 1 |" in weno_table  # one cohort each, beside ABMIL
+    assert rules._repeats_of(Path("weno.r10.json")) == 10 and rules._repeats_of(Path("weno.json")) == 1
 
 
 def test_repeats_average_per_repeat_scores_and_resample_slides_once():

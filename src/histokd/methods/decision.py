@@ -21,7 +21,8 @@ So every method ends its ``fit`` with :func:`choose_decision`:
 
 Every training bag is scored as well, whichever class the validation set lacks, and the decision keeps the
 scores it was chosen from (``calibration``: positive-class probabilities of the validation and training
-bags of each class, 6 decimals), so a rule can be audited, and compared with another, from a run's output.
+bags of each class, 6 decimals), so a rule can be audited, and compared with another, from ``bench``'s kept
+predictions. A saved model keeps the cut only (:func:`saved_decision`).
 
 The cut is stored with the model (``decision`` in its meta) and applied in ``predict`` by shifting the bag
 logits (:func:`apply_decision`), so every consumer that takes the most likely class (``bench``, ``label``,
@@ -46,7 +47,8 @@ def _logit(p: np.ndarray | float) -> np.ndarray:
 
 def decision_threshold(train_scores: Sequence[float], train_pos: Sequence[bool], val_scores: Sequence[float],
                        val_pos: Sequence[bool]) -> dict[str, Any]:
-    """The cut on positive-class bag probabilities (see the module docstring) -> ``{"threshold", "source"}``."""
+    """The cut on positive-class bag probabilities (see the module docstring) -> ``{"threshold", "source",
+    "calibration"}``."""
     ts, tp = np.asarray(train_scores, float), np.asarray(train_pos, bool)
     vs, vp = np.asarray(val_scores, float), np.asarray(val_pos, bool)
     med, src = {}, {}
@@ -90,6 +92,13 @@ def choose_decision(predict_pos: Callable[[Any], float], train: Sequence[Any], t
     ts = [predict_pos(train[i]) for i in range(len(train_pos))]
     vs = [predict_pos(val[i]) for i in range(len(val_pos))]
     return decision_threshold(ts, [bool(c) for c in train_pos], vs, [bool(c) for c in val_pos])
+
+
+def saved_decision(decision: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The decision as a model folder stores it: the cut and its source, without the ``calibration`` scores
+    (one per training slide: a detail of the training cohort, which a model folder or bundle does not carry;
+    they stay in the in-memory labeller and in ``bench``'s kept predictions)."""
+    return None if decision is None else {k: v for k, v in decision.items() if k != "calibration"}
 
 
 def apply_decision(bag_probs: np.ndarray, decision: dict[str, Any] | None, positive: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from histokd.config import BaseConfig, validate_config
 from histokd.data.bags import BagDataset, positive_class
 from histokd.engine import TrainerConfig, fit_mil, predict_bag
 from histokd.errors import ModelError, one_line
-from histokd.methods.decision import apply_decision, decision_threshold
+from histokd.methods.decision import apply_decision, decision_threshold, saved_decision
 from histokd.methods.base import (
     Labeler,
     Method,
@@ -94,7 +94,7 @@ class MILLabeler(Labeler):
         with atomic_path(ModelFiles(directory).weights) as tmp:
             torch.save(state, tmp)
         write_model_meta(directory, self.method, self.config, self.classes, model=self.model_name,
-                         in_dim=self.model.in_dim, decision=self.decision)
+                         in_dim=self.model.in_dim, decision=saved_decision(self.decision))
 
     @classmethod
     def load(cls, directory: str | Path) -> "MILLabeler":
@@ -170,7 +170,7 @@ class MILMethod(Method):
         return out
 
 
-def _calibration_index(train: BagDataset, val: BagDataset | None) -> list[int]:
+def _calibration_index(train: BagDataset) -> list[int]:
     """The training bags the slide cut is scored on (methods.decision): every one, for a two-class model."""
     return list(range(len(train))) if train.n_classes == 2 else []
 
@@ -180,7 +180,7 @@ def _calibration_bags(train: BagDataset, val: BagDataset | None) -> list[torch.T
     if train.n_classes != 2:
         return []
     vals = [val[i].features for i in range(len(val))] if val is not None and len(val) else []
-    return [train[i].features for i in _calibration_index(train, val)] + vals
+    return [train[i].features for i in _calibration_index(train)] + vals
 
 
 def _standardised(train: BagDataset, val: BagDataset | None, cfg: MILConfig) -> tuple[
@@ -198,7 +198,7 @@ def _finish(lab: MILLabeler, res: Any, train: BagDataset, val: BagDataset | None
     probabilities of :func:`_calibration_bags` in its order; history and best epoch."""
     if train.n_classes == 2:
         pos = lab.positive
-        t_idx = _calibration_index(train, val)
+        t_idx = _calibration_index(train)
         v_pos = [int(y) == pos for y in val.labels] if val is not None and len(val) else []
         lab.decision = decision_threshold(scores[:len(t_idx)], [int(train.labels[i]) == pos for i in t_idx],
                                           scores[len(t_idx):], v_pos)

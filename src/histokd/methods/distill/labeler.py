@@ -17,7 +17,7 @@ from torch import nn
 from histokd.errors import InputError, ModelError, one_line
 from histokd.evaluate.metrics import best_f1_threshold
 from histokd.methods.base import Labeler, Prediction, load_model_state, read_model_meta, write_model_meta
-from histokd.methods.decision import apply_decision, choose_decision
+from histokd.methods.decision import apply_decision, choose_decision, saved_decision
 from histokd.methods.distill.bags import Bags
 from histokd.methods.distill.rules import top_bag_probs
 from histokd.models.base import MILModel, build_model
@@ -29,7 +29,9 @@ class InstanceLabeler(Labeler):
     """A trained teacher + student pair. ``predict(features [N, D])``: the student's tile probabilities
     (``instance_probs`` [N, C]; with ``tile_score=blend`` in the meta, the softmax of the mean of the student's
     and the teacher's singleton logits, a product of the two experts), the teacher's evidence
-    (``instance_scores`` [N]) and bag probabilities by ``bag_score`` (``max`` tile rule or ``teacher``)."""
+    (``instance_scores`` [N]) and bag probabilities by ``bag_score``: ``top`` (the mean of the student's
+    ``bag_top_k`` top tiles), ``max`` (its top tile) or ``teacher``. The tile rule never changes the slide score:
+    ``max`` and ``top`` read the student's own tiles, blended or not."""
 
     method = ""
 
@@ -127,6 +129,7 @@ class InstanceLabeler(Labeler):
         x = self._input(features)
         z = self._teacher_input(x, chunk)  # once, for the teacher's bag output and (blend) its single tiles
         logits = torch.cat([self.student_logits(x[i : i + chunk]) for i in range(0, len(x), chunk)])
+        s_probs = torch.softmax(logits, -1)  # the student's own tiles: what max / top slide scores read
         if (tile_score or self.meta.get("tile_score", "student")) == "blend":
             logits = 0.5 * (logits.float() + self.teacher_instance_logits(x, z=z))
         probs = torch.softmax(logits, -1)
@@ -141,7 +144,7 @@ class InstanceLabeler(Labeler):
             bag = t_probs.numpy().astype(np.float32)
         else:  # max: the top tile; top: the mean of the bag_top_k top tiles (rules.top_bag_probs)
             k = int(self.meta.get("bag_top_k", 3)) if rule == "top" else 1
-            bag = top_bag_probs(probs, self.neg, k).numpy().astype(np.float32)
+            bag = top_bag_probs(s_probs, self.neg, k).numpy().astype(np.float32)
         if bag_score is None:  # the model's own rule: its slide cut (methods.decision) applies
             bag = apply_decision(bag, self.meta.get("decision"), 1 - self.neg)
         return Prediction(
@@ -160,7 +163,8 @@ class InstanceLabeler(Labeler):
             blob["feature_mean"], blob["feature_std"] = self.mean, self.std
         with atomic_path(ModelFiles(directory).weights) as tmp:
             torch.save(blob, tmp)
-        meta = _jsonable({k: v for k, v in self.meta.items() if k not in ("config", "classes")})
+        meta = _jsonable({k: (saved_decision(v) if k == "decision" else v) for k, v in self.meta.items()
+                          if k not in ("config", "classes")})
         write_model_meta(directory, self.method, self.meta.get("config", {}), self.classes,
                          in_dim=int(self.meta["in_dim"]), labeler=meta)
 
@@ -238,8 +242,9 @@ def build_modules(meta: dict[str, Any]) -> dict[str, nn.Module]:
 
 def fit_decision(labeler: InstanceLabeler, tr: Any, va: Any) -> dict[str, Any] | None:
     """The slide cut of a two-class labeller (:func:`histokd.methods.decision.choose_decision`) from its
-    validation :class:`Bags` (its training bags for a class the validation bags lack). Call it before the
-    labeller gets its feature statistics: the bags here are already standardised."""
+    validation and training :class:`Bags` (one prediction pass over each; the training bags place the cut
+    where validation lacks a class or does not order the classes). Call it before the labeller gets its
+    feature statistics: the bags here are already standardised."""
     if int(labeler.meta["n_classes"]) != 2:
         return None
     pos = 1 - labeler.neg
