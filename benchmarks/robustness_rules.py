@@ -6,7 +6,8 @@ Two rules decide what a trained model says about a slide, and neither changes ho
   probabilities of the validation and training bags it was chosen from (``calibration``), so each
   candidate cut rule is re-applied to the fold's test bags. Reported over all folds of the chosen
   methods: mean balanced accuracy, and at bag AUC >= 0.75 the folds that send every test slide to one
-  class and those with balanced accuracy < 0.65 (the issue's criterion);
+  class and those with balanced accuracy < 0.65 (the issue's criterion), beside a bound: the best cut
+  chosen on each fold's own test slides, which shows how much is ranking and how much is the cut;
 - **the slide score of a distilled student** (``bag_score``): the kept per-tile student probabilities give the
   max-tile rule and the mean of the k highest tiles for several k, beside the method's own output and its
   teacher's. Reported as each family's median-cohort bag AUC (repeat means, pooled over folds as the suite
@@ -93,6 +94,19 @@ def _cut_youden(c: dict[str, list[float]]) -> float | None:
     return float(np.median(cands[np.isclose(b, b.max())]))
 
 
+ORACLE = "bound: the best cut chosen on the fold's own test slides (not a rule)"
+
+
+def _cut_oracle(raw: np.ndarray, y: np.ndarray) -> float | None:
+    """The cut of best balanced accuracy on the test slides themselves: how far any cut could go."""
+    if not 0 < y.sum() < len(y):
+        return None
+    u = np.unique(raw)
+    cands = np.r_[u[0] - 1, 0.5 * (u[1:] + u[:-1]), u[-1] + 1]
+    b = [0.5 * ((raw[y] >= t).mean() + (raw[~y] < t).mean()) for t in cands]
+    return float(cands[int(np.argmax(b))])
+
+
 CUT_RULES: dict[str, Callable[[dict[str, list[float]]], float | None]] = {
     "before round 3 (validation medians, else 0.5)": _cut_before,
     "histokd now (validation medians, else training medians, else 0.5)": _cut_current,
@@ -124,7 +138,7 @@ def _results(root: Path, tag: str, stage: str, methods: list[str],
 
 
 def cut_table(rows: list[tuple[str, str, str, dict]]) -> str:
-    acc: dict[str, dict[str, list]] = {r: defaultdict(list) for r in CUT_RULES}
+    acc: dict[str, dict[str, list]] = {r: defaultdict(list) for r in [*CUT_RULES, ORACLE]}
     n_folds = 0
     for _fam, _seed, _m, res in rows:
         for f in res["folds"]:
@@ -136,8 +150,8 @@ def cut_table(rows: list[tuple[str, str, str, dict]]) -> str:
             y = np.asarray(p["labels"], bool)
             raw = _logit(p["bag_probs"]) + float(_logit(float(dec.get("threshold", 0.5))))  # undo the fitted cut
             a = auc_score(y.astype(int), raw) if 0 < y.sum() < len(y) else math.nan
-            for name, rule in CUT_RULES.items():
-                cut = rule(dec["calibration"])
+            for name in acc:
+                cut = _cut_oracle(raw, y) if name == ORACLE else CUT_RULES[name](dec["calibration"])
                 pred = raw >= (0.0 if cut is None else cut)
                 b = 0.5 * (pred[y].mean() + (~pred[~y]).mean()) if 0 < y.sum() < len(y) else math.nan
                 acc[name]["bacc"].append(b)
