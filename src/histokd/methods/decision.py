@@ -45,27 +45,29 @@ def _logit(p: np.ndarray | float) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
+def _class_medians(scores: np.ndarray, pos: np.ndarray) -> dict[bool, float]:
+    """Median logit of the finite ``scores`` of each class that has one (``pos``: True = positive class)."""
+    out = {}
+    for cls in (False, True):
+        v = scores[(pos == cls) & np.isfinite(scores)]
+        if len(v):
+            out[cls] = float(np.median(_logit(v)))
+    return out
+
+
 def decision_threshold(train_scores: Sequence[float], train_pos: Sequence[bool], val_scores: Sequence[float],
                        val_pos: Sequence[bool]) -> dict[str, Any]:
     """The cut on positive-class bag probabilities (see the module docstring) -> ``{"threshold", "source",
     "calibration"}``."""
     ts, tp = np.asarray(train_scores, float), np.asarray(train_pos, bool)
     vs, vp = np.asarray(val_scores, float), np.asarray(val_pos, bool)
-    med, src = {}, {}
-    for cls in (False, True):
-        v = vs[vp == cls] if len(vs) else np.zeros(0)
-        t = ts[tp == cls] if len(ts) else np.zeros(0)
-        v, t = v[np.isfinite(v)], t[np.isfinite(t)]
-        if len(v):
-            med[cls], src[cls] = float(np.median(_logit(v))), "validation"
-        elif len(t):
-            med[cls], src[cls] = float(np.median(_logit(t))), "training"
     cal = calibration_record(ts, tp, vs, vp)
-    if len(med) == 2 and med[True] <= med[False] and "validation" in src.values():
-        t_med = {cls: ts[(tp == cls) & np.isfinite(ts)] for cls in (False, True)}
-        if all(len(v) for v in t_med.values()):
-            med = {cls: float(np.median(_logit(v))) for cls, v in t_med.items()}
-            src = dict.fromkeys((False, True), "training (the validation bags do not order the classes)")
+    v_med, t_med = _class_medians(vs, vp), _class_medians(ts, tp)
+    med = {**t_med, **v_med}  # each class from validation where it has bags there, else from training
+    src = {cls: "validation" if cls in v_med else "training" for cls in med}
+    if len(med) == 2 and med[True] <= med[False] and v_med and len(t_med) == 2:
+        med = t_med  # validation does not order the classes: the training bags place the cut
+        src = dict.fromkeys((False, True), "training (the validation bags do not order the classes)")
     if len(med) < 2 or med[True] <= med[False]:
         return {"threshold": 0.5, "source": "default (the calibration bags do not order the classes)",
                 "calibration": cal}
@@ -81,8 +83,7 @@ def calibration_record(train_scores: np.ndarray, train_pos: np.ndarray, val_scor
     out: dict[str, list[float]] = {}
     for part, sc, ps in (("validation", val_scores, val_pos), ("training", train_scores, train_pos)):
         for cls, name in ((True, "positive"), (False, "negative")):
-            v = sc[ps == cls] if len(sc) else np.zeros(0)
-            out[f"{part}_{name}"] = [round(float(x), 6) for x in v[np.isfinite(v)]]
+            out[f"{part}_{name}"] = [round(float(x), 6) for x in sc[(ps == cls) & np.isfinite(sc)]]
     return out
 
 

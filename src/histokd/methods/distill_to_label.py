@@ -65,8 +65,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
 import torch.nn.functional as F
+from pydantic import Field
 
 from histokd.config import BaseConfig, validate_config
 from histokd.engine import TrainerConfig, fit_mil

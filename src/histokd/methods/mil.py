@@ -170,17 +170,13 @@ class MILMethod(Method):
         return out
 
 
-def _calibration_index(train: BagDataset) -> list[int]:
-    """The training bags the slide cut is scored on (methods.decision): every one, for a two-class model."""
-    return list(range(len(train))) if train.n_classes == 2 else []
-
-
 def _calibration_bags(train: BagDataset, val: BagDataset | None) -> list[torch.Tensor]:
-    """Features of the bags the slide cut is chosen on: the training bags, then every validation bag."""
+    """Features of the bags a two-class model's slide cut is chosen on (methods.decision): every training bag,
+    then every validation bag."""
     if train.n_classes != 2:
         return []
     vals = [val[i].features for i in range(len(val))] if val is not None and len(val) else []
-    return [train[i].features for i in _calibration_index(train)] + vals
+    return [train[i].features for i in range(len(train))] + vals
 
 
 def _standardised(train: BagDataset, val: BagDataset | None, cfg: MILConfig) -> tuple[
@@ -198,10 +194,9 @@ def _finish(lab: MILLabeler, res: Any, train: BagDataset, val: BagDataset | None
     probabilities of :func:`_calibration_bags` in its order; history and best epoch."""
     if train.n_classes == 2:
         pos = lab.positive
-        t_idx = _calibration_index(train)
         v_pos = [int(y) == pos for y in val.labels] if val is not None and len(val) else []
-        lab.decision = decision_threshold(scores[:len(t_idx)], [int(train.labels[i]) == pos for i in t_idx],
-                                          scores[len(t_idx):], v_pos)
+        lab.decision = decision_threshold(scores[:len(train)], [int(y) == pos for y in train.labels],
+                                          scores[len(train):], v_pos)
     lab.history = res.history
     lab.best_epoch = res.best_epoch
     return lab

@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 
 from histokd.errors import FeatureError, HistokdError, InputError, ModelError, one_line
-from histokd.methods.decision import saved_decision
 from histokd.pipeline.bundle_inputs import (  # noqa: F401 - colour_descriptor, ood_of_slide re-exported
     _cohort_rows,
     _features_of,
@@ -134,7 +133,7 @@ def write_bundle(ws: Workspace, model_dir: Path, features: str, ds: Any, labeler
     inst_t = (labeler.meta or {}).get("instance_threshold")
     thresholds["instance"] = float(inst_t) if isinstance(inst_t, (int, float)) else None
     if meta.get("decision") is not None:  # a bag-logit shift the labeller applies itself (its meta)
-        thresholds["labeller_decision"] = saved_decision(dict(meta["decision"]))  # the cut, not its calibration
+        thresholds["labeller_decision"] = meta["decision"]  # as saved: the cut, without its calibration scores
     descriptors, colours, no_colour = [], [], {}
     rows = _cohort_rows(ws)
     for r in train_recs:

@@ -105,7 +105,7 @@ def top_bag_probs(inst_probs: torch.Tensor, neg: int, k: int) -> torch.Tensor:
     CHOWDER's top-instance evidence read off a distilled tile scorer.
     """
     kk = max(1, min(int(k), int(inst_probs.shape[0])))
-    p = inst_probs.topk(kk, dim=0).values.mean(0) if kk > 1 else inst_probs.amax(0).clone()
+    p = inst_probs.topk(kk, dim=0).values.mean(0)
     others = [c for c in range(p.shape[0]) if c != neg]
     p[neg] = 1 - p[others].max()
     p = p.clamp_min(0)
