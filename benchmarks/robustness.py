@@ -198,19 +198,25 @@ def run_method(dataset: str, method: str, fam: dict[str, Any], ov: dict[str, Any
 
 
 # ------------------------------------------------------------------------------------------ scoring
+def pooled_by_repeat(folds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`pooled_folds` of each repeat's folds (one entry for a one-repeat run)."""
+    reps = sorted({int(f.get("repeat", 0)) for f in folds})
+    return [pooled_folds([f for f in folds if int(f.get("repeat", 0)) == r]) for r in reps]
+
+
 def pooled_repeats(res: dict[str, Any], method: str) -> dict[str, Any] | list[dict[str, Any]]:
     """:func:`pooled` per CV repeat (a list), or the one pooled set when the run has a single repeat."""
-    entry = res["methods"][method]
-    reps = sorted({int(f.get("repeat", 0)) for f in entry["folds"]})
-    if len(reps) <= 1:
-        return pooled(res, method)
-    return [pooled({"methods": {method: {**entry, "folds": [f for f in entry["folds"] if int(f.get("repeat", 0)) == r]}}},
-                   method) for r in reps]
+    per = pooled_by_repeat(res["methods"][method]["folds"])
+    return per if len(per) > 1 else pooled(res, method)
 
 
 def pooled(res: dict[str, Any], method: str) -> dict[str, Any]:
     """The folds' raw test predictions of one method, concatenated (each slide tested once)."""
-    folds = res["methods"][method]["folds"]
+    return pooled_folds(res["methods"][method]["folds"])
+
+
+def pooled_folds(folds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Raw test predictions of ``folds`` concatenated, tiles re-indexed to the pooled bags, with per-fold counts."""
     out: dict[str, list[Any]] = {k: [] for k in ("bag_ids", "labels", "bag_probs", "teacher_bag_probs",
                                                  "tile_bag", "tile_labels", "tile_probs", "tile_scores",
                                                  "tile_teacher_probs")}
@@ -252,8 +258,8 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float:
     return float(BINARY_METRICS["AUC"](y, s, 0.5))
 
 
-def _log_odds(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)  # the kept probabilities are rounded to 6 decimals
+def log_odds(p: Any) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)  # the kept probabilities are rounded to 6 decimals
     return np.log(p) - np.log1p(-p)
 
 
@@ -297,7 +303,7 @@ def _metric_fns(p: dict[str, Any]) -> dict[str, Any]:
             # logit vectors has the mean of the two log-odds (the networks train the same either way). The kept
             # probabilities have 6 decimals, so tiles that saturate one network (p < 1e-6 or > 1 - 1e-6) are
             # ordered by the other alone: close to, not exactly, the blend the model outputs.
-            blend = 0.5 * (_log_odds(tp) + _log_odds(tt))
+            blend = 0.5 * (log_odds(tp) + log_odds(tt))
             fns["tile_auc_blend"] = lambda idx: _auc(tl[tiles(idx)], blend[tiles(idx)])
     return fns
 

@@ -31,23 +31,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from robustness import family_specs  # noqa: E402  (benchmarks/robustness.py: the families and their seeds)
+from robustness import family_specs, log_odds, pooled_by_repeat  # noqa: E402  (benchmarks/robustness.py)
 
 from histokd.evaluate.binary import auc_score  # noqa: E402
 from histokd.methods.decision import decision_threshold  # noqa: E402
 
-EPS = 1e-6
 STUDENTS = ("weno", "distill-to-label")
 TOP_K = (1, 2, 3, 5, 10)
 
 
-def _logit(p: object) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
-    return np.log(p) - np.log1p(-p)
-
-
 def _med(v: list[float]) -> float | None:
-    return float(np.median(_logit(v))) if len(v) else None
+    return float(np.median(log_odds(v))) if len(v) else None
 
 
 def _mid(neg: float | None, pos: float | None) -> float | None:
@@ -69,7 +63,7 @@ def _cut_current(c: dict[str, list[float]]) -> float | None:
     ts = c["training_positive"] + c["training_negative"]
     tp = [True] * len(c["training_positive"]) + [False] * len(c["training_negative"])
     th = decision_threshold(ts, tp, vs, vp)["threshold"]
-    return float(_logit(th))
+    return float(log_odds(th))
 
 
 def _cut_pooled(c: dict[str, list[float]]) -> float | None:
@@ -81,30 +75,25 @@ def _cut_training(c: dict[str, list[float]]) -> float | None:
     return _mid(_med(c["training_negative"]), _med(c["training_positive"]))
 
 
-def _cut_youden(c: dict[str, list[float]]) -> float | None:
-    """The cut of best balanced accuracy on validation and training bags pooled (the middle of its ties)."""
-    pos, neg = c["validation_positive"] + c["training_positive"], c["validation_negative"] + c["training_negative"]
-    if not pos or not neg:
+def _best_cut(s: np.ndarray, y: np.ndarray, middle: bool = True) -> float | None:
+    """The logit cut of best balanced accuracy on scores ``s`` of classes ``y``: the median of its tied cuts
+    (a rule: away from the edges of the tie), or with ``middle=False`` the first of them (a bound: itself a best cut;
+    the median of an even number of ties can fall in another gap)."""
+    if not 0 < y.sum() < len(y):
         return None
-    s = np.concatenate([_logit(pos), _logit(neg)])
-    y = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
     u = np.unique(s)
     cands = np.r_[u[0] - 1, 0.5 * (u[1:] + u[:-1]), u[-1] + 1]
     b = np.array([0.5 * ((s[y] >= t).mean() + (s[~y] < t).mean()) for t in cands])
-    return float(np.median(cands[np.isclose(b, b.max())]))
+    return float(np.median(cands[np.isclose(b, b.max())]) if middle else cands[int(np.argmax(b))])
+
+
+def _cut_youden(c: dict[str, list[float]]) -> float | None:
+    """The best balanced accuracy on validation and training bags pooled."""
+    pos, neg = c["validation_positive"] + c["training_positive"], c["validation_negative"] + c["training_negative"]
+    return _best_cut(log_odds(pos + neg), np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)])
 
 
 ORACLE = "bound: the best cut chosen on the fold's own test slides (not a rule)"
-
-
-def _cut_oracle(raw: np.ndarray, y: np.ndarray) -> float | None:
-    """The cut of best balanced accuracy on the test slides themselves: how far any cut could go."""
-    if not 0 < y.sum() < len(y):
-        return None
-    u = np.unique(raw)
-    cands = np.r_[u[0] - 1, 0.5 * (u[1:] + u[:-1]), u[-1] + 1]
-    b = [0.5 * ((raw[y] >= t).mean() + (raw[~y] < t).mean()) for t in cands]
-    return float(cands[int(np.argmax(b))])
 
 
 CUT_RULES: dict[str, Callable[[dict[str, list[float]]], float | None]] = {
@@ -148,10 +137,10 @@ def cut_table(rows: list[tuple[str, str, str, dict]]) -> str:
                 continue
             n_folds += 1
             y = np.asarray(p["labels"], bool)
-            raw = _logit(p["bag_probs"]) + float(_logit(float(dec.get("threshold", 0.5))))  # undo the fitted cut
+            raw = log_odds(p["bag_probs"]) + float(log_odds(float(dec.get("threshold", 0.5))))  # undo the fitted cut
             a = auc_score(y.astype(int), raw) if 0 < y.sum() < len(y) else math.nan
             for name in acc:
-                cut = _cut_oracle(raw, y) if name == ORACLE else CUT_RULES[name](dec["calibration"])
+                cut = _best_cut(raw, y, middle=False) if name == ORACLE else CUT_RULES[name](dec["calibration"])
                 pred = raw >= (0.0 if cut is None else cut)
                 b = 0.5 * (pred[y].mean() + (~pred[~y]).mean()) if 0 < y.sum() < len(y) else math.nan
                 acc[name]["bacc"].append(b)
@@ -168,29 +157,21 @@ def cut_table(rows: list[tuple[str, str, str, dict]]) -> str:
 
 
 def _bag_aucs(res: dict) -> dict[str, float]:
-    """Bag AUC per rule, pooled over the folds of each repeat, then the mean over repeats."""
+    """Bag AUC per rule, pooled over the folds of each repeat (as the suite pools them), then the mean over repeats."""
     per: dict[str, list[float]] = defaultdict(list)
-    for r in sorted({f.get("repeat", 0) for f in res["folds"]}):
-        ys: list[int] = []
-        sc: dict[str, list[float]] = defaultdict(list)
-        for f in res["folds"]:
-            if f.get("repeat", 0) != r:
-                continue
-            p = f["predictions"]
-            ys += list(p["labels"])
-            sc["own output"] += list(p["bag_probs"])
-            if p.get("teacher_bag_probs"):
-                sc["teacher"] += list(p["teacher_bag_probs"])
-            if "tile_probs" in p:
-                tb, tp = np.asarray(p["tile_bag"]), np.asarray(p["tile_probs"], float)
-                for i in range(len(p["labels"])):
-                    t = np.sort(tp[tb == i])[::-1]
-                    for k in TOP_K:
-                        sc[f"top-{k}"].append(float(t[:k].mean()) if len(t) else math.nan)
-        y = np.asarray(ys, int)
+    for p in pooled_by_repeat(res["folds"]):
+        y = p["labels"].astype(int)
+        if not 0 < y.sum() < len(y):
+            continue
+        sc = {"own output": p["bag_probs"]}
+        if p["teacher_bag_probs"].size == y.size:
+            sc["teacher"] = p["teacher_bag_probs"]
+        if p["tile_probs"].size:
+            tiles = [np.sort(p["tile_probs"][p["tile_bag"] == i])[::-1] for i in range(len(y))]
+            for k in TOP_K:
+                sc[f"top-{k}"] = np.array([t[:k].mean() if len(t) else math.nan for t in tiles])
         for k, v in sc.items():
-            if len(v) == len(y) and 0 < y.sum() < len(y):
-                per[k].append(auc_score(y, np.asarray(v, float)))
+            per[k].append(auc_score(y, np.asarray(v, float)))
     return {k: float(np.mean(v)) for k, v in per.items()}
 
 
