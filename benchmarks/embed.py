@@ -2,11 +2,11 @@
 of a 100,000-tile slide.
 
     .venv/bin/python benchmarks/embed.py [--workspace RUN] [--encoders handcrafted efficientnet_lite0]
-        [--batch-size 64] [--workers 2] [--threads 2] [--device auto] [--runtimes torch onnx] [--slides 12]
+        [--batch-size 64] [--workers 2] [--threads 2] [--device auto] [--runtimes torch onnx openvino] [--slides 12]
         [--skip-memory]
 
 - forward-only: the encoder alone on tiles already in memory (uint8 -> transform -> forward), after warm-up,
-  once per runtime (``--runtimes torch onnx``: PyTorch eager and ONNX Runtime), with the lowest per-tile
+  once per runtime (``--runtimes torch onnx openvino``: PyTorch eager, ONNX Runtime, OpenVINO), with the lowest per-tile
   cosine of the runtime's features to PyTorch's on 16 random tiles;
 - pipeline: a fresh ``histokd embed`` process on the cohort, the tiles/s it prints (tiles read from the slides by DataLoader
   workers, features written to h5), into a scratch copy of the workspace (the user's features are untouched);
@@ -161,11 +161,11 @@ def main() -> None:
     ap.add_argument("--encoders", nargs="*", default=["handcrafted", "efficientnet_lite0"])
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2, help="tile-reading workers (histokd embed's default)")
-    ap.add_argument("--slides", type=int, default=12, help="slides of the synthetic cohort (64 tiles each)")
+    ap.add_argument("--slides", type=int, default=48, help="slides of the synthetic cohort (64 tiles each)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="fp32")
-    ap.add_argument("--runtimes", nargs="*", default=["torch", "onnx"], help="encoder runtimes to compare")
+    ap.add_argument("--runtimes", nargs="*", default=["torch", "onnx", "openvino"], help="encoder runtimes to compare")
     ap.add_argument("--memory-tiles", type=int, default=100_000)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--_memory-child", dest="memory_child", type=Path, help=argparse.SUPPRESS)
@@ -184,7 +184,7 @@ def main() -> None:
         n = sum(len(j.coords) for j in make_jobs(ws, "x")[0])
         print(f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch_size}, "
               f"workers {args.workers}, {n} tiles in {ws.root}")
-        print(f"{'encoder':<22}{'runtime':>8}{'forward tiles/s':>17}{'pipeline tiles/s':>18}{'ratio':>8}"
+        print(f"{'encoder':<22}{'runtime':>9}{'forward tiles/s':>17}{'pipeline tiles/s':>18}{'ratio':>8}"
               f"{'vs torch':>10}{'min cosine':>12}")
         for name in args.encoders:
             enc = build_encoder(name, device=device)
@@ -193,10 +193,10 @@ def main() -> None:
                 try:
                     runner, used, export_s = build_runner(enc, runtime, device, args.precision, args.threads)
                 except InputError as e:
-                    print(f"{name:<22}{runtime:>8}  skipped: {e}")
+                    print(f"{name:<22}{runtime:>9}  skipped: {e}")
                     continue
                 if used != runtime:
-                    print(f"{name:<22}{runtime:>8}  skipped: fell back to {used}")
+                    print(f"{name:<22}{runtime:>9}  skipped: fell back to {used}")
                     continue
                 fwd = forward_only(enc, runner, ws, args.batch_size, device)
                 torch_fwd = fwd if runtime == "torch" else torch_fwd
@@ -205,7 +205,7 @@ def main() -> None:
                 pipe = pipeline(scratch, name, batch_size=args.batch_size, workers=args.workers, device=device,
                                 precision=args.precision, threads=args.threads, runtime=runtime)
                 vs = f"{fwd / torch_fwd:.1f}x" if torch_fwd else "-"
-                print(f"{name:<22}{runtime:>8}{fwd:>17.1f}{pipe:>18.1f}{pipe / fwd:>8.0%}{vs:>10}{cos:>12.7f}"
+                print(f"{name:<22}{runtime:>9}{fwd:>17.1f}{pipe:>18.1f}{pipe / fwd:>8.0%}{vs:>10}{cos:>12.7f}"
                       + (f"   (first ONNX export {export_s:.1f} s, not counted)" if export_s else ""))
         if not args.skip_memory:
             child = subprocess.run(

@@ -1,4 +1,4 @@
-"""ONNX Runtime on CPU: same features as PyTorch, cached graphs, fallbacks and refusals."""
+"""Graph runtimes on CPU (ONNX Runtime, OpenVINO): same features as PyTorch, cached graphs, fallbacks and refusals."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from histokd.features.mfl_encoder import MFLEncoder
 from histokd.pipeline.embed import make_jobs
 from histokd.features.runtime import (
     OnnxRunner,
+    OpenVinoRunner,
     agreement,
     build_runner,
     cache_dir,
@@ -61,6 +62,45 @@ def test_onnx_features_match_pytorch_per_tile(workspace, lite0):
     np.testing.assert_allclose(torch_runner(lite0, "cpu", "fp32")(tiles), ref, rtol=0, atol=1e-5)
 
 
+def test_openvino_features_match_pytorch_per_tile(workspace, lite0):
+    tiles = real_tiles(workspace, lite0.input_size)
+    ov, used, _ = build_runner(lite0, "openvino", "cpu")
+    assert used == "openvino" and isinstance(ov, OpenVinoRunner)
+    ref = torch_runner(lite0, "cpu", "fp32")(tiles)
+    got = ov(tiles)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    assert per_tile_cosine(ref, got).min() >= 0.9999  # f32 inference precision, not the CPU's bf16 default
+    assert ov.path == OnnxRunner(lite0).path  # both runtimes read the one cached graph
+    assert resolve_runtime("auto", lite0, "cpu", "bf16") == "torch"  # bf16 is a PyTorch autocast precision
+    for prec in ("int8", "bf16"):
+        with pytest.raises(InputError, match="with --runtime openvino: choose fp32"):
+            resolve_runtime("openvino", lite0, "cpu", prec)
+    with pytest.raises(InputError, match="--runtime openvino runs on the CPU"):
+        resolve_runtime("openvino", lite0, "cuda", "fp32")
+
+
+def test_auto_prefers_openvino_then_onnx(lite0, monkeypatch, caplog):
+    from histokd.features import runtime as rt
+
+    assert resolve_runtime("auto", lite0, "cpu", "fp32") == "openvino"
+    monkeypatch.setattr(rt, "openvino_version", lambda: None)  # not installed
+    assert resolve_runtime("auto", lite0, "cpu", "fp32") == "onnx"
+    with pytest.raises(InputError, match="openvino is not installed; pip install openvino"):
+        resolve_runtime("openvino", lite0, "cpu", "fp32")
+    monkeypatch.undo()
+
+    def broken(*a, **k):
+        raise RuntimeError("no CPU plugin")
+
+    monkeypatch.setattr(rt.OpenVinoRunner, "__init__", broken)  # installed but failing: ONNX Runtime instead
+    with caplog.at_level(logging.WARNING, logger="histokd"):
+        runner, used, _ = build_runner(lite0, "auto", "cpu")
+    assert used == "onnx" and isinstance(runner, OnnxRunner)
+    assert "OpenVINO unavailable (RuntimeError: no CPU plugin); using ONNX Runtime" in caplog.text
+    with pytest.raises(InputError, match="OpenVINO cannot run it .*no CPU plugin"):
+        build_runner(lite0, "openvino", "cpu")
+
+
 def test_graph_is_cached_under_its_key(lite0):
     first = OnnxRunner(lite0)
     again = OnnxRunner(lite0)
@@ -78,11 +118,11 @@ def test_graph_is_cached_under_its_key(lite0):
     assert graph_key(renormalised, "fp32") != graph_key(lite0, "fp32")
 
 
-def test_embed_defaults_to_onnx_on_cpu_and_matches_torch(workspace):
+def test_embed_defaults_to_openvino_on_cpu_and_matches_torch(workspace):
     a = embed(workspace, "efficientnet_lite0", workers=1, slides=["s1", "s2"])
-    assert a.runtime == "onnx" and sorted(a.written) == ["s1", "s2"]
+    assert a.runtime == "openvino" and sorted(a.written) == ["s1", "s2"]
     onnx_feats = {s: read_features(workspace.features_h5("efficientnet_lite0", s)) for s in ("s1", "s2")}
-    assert onnx_feats["s1"].attrs["runtime"] == "onnx" and onnx_feats["s1"].attrs["precision"] == "fp32"
+    assert onnx_feats["s1"].attrs["runtime"] == "openvino" and onnx_feats["s1"].attrs["precision"] == "fp32"
     # same features: a rerun with the other runtime is a resume (nothing to redo) ...
     b = embed(workspace, "efficientnet_lite0", workers=0, slides=["s1", "s2"], runtime="torch")
     assert sorted(b.skipped) == ["s1", "s2"] and not b.written
@@ -129,9 +169,10 @@ def test_torchscript_and_mfl_encoders_export(tmp_path):
         MFLEncoder(SmallResNet(3, "tiny").eval(), name="mfl:test", dim=128, input_size=64, mpp=1.0,
                    mean=(0.7, 0.5, 0.7), std=(0.2, 0.2, 0.2), weights_hash="t").eval(),
     ):
-        runner, used, _ = build_runner(enc, "auto", "cpu")
-        assert used == "onnx", enc.name
-        assert agreement(enc, runner) >= 0.9999
+        for runtime in ("auto", "onnx"):
+            runner, used, _ = build_runner(enc, runtime, "cpu")
+            assert used == ("openvino" if runtime == "auto" else runtime), enc.name
+            assert agreement(enc, runner) >= 0.9999
 
 
 def test_a_bad_cached_graph_falls_back_or_is_refused(lite0, caplog, monkeypatch, tmp_path):
@@ -148,6 +189,8 @@ def test_a_bad_cached_graph_falls_back_or_is_refused(lite0, caplog, monkeypatch,
     assert used == "torch" and "using PyTorch" in caplog.text
     with pytest.raises(InputError, match="ONNX Runtime cannot run it .*use --runtime torch"):
         build_runner(lite0, "onnx", "cpu")
+    with pytest.raises(InputError, match="OpenVINO cannot run it .*use --runtime torch"):
+        build_runner(lite0, "openvino", "cpu")
     good.path.write_bytes(b"not a graph")
     with pytest.raises(InputError, match="use --runtime torch"):
         build_runner(lite0, "onnx", "cpu")

@@ -23,11 +23,13 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(2, "--workers", "-j", help="Tile-reading worker processes (0: read in the main process)."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
         precision: str = typer.Option(
-            "fp32", "--precision", help="fp32 | bf16 | fp16 (PyTorch autocast; fp16 needs a GPU; ONNX Runtime: fp32).",
+            "fp32", "--precision", help="fp32 | bf16 | fp16 | int8 (PyTorch autocast bf16 / fp16, fp16 needs a GPU; OpenVINO: fp32; "
+                 "ONNX Runtime: fp32 | int8).",
         ),
         runtime: str = typer.Option(
             "auto", "--runtime",
-            help="auto (ONNX Runtime on CPU where the encoder exports, else PyTorch) | torch | onnx.",
+            help="auto (on CPU where the encoder exports: OpenVINO, else ONNX Runtime; else PyTorch) | torch | onnx "
+                 "| openvino.",
         ),
         dtype: str = typer.Option("float32", "--dtype", help="Stored feature dtype: float32 | float16."),
         engine: str = typer.Option("local", "--engine", help="local | ray (spread slides over a Ray cluster)."),

@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(2, "--workers", "-j", help="Slides tiled / tiles read in parallel."),
         batch_size: int = typer.Option(64, "--batch-size", "-b", help="Tiles per forward pass of the encoder."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
-        runtime: str = typer.Option("auto", "--runtime", help="Encoder runtime: auto | torch | onnx."),
+        runtime: str = typer.Option("auto", "--runtime", help="Encoder runtime: auto | torch | onnx | openvino."),
         slide_mpp: Optional[float] = typer.Option(None, "--slide-mpp",
                                                   help="Level-0 µm/px for slides without resolution metadata."),
         backend: str = typer.Option("auto", "--backend", help="Slide reader: auto, openslide or tiffslide."),

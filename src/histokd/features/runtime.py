@@ -1,9 +1,11 @@
-"""How an encoder's network is run: PyTorch, or ONNX Runtime on CPU.
+"""How an encoder's network is run: PyTorch, or an exported graph on CPU (OpenVINO or ONNX Runtime).
 
-On a CPU the same network with the same weights runs several times faster through ONNX Runtime than
-through PyTorch eager (``benchmarks/embed.py`` prints both side by side), so ``runtime="auto"`` picks ONNX
-Runtime on CPU for every encoder that exports, and PyTorch on GPU and for encoders that do not export
-(``handcrafted`` mixes torch with ``scipy.ndimage``).
+On a CPU the same network with the same weights runs several times faster from an exported ONNX graph
+than through PyTorch eager (``benchmarks/embed.py`` prints all three side by side), so ``runtime="auto"``
+picks, on CPU, for every encoder that exports: OpenVINO where it is installed (fp32; on the 2-core
+AVX-512 build machine EfficientNet-Lite0 ran at 307 tiles/s through OpenVINO and 265 through ONNX Runtime,
+with the same features), else ONNX Runtime; PyTorch on GPU and for encoders that do not export
+(``handcrafted`` mixes torch with ``scipy.ndimage``). Both graph runtimes read the one cached graph.
 
 The exported graph (opset :data:`OPSET`, dynamic batch axis) is cached as
 ``<cache dir>/onnx/<key>.onnx``; the key hashes the encoder's weights, its class, input size and
@@ -11,9 +13,13 @@ normalisation, the opset, the histokd, torch and onnxruntime versions and the pr
 is never used for other weights, another normalisation or another runtime. The cache folder is ``$HISTOKD_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/histokd``,
 else ``~/.cache/histokd``. At export, PyTorch's features of a few fixed random tiles are stored beside the
 graph (``<key>.probe.npz``); every time the graph is loaded its own features of those tiles are compared
-with them (cosine >= :data:`MIN_COSINE` per tile: 0.9999 at fp32, 0.98 at int8). A graph that disagrees,
-or an encoder that cannot be exported, falls back to PyTorch with one warning (or stops with one line
-for an explicit ``--runtime onnx`` and for ``int8``, which only ONNX Runtime runs).
+with them (cosine >= :data:`MIN_COSINE` per tile: 0.9999 at fp32, 0.98 at int8). A graph that disagrees, or an encoder that cannot be exported, falls back (OpenVINO to ONNX
+Runtime, either to PyTorch) with one warning, or stops with one line for an explicit ``--runtime onnx`` /
+``openvino`` and for ``int8`` (which only ONNX Runtime runs). OpenVINO runs the graph in fp32
+(``INFERENCE_PRECISION_HINT`` f32; its own CPU default would be bf16 on a CPU with native bf16), and keeps
+its compiled form in ``<cache dir>/openvino/``. OpenVINO's bf16 is not offered: its features reached a
+per-tile cosine of only 0.9972 to PyTorch's on the probe tiles, and a process that had compiled a bf16
+model and then started a subprocess crashed (SIGSEGV) in the test suite.
 
 A runner maps uint8 tiles ``[B, 3, S, S]`` at the encoder's input size to ``float32 [B, D]`` numpy
 features: the ONNX graph holds the encoder's normalisation (``Encoder.transform``) as well as its network.
@@ -39,13 +45,16 @@ from histokd.features.encoders import Encoder
 
 log = logging.getLogger("histokd")
 
-RUNTIMES = ("auto", "torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx", "openvino")
 OPSET = 17
-#: ONNX precision -> the lowest per-tile cosine to PyTorch fp32 features a graph must reach on the probe tiles
+#: ONNX Runtime precision -> the lowest per-tile cosine to PyTorch fp32 features a graph must reach on the probe tiles
 MIN_COSINE = {"fp32": 0.9999, "int8": 0.98}
+#: the same for OpenVINO (fp32 only: see the module docstring)
+OPENVINO_MIN_COSINE = {"fp32": 0.9999}
 #: precision -> autocast dtype of the PyTorch runtime (None: no autocast)
 TORCH_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 ONNX_PRECISIONS = tuple(MIN_COSINE)
+OPENVINO_PRECISIONS = tuple(OPENVINO_MIN_COSINE)
 #: tiles of the int8 calibration set (H&E-like, generated, the same on every machine)
 N_CALIBRATION = 128
 
@@ -69,11 +78,21 @@ def onnxruntime_version() -> str | None:
     return str(onnxruntime.__version__)
 
 
-def resolve_runtime(runtime: str, enc: Encoder, device: str, precision: str) -> str:
-    """``auto`` -> ``onnx`` on CPU for an exportable encoder at a precision ONNX Runtime runs, else ``torch``.
+def openvino_version() -> str | None:
+    """The installed OpenVINO version, or None when it cannot be imported."""
+    try:
+        import openvino
+    except Exception:  # noqa: BLE001 - missing, or a broken build
+        return None
+    return str(openvino.__version__)
 
-    An explicit ``onnx`` that cannot work here (GPU device, onnxruntime missing, encoder not exportable,
-    unsupported precision) is refused with one line.
+
+def resolve_runtime(runtime: str, enc: Encoder, device: str, precision: str) -> str:
+    """``auto`` -> on CPU for an exportable encoder at fp32 ``openvino`` (where installed) or ``onnx``; ``onnx``
+    for int8; else ``torch``.
+
+    An explicit ``onnx`` / ``openvino`` that cannot work here (GPU device, runtime missing, encoder not
+    exportable, unsupported precision) is refused with one line.
     """
     if runtime not in RUNTIMES:
         raise InputError(f"--runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
@@ -85,8 +104,20 @@ def resolve_runtime(runtime: str, enc: Encoder, device: str, precision: str) -> 
                                  f"(or use fp32 / bf16 / fp16 on {device})")
             runtime = "onnx"
         else:
-            ok = on_cpu and enc.exportable and precision in ONNX_PRECISIONS and onnxruntime_version() is not None
-            return "onnx" if ok else "torch"
+            graph = on_cpu and enc.exportable and precision == "fp32"
+            if graph and openvino_version() is not None:
+                return "openvino"
+            return "onnx" if graph and onnxruntime_version() is not None else "torch"
+    if runtime == "openvino":
+        if not on_cpu:
+            raise InputError(f"--runtime openvino runs on the CPU; use --runtime torch with --device {device}")
+        if not enc.exportable:
+            raise InputError(f"encoder {enc.name!r} does not export to ONNX; use --runtime torch (or auto)")
+        if precision not in OPENVINO_PRECISIONS:
+            raise InputError(f"--precision {precision} with --runtime openvino: choose "
+                             f"{', '.join(OPENVINO_PRECISIONS)} (int8 runs through --runtime onnx, bf16 through --runtime torch)")
+        if openvino_version() is None:
+            raise InputError("--runtime openvino: openvino is not installed; pip install openvino, or use --runtime onnx")
     if runtime == "onnx":
         if not on_cpu:
             raise InputError(f"--runtime onnx runs on the CPU; use --runtime torch with --device {device}")
@@ -268,7 +299,46 @@ def warnings_silenced():  # noqa: ANN201 - a context manager
         yield
 
 
-class OnnxRunner:
+def cached_graph(enc: Encoder, precision: str = "fp32") -> tuple[Path, float]:
+    """The path of ``enc``'s exported graph at ``precision`` (``fp32`` or ``int8``) in the cache, exported (and
+    quantised) on first use, and the seconds that took (0 when it was cached)."""
+    path = cache_dir() / "onnx" / f"{graph_key(enc, precision)}.onnx"
+    seconds = 0.0
+    if not path.is_file() or not _probe_path(path).is_file():
+        fp32 = path if precision == "fp32" else cache_dir() / "onnx" / f"{graph_key(enc, 'fp32')}.onnx"
+        if not fp32.is_file() or not _probe_path(fp32).is_file():
+            seconds += export_onnx(enc, fp32)
+        if precision == "int8":
+            seconds += quantize_int8(fp32, path, enc.input_size)
+        log.info("exported %s to ONNX (%s) in %.1f s -> %s", enc.name, precision, seconds, path)
+    return path, seconds
+
+
+class _GraphRunner:
+    """An encoder's forward through its cached exported graph (``path``); subclasses run it (``_run``)."""
+
+    path: Path
+    size: int
+    precision: str
+    export_seconds: float
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, self.size, self.size):
+            raise ValueError(f"{type(self).__name__} wants uint8 [B, 3, {self.size}, {self.size}], got {images.dtype} "
+                             f"{tuple(images.shape)}")
+        return np.asarray(self._run(images.detach().cpu().contiguous().numpy()), np.float32)
+
+    def cached_agreement(self) -> float:
+        """Lowest per-tile cosine between this runner and the PyTorch features stored at export."""
+        with np.load(_probe_path(self.path)) as z:
+            ref = z["features"]
+        return min_cosine(ref, self(probe_tiles(self.size, len(ref))))
+
+
+class OnnxRunner(_GraphRunner):
     """An encoder's forward through an ONNX Runtime CPU session (the graph exported once, then cached)."""
 
     def __init__(self, enc: Encoder, threads: int | None = None, precision: str = "fp32", spin: bool = False) -> None:
@@ -276,17 +346,9 @@ class OnnxRunner:
 
         if precision not in ONNX_PRECISIONS:
             raise InputError(f"--precision {precision!r} with --runtime onnx: choose one of {', '.join(ONNX_PRECISIONS)}")
-        self.precision = precision
+        self.precision, self.size = precision, enc.input_size
         self.key = graph_key(enc, precision)
-        self.path = cache_dir() / "onnx" / f"{self.key}.onnx"
-        self.export_seconds = 0.0
-        if not self.path.is_file() or not _probe_path(self.path).is_file():
-            fp32 = self.path if precision == "fp32" else cache_dir() / "onnx" / f"{graph_key(enc, 'fp32')}.onnx"
-            if not fp32.is_file() or not _probe_path(fp32).is_file():
-                self.export_seconds += export_onnx(enc, fp32)
-            if precision == "int8":
-                self.export_seconds += quantize_int8(fp32, self.path, enc.input_size)
-            log.info("exported %s to ONNX (%s) in %.1f s -> %s", enc.name, precision, self.export_seconds, self.path)
+        self.path, self.export_seconds = cached_graph(enc, precision)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads or torch.get_num_threads())
         opts.inter_op_num_threads = 1
@@ -297,20 +359,38 @@ class OnnxRunner:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
-        self.size = enc.input_size
 
-    def __call__(self, images: torch.Tensor) -> np.ndarray:
-        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, self.size, self.size):
-            raise ValueError(f"ONNX runner wants uint8 [B, 3, {self.size}, {self.size}], got {images.dtype} "
-                             f"{tuple(images.shape)}")
-        feats = self.session.run(None, {self.input_name: images.detach().cpu().contiguous().numpy()})[0]
-        return np.asarray(feats, np.float32)
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: images})[0]
 
-    def cached_agreement(self) -> float:
-        """Lowest per-tile cosine between this graph and the PyTorch features stored at export."""
-        with np.load(_probe_path(self.path)) as z:
-            ref = z["features"]
-        return min_cosine(ref, self(probe_tiles(self.size, len(ref))))
+
+class OpenVinoRunner(_GraphRunner):
+    """An encoder's forward through OpenVINO's CPU plugin, compiled from the cached fp32 graph, at OpenVINO's
+    ``f32`` inference precision (the same features as PyTorch). The compiled blob is cached in
+    ``<cache dir>/openvino/`` by OpenVINO itself."""
+
+    def __init__(self, enc: Encoder, threads: int | None = None, precision: str = "fp32") -> None:
+        import openvino as ov
+
+        if precision not in OPENVINO_PRECISIONS:
+            raise InputError(f"--precision {precision!r} with --runtime openvino: choose one of "
+                             f"{', '.join(OPENVINO_PRECISIONS)}")
+        self.precision, self.size = precision, enc.input_size
+        self.path, self.export_seconds = cached_graph(enc, "fp32")
+        (cache_dir() / "openvino").mkdir(parents=True, exist_ok=True)
+        core = ov.Core()
+        config = {
+            "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
+            "INFERENCE_PRECISION_HINT": "f32",
+            "PERFORMANCE_HINT": "LATENCY",  # one request at a time, all threads on it
+            "CACHE_DIR": str(cache_dir() / "openvino"),
+        }
+        self.compiled = core.compile_model(str(self.path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.output = self.compiled.output(0)
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        return self.request.infer({0: images})[self.output].copy()
 
 
 def min_cosine(ref: np.ndarray, got: np.ndarray) -> float:
@@ -335,24 +415,35 @@ def build_runner(
 ) -> tuple[Runner, str, float]:
     """``(runner, runtime actually used, export seconds)`` for ``enc``; ``runtime`` is resolved first.
 
-    ONNX Runtime falls back to PyTorch (with a warning) when the export fails or the graph's features
-    disagree with PyTorch's; an explicit ``onnx``, and ``int8`` (which only ONNX Runtime runs), are refused
-    with one line instead.
+    A graph runtime that fails (export, runtime, or features that disagree with PyTorch's) falls back with a
+    warning: OpenVINO to ONNX Runtime, ONNX Runtime to PyTorch. An explicit ``onnx`` / ``openvino``, ``int8``
+    (which only ONNX Runtime runs) are refused with one line instead.
     """
     chosen = resolve_runtime(runtime, enc, device, precision)
-    if chosen == "onnx":
+    tries = [chosen]
+    if chosen == "openvino" and runtime == "auto" and onnxruntime_version() is not None:
+        tries.append("onnx")
+    for name in tries:
+        if name not in ("onnx", "openvino"):
+            break
         try:
-            runner = OnnxRunner(enc, threads=threads, precision=precision)
-            cos, least = runner.cached_agreement(), MIN_COSINE[precision]
+            if name == "onnx":
+                runner: _GraphRunner = OnnxRunner(enc, threads=threads, precision=precision)
+                least = MIN_COSINE[precision]
+            else:
+                runner = OpenVinoRunner(enc, threads=threads, precision=precision)
+                least = OPENVINO_MIN_COSINE[precision]
+            cos = runner.cached_agreement()
             if cos < least:
                 raise RuntimeError(f"its {precision} features differ from PyTorch's (cosine {cos:.6f} < {least})")
-            return runner, "onnx", runner.export_seconds
-        except Exception as e:  # noqa: BLE001 - any exporter / runtime failure: PyTorch still works
-            if runtime == "onnx" or precision == "int8":
+            return runner, name, runner.export_seconds
+        except Exception as e:  # noqa: BLE001 - any exporter / runtime failure: another runtime still works
+            label = "ONNX Runtime" if name == "onnx" else "OpenVINO"
+            if runtime == name or precision == "int8":
                 raise InputError(
-                    f"encoder {enc.name!r}: ONNX Runtime cannot run it ({type(e).__name__}: {str(e)[:160]}); "
+                    f"encoder {enc.name!r}: {label} cannot run it ({type(e).__name__}: {str(e)[:160]}); "
                     f"use --runtime torch"
                 ) from e
-            log.warning("encoder %s: ONNX Runtime unavailable (%s: %s); using PyTorch", enc.name,
-                        type(e).__name__, str(e)[:160])
+            log.warning("encoder %s: %s unavailable (%s: %s); using %s", enc.name, label, type(e).__name__,
+                        str(e)[:160], "ONNX Runtime" if name != tries[-1] else "PyTorch")
     return torch_runner(enc, device, precision), "torch", 0.0

@@ -39,7 +39,7 @@ class EmbedResult:
     failed: dict[str, str] = field(default_factory=dict)
     n_tiles: int = 0
     seconds: float = 0.0
-    runtime: str = "torch"  # what ran the encoder: torch | onnx
+    runtime: str = "torch"  # what ran the encoder: torch | onnx | openvino
     export_seconds: float = 0.0  # exporting the ONNX graph (0 when cached); not part of ``seconds``
     setup_seconds: float = 0.0  # the encoder's first (warm-up) batch; not part of ``seconds``
 
@@ -150,8 +150,9 @@ def embed(
 
     ``engine="ray"`` spreads slides over a Ray cluster (``address``; a local one when ``None``). Slides
     whose file exists and matches are skipped unless ``overwrite``. Failed slides are listed in
-    ``EmbedResult.failed``; the others are written. ``runtime``: ``auto`` (ONNX Runtime on CPU where the
-    encoder exports, else PyTorch), ``torch`` or ``onnx`` (see :mod:`histokd.features.runtime`).
+    ``EmbedResult.failed``; the others are written. ``runtime``: ``auto`` (on CPU where the encoder
+    exports, OpenVINO, or ONNX Runtime where OpenVINO is not installed; else PyTorch), ``torch``, ``onnx`` or
+    ``openvino`` (see :mod:`histokd.features.runtime`).
     """
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     _check_options(batch_size, workers, dtype, engine, stain_norm)
