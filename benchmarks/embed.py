@@ -3,12 +3,13 @@ of a 100,000-tile slide.
 
     .venv/bin/python benchmarks/embed.py [--workspace RUN] [--encoders handcrafted efficientnet_lite0]
         [--batch-size 64] [--workers 2] [--threads 2] [--device auto] [--runtimes torch onnx openvino] [--slides 12]
-        [--skip-memory]
+        [--pipeline-runs 3] [--skip-memory]
 
 - forward-only: the encoder alone on tiles already in memory (uint8 -> transform -> forward), after warm-up,
   once per runtime (``--runtimes torch onnx openvino``: PyTorch eager, ONNX Runtime, OpenVINO), with the lowest per-tile
   cosine of the runtime's features to PyTorch's on 16 random tiles;
-- pipeline: a fresh ``histokd embed`` process on the cohort, the tiles/s it prints (tiles read from the slides by DataLoader
+- pipeline: a fresh ``histokd embed`` process on the cohort, the tiles/s it prints, the median of ``--pipeline-runs``
+  runs (all printed: on the shared 2-core machine one run of the same command varied by ±10 %) (tiles read from the slides by DataLoader
   workers, features written to h5), into a scratch copy of the workspace (the user's features are untouched);
 - memory: a fresh process embeds one slide whose grid has 100,000 tiles (coordinates repeat over a small
   synthetic slide) with a 1280-d TorchScript encoder on 32-px inputs (so that it finishes in minutes);
@@ -16,7 +17,8 @@ of a 100,000-tile slide.
   (100k x 1280 float32 = 512 MB) are streamed to disk in chunks, never held.
 
 Without ``--workspace`` a synthetic cohort (``--slides`` slides of 1792 x 1792 px at 0.5 µm/px, 64 tiles each;
-12 by default, 768 tiles, so that start-up is a small part of the pipeline figure) is made.
+48 by default, 3,072 tiles, so that start-up is a small part of the pipeline figure: with 12 slides, 768 tiles,
+a run lasted 4 s, of which worker start-up and the first batch's read were several percent) is made.
 """
 
 from __future__ import annotations
@@ -168,6 +170,7 @@ def main() -> None:
     ap.add_argument("--runtimes", nargs="*", default=["torch", "onnx", "openvino"], help="encoder runtimes to compare")
     ap.add_argument("--memory-tiles", type=int, default=100_000)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--pipeline-runs", type=int, default=3, help="fresh embed runs per runtime; the median is reported")
     ap.add_argument("--_memory-child", dest="memory_child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("HISTOKD_NO_PROGRESS", "1")
@@ -202,10 +205,13 @@ def main() -> None:
                 torch_fwd = fwd if runtime == "torch" else torch_fwd
                 cos = agreement(enc, runner, n=16) if runtime != "torch" else 1.0
                 scratch = scratch_copy(ws, tmp / f"{name}-{runtime}")
-                pipe = pipeline(scratch, name, batch_size=args.batch_size, workers=args.workers, device=device,
-                                precision=args.precision, threads=args.threads, runtime=runtime)
+                runs = sorted(pipeline(scratch, name, batch_size=args.batch_size, workers=args.workers, device=device,
+                                       precision=args.precision, threads=args.threads, runtime=runtime)
+                              for _ in range(max(1, args.pipeline_runs)))
+                pipe = float(np.median(runs))
                 vs = f"{fwd / torch_fwd:.1f}x" if torch_fwd else "-"
                 print(f"{name:<22}{runtime:>9}{fwd:>17.1f}{pipe:>18.1f}{pipe / fwd:>8.0%}{vs:>10}{cos:>12.7f}"
+                      + f"   (pipeline runs: {', '.join(f'{r:.1f}' for r in runs)})"
                       + (f"   (first ONNX export {export_s:.1f} s, not counted)" if export_s else ""))
         if not args.skip_memory:
             child = subprocess.run(
