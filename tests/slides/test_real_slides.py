@@ -59,6 +59,18 @@ def test_openslide_and_tiffslide_agree_on_a_real_aperio_slide(real_svs):
     assert x.std() > 10  # real tissue, not an empty level
 
 
+def test_direct_tile_decoding_gives_openslides_pixels_on_a_real_aperio_slide(real_svs):
+    fast, ref = open_slide(real_svs), open_slide(real_svs, backend="openslide")
+    assert fast._direct is not None and fast._direct.has(0)  # the SVS's JPEG tiles are decoded directly
+    W, H = fast.dimensions
+    assert np.array_equal(fast.read_region((0, 0), 0, (W, H)), ref.read_region((0, 0), 0, (W, H)))
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        x, y, s = int(rng.integers(0, W)), int(rng.integers(0, H)), int(rng.integers(16, 500))
+        mpp = float(rng.choice([0.5, 1.0, 2.0]))
+        assert np.array_equal(fast.read_region_mpp(x, y, s, mpp), ref.read_region_mpp(x, y, s, mpp))
+
+
 @pytest.mark.slow
 def test_a_real_aperio_slide_tiles_and_embeds(real_svs, tmp_path):
     from histokd import embed, tile

@@ -39,6 +39,7 @@ from histokd.slides.backends import (  # noqa: F401 - the backends, re-exported 
     _to_uint8,
 )
 from histokd.slides.integrity import is_tiff, quiet_tifffile, tiff_damage
+from histokd.slides.tiled_tiff import TiledTiffLevels
 from histokd.workspace import expand_user
 
 log = logging.getLogger("histokd")
@@ -81,6 +82,8 @@ class Slide:
         self.mpp: float = float(mpp)
         self.channels: int = backend.channels
         self.properties: dict[str, Any] = backend.properties
+        # tiled-TIFF levels decoded directly (same pixels as the backend, checked at open), or None
+        self._direct: TiledTiffLevels | None = None
 
     # -- basics -------------------------------------------------------------------------------------
     def __enter__(self) -> Slide:
@@ -90,6 +93,9 @@ class Slide:
         self.close()
 
     def close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None
         try:
             self._b.close()
         except Exception:  # noqa: BLE001 - closing a dead handle must not mask the real error
@@ -127,7 +133,11 @@ class Slide:
         if x1 <= x0 or y1 <= y0:
             return out
         try:
-            arr = self._b.read(level, x0, y0, x1 - x0, y1 - y0)
+            direct = self._direct
+            if direct is not None and direct.has(level):
+                arr = direct.read(level, x0, y0, x1 - x0, y1 - y0)
+            else:
+                arr = self._b.read(level, x0, y0, x1 - x0, y1 - y0)
         except Exception as e:  # noqa: BLE001 - any decoder error means a damaged file
             raise SlideError(
                 f"{self.path}: cannot read pixels at level {level} ({type(e).__name__}: "
@@ -419,10 +429,18 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None, backend: 
         if not mpp > 0:
             b.close()
             raise SlideError(f"{path}: mpp must be > 0 (got {mpp})")
-        return Slide(path, b, float(mpp), mpp_source="given")
+        return _with_direct(Slide(path, b, float(mpp), mpp_source="given"), backend)
     if mpp is not None and abs(mpp - native) > 0.05 * native:
         log.warning("%s: slide metadata says %.4g µm/px; the given %.4g is ignored", path, native, mpp)
-    return Slide(path, b, native)
+    return _with_direct(Slide(path, b, native), backend)
+
+
+def _with_direct(slide: Slide, backend: str) -> Slide:
+    """Under ``backend="auto"``, a tiled TIFF's levels are decoded directly where that gives the backend's
+    exact pixels (:mod:`histokd.slides.tiled_tiff`); an explicit backend reads through that library alone."""
+    if backend == "auto" and slide.channels == 3 and is_tiff(slide.path):
+        slide._direct = TiledTiffLevels.open(slide.path, slide.level_dimensions, slide._b.read)
+    return slide
 
 
 def _damaged_message(path: Path, why: str) -> str:
