@@ -2,10 +2,10 @@
 
 On a CPU the same network with the same weights runs several times faster from an exported ONNX graph
 than through PyTorch eager (``benchmarks/embed.py`` prints all three side by side), so ``runtime="auto"``
-picks, on CPU, for every encoder that exports: OpenVINO where it is installed (fp32; on the 2-core
-AVX-512 build machine EfficientNet-Lite0 ran at 307 tiles/s through OpenVINO and 265 through ONNX Runtime,
-with the same features), else ONNX Runtime; PyTorch on GPU and for encoders that do not export
-(``handcrafted`` mixes torch with ``scipy.ndimage``). Both graph runtimes read the one cached graph.
+picks, on CPU, for every encoder that exports at fp32, the faster of OpenVINO and ONNX Runtime on this
+machine, measured once and cached (:mod:`histokd.features.runtime_pick`: the order differs between CPUs;
+the same features either way), or the one of them that is installed; PyTorch on GPU and for encoders that
+do not export (``handcrafted`` mixes torch with ``scipy.ndimage``). Both graph runtimes read the one cached graph.
 
 The exported graph (opset :data:`OPSET`, dynamic batch axis) is cached as
 ``<cache dir>/onnx/<key>.onnx``; the key hashes the encoder's weights, its class, input size and
@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -88,8 +89,9 @@ def openvino_version() -> str | None:
 
 
 def resolve_runtime(runtime: str, enc: Encoder, device: str, precision: str) -> str:
-    """``auto`` -> on CPU for an exportable encoder at fp32 ``openvino`` (where installed) or ``onnx``; ``onnx``
-    for int8; else ``torch``.
+    """``auto`` -> on CPU for an exportable encoder at fp32 ``openvino`` (where installed: the first candidate,
+    :func:`build_runner` then keeps the faster of it and ONNX Runtime) or ``onnx``; ``onnx`` for int8; else
+    ``torch``.
 
     An explicit ``onnx`` / ``openvino`` that cannot work here (GPU device, runtime missing, encoder not
     exportable, unsupported precision) is refused with one line.
@@ -386,11 +388,43 @@ class OpenVinoRunner(_GraphRunner):
             "CACHE_DIR": str(cache_dir() / "openvino"),
         }
         self.compiled = core.compile_model(str(self.path), "CPU", config)
+        _roomy_signal_stack()
         self.request = self.compiled.create_infer_request()
         self.output = self.compiled.output(0)
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         return self.request.infer({0: images})[self.output].copy()
+
+
+_SIGNAL_STACK: list[object] = []  # the alternate signal stack this process installed (kept alive)
+
+
+def _roomy_signal_stack(size: int = 1 << 20) -> None:
+    """Give the calling thread an alternate signal stack of ``size`` bytes where a smaller one is installed.
+
+    Compiling a model, OpenVINO installs a ~20 KB alternate signal stack on the calling thread. Every Python
+    signal handler runs on it (CPython sets ``SA_ONSTACK``), and on a CPU with AVX-512 and AMX the kernel's
+    signal frame alone is ~12 KB (``sysconf(_SC_MINSIGSTKSZ)``), so two signals in a row (the SIGCHLDs of two
+    DataLoader workers exiting together, which torch's DataLoader handles in Python) do not fit and the
+    kernel kills the process with SIGSEGV. Seen in the test suite on a 2-core Xeon with AMX; a 1 MiB stack
+    fixes it. Linux only; a no-op where no alternate stack is installed or it is already large enough.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    class _Stack(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        old = _Stack()
+        if libc.sigaltstack(None, ctypes.byref(old)) != 0 or old.ss_flags & 2 or old.ss_size >= size:  # 2: SS_DISABLE
+            return
+        buf = ctypes.create_string_buffer(size)
+        new = _Stack(ctypes.cast(buf, ctypes.c_void_p), 0, size)
+        if libc.sigaltstack(ctypes.byref(new), None) == 0:
+            _SIGNAL_STACK.append(buf)
 
 
 def min_cosine(ref: np.ndarray, got: np.ndarray) -> float:
@@ -415,14 +449,16 @@ def build_runner(
 ) -> tuple[Runner, str, float]:
     """``(runner, runtime actually used, export seconds)`` for ``enc``; ``runtime`` is resolved first.
 
-    A graph runtime that fails (export, runtime, or features that disagree with PyTorch's) falls back with a
-    warning: OpenVINO to ONNX Runtime, ONNX Runtime to PyTorch. An explicit ``onnx`` / ``openvino``, ``int8``
+    Under ``auto`` with both graph runtimes working, the faster here is kept
+    (:func:`~histokd.features.runtime_pick.pick_faster`). A graph runtime that fails (export, runtime, or
+    features that disagree with PyTorch's) falls back with a warning: OpenVINO to ONNX Runtime, ONNX Runtime to PyTorch. An explicit ``onnx`` / ``openvino``, ``int8``
     (which only ONNX Runtime runs) are refused with one line instead.
     """
     chosen = resolve_runtime(runtime, enc, device, precision)
     tries = [chosen]
     if chosen == "openvino" and runtime == "auto" and onnxruntime_version() is not None:
         tries.append("onnx")
+    built: dict[str, _GraphRunner] = {}
     for name in tries:
         if name not in ("onnx", "openvino"):
             break
@@ -436,7 +472,7 @@ def build_runner(
             cos = runner.cached_agreement()
             if cos < least:
                 raise RuntimeError(f"its {precision} features differ from PyTorch's (cosine {cos:.6f} < {least})")
-            return runner, name, runner.export_seconds
+            built[name] = runner
         except Exception as e:  # noqa: BLE001 - any exporter / runtime failure: another runtime still works
             label = "ONNX Runtime" if name == "onnx" else "OpenVINO"
             if runtime == name or precision == "int8":
@@ -446,4 +482,15 @@ def build_runner(
                 ) from e
             log.warning("encoder %s: %s unavailable (%s: %s); using %s", enc.name, label, type(e).__name__,
                         str(e)[:160], "ONNX Runtime" if name != tries[-1] else "PyTorch")
+    if built:
+        name = next(iter(built))
+        if len(built) > 1:  # auto, both work: the faster on this machine (runtime_pick)
+            from histokd.features.runtime_pick import choice_key, pick_faster
+
+            n_threads = int(threads or torch.get_num_threads())
+            key = choice_key(graph_key(enc, precision), n_threads,
+                             {"onnxruntime": onnxruntime_version(), "openvino": openvino_version()})
+            name = pick_faster(built, enc.input_size, key, cache_dir())
+        runner = built[name]
+        return runner, name, max(r.export_seconds for r in built.values())
     return torch_runner(enc, device, precision), "torch", 0.0
