@@ -156,9 +156,15 @@ class TiledTiffLevels:
         return tile
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         self._cache.clear()
+
+    def __del__(self) -> None:  # a slide dropped without close() must not leak its descriptor
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 def _qualifies(page: Any) -> bool:
