@@ -117,18 +117,19 @@ def reading(ws: Workspace, size: int) -> tuple[float, float, bool]:
     from histokd.slides.reader import open_slide
 
     jobs, _ = make_jobs(ws, "x")
-    rates, tiles = [], []
-    for backend in ("auto", "openslide"):
-        t0, got = time.perf_counter(), []
-        for job in jobs:
+    seconds, n, same = {"auto": 0.0, "openslide": 0.0}, 0, True
+    for job in jobs:  # slide by slide, so that only one slide's tiles are held
+        mpp = job.target_mpp * job.patch_size / size
+        got = {}
+        for backend in seconds:
+            t0 = time.perf_counter()
             slide = open_slide(job.slide_path, mpp=job.level0_mpp, backend=backend)
-            mpp = job.target_mpp * job.patch_size / size
-            got += [slide.read_region_mpp(int(x), int(y), size, mpp) for x, y in job.coords]
+            got[backend] = [slide.read_region_mpp(int(x), int(y), size, mpp) for x, y in job.coords]
             slide.close()
-        rates.append(len(got) / (time.perf_counter() - t0))
-        tiles.append(got)
-    same = all(np.array_equal(a, b) for a, b in zip(*tiles))
-    return rates[0], rates[1], same
+            seconds[backend] += time.perf_counter() - t0
+        same = same and all(np.array_equal(a, b) for a, b in zip(got["auto"], got["openslide"]))
+        n += len(job.coords)
+    return n / seconds["auto"], n / seconds["openslide"], same
 
 
 def pipeline(ws: Workspace, encoder: str, **kw) -> float:

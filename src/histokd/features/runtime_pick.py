@@ -17,12 +17,13 @@ import json
 import logging
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+
+from histokd.workspace import write_json
 
 log = logging.getLogger("histokd")
 
@@ -71,26 +72,18 @@ def pick_faster(runners: Mapping[str, Callable[[torch.Tensor], object]], size: i
     """The name of the faster of ``runners`` here: from ``cache / FILE_NAME`` when this ``key`` was measured,
     else measured now and recorded (atomically; a cache that cannot be written only costs a re-measure)."""
     path = cache / FILE_NAME
-    known = _load(path).get(key)
+    data = _load(path)
+    known = data.get(key)
     if isinstance(known, dict) and known.get("runtime") in runners:
         return str(known["runtime"])
     rates = {name: tiles_per_s(run, size) for name, run in runners.items()}
     best = max(rates, key=rates.__getitem__)
     log.info("runtime auto: %s is the faster here (%s tiles/s on %s; measured once, cached in %s)", best,
              ", ".join(f"{n} {r:.0f}" for n, r in rates.items()), cpu_model(), path)
-    data = _load(path)
     data[key] = {"runtime": best, "tiles_per_s": {n: round(r, 1) for n, r in rates.items()}, "cpu": cpu_model(),
                  "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    tmp = None
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache, prefix=".choice-", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError as e:
+        write_json(path, data)
+    except OSError as e:  # a read-only cache only costs a re-measure next time
         log.debug("runtime choice not cached (%s)", e)
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
     return best

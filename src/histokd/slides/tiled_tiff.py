@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from histokd.slides.integrity import quiet_tifffile
+
 log = logging.getLogger("histokd")
 
 # TIFF compression codes decoded here: none, LZW, JPEG, Adobe deflate, deflate, zstd, webp
@@ -73,8 +75,6 @@ class TiledTiffLevels:
         (the backend's ``read(level, x, y, w, h)``), or None when no level does."""
         import tifffile
 
-        from histokd.slides.integrity import quiet_tifffile
-
         try:
             with quiet_tifffile(), tifffile.TiffFile(str(path)) as tf:
                 pages = [p for p in tf.pages if _qualifies(p)]
@@ -95,8 +95,6 @@ class TiledTiffLevels:
         if not found:
             reader.close()
             return None
-        reader._cache.clear()
-        reader._cache_bytes = 0
         return reader
 
     def _agrees(self, level: int, reference: Callable[[int, int, int, int, int], np.ndarray]) -> bool:
